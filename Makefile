@@ -1,0 +1,42 @@
+# HMPPS Rerank: `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned: the CPU wheel; an unpinned torch pulls GB of CUDA packages.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+DEMO ?= runs/demo
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup demo test test-all lint typecheck clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -n "$(PYTHON)" || { echo "python3 (3.10+) is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[service,train,dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/hmpps data synthetic --out $(DEMO)/data
+	for m in pop bm25 hem zam; do $(BIN)/hmpps retrieve --data $(DEMO)/data --model $$m --out $(DEMO)/first_stage/$$m || exit 1; done
+	@echo; echo "First stage on the synthetic demo data (test queries):"
+	@$(BIN)/hmpps metrics $(DEMO)/first_stage/pop $(DEMO)/first_stage/bm25 $(DEMO)/first_stage/hem $(DEMO)/first_stage/zam --baseline pop
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy service
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,1 @@
+"""The ``hmpps`` command line: one entry point for every pipeline stage."""

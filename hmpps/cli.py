@@ -1,0 +1,137 @@
+"""``hmpps``: the pipeline's command line.
+
+Stages import their heavy dependencies (torch, transformers) inside the
+command body, so ``hmpps --help`` and the service stay light.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "HMPPS Rerank: personalized product-search reranking.\n\n"
+        "Pipeline stages, in order: data (amazon | synthetic) -> retrieve (first stage). "
+        "'metrics' compares runs."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build a normalized dataset directory (stage 1).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Domain errors become one clear line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from training.errors import HmppsError
+
+        try:
+            return fn(*args, **kwargs)
+        except HmppsError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@data_app.command("amazon")
+@friendly_errors
+def data_amazon(
+    interactions: Path = typer.Option(..., "--interactions", help="reviews JSON(.gz)/JSONL or ratings CSV"),
+    meta: Path = typer.Option(None, "--meta", help="product metadata (2014 literals, 2018 JSON, 2023 JSONL)"),
+    out: Path = typer.Option(..., "--out", help="dataset directory to write"),
+    min_core: int = typer.Option(5, "--min-core", min=1, help="iterative k-core on users and products"),
+    name: str = typer.Option(None, "--name", help="dataset name (default: the interactions file stem)"),
+) -> None:
+    """Read public Amazon review data (2014, 2018 or 2023 formats, detected)."""
+    from training.amazon import read_interactions, read_meta
+    from training.prepare import build_dataset
+    from training.report import print_stats
+
+    rows, rep = read_interactions(interactions)
+    typer.echo(f"{interactions.name}: {rep.format}, {rep.valid:,} valid, {rep.malformed:,} malformed lines")
+    reports = [rep]
+    products = {}
+    if meta is not None:
+        products, mrep = read_meta(meta)
+        reports.append(mrep)
+        typer.echo(f"{meta.name}: {mrep.format}, {mrep.valid:,} valid, {mrep.malformed:,} malformed lines")
+    ds_name = name or interactions.name.split(".")[0]
+    stats = build_dataset(rows, products, out, name=ds_name, min_core=min_core, parse_reports=reports)
+    if stats["query_sources"].get("dataset_name"):
+        typer.secho(f"warning: no product has a category path (no --meta?); every query is the dataset name "
+                    f"{ds_name!r}", fg=typer.colors.YELLOW, err=True)
+    print_stats(stats, out)
+
+
+@data_app.command("synthetic")
+@friendly_errors
+def data_synthetic(
+    out: Path = typer.Option(..., "--out", help="dataset directory to write"),
+    users: int = typer.Option(400, "--users", min=10, max=1_000_000),
+    products: int = typer.Option(300, "--products", min=20, max=1_000_000),
+    seed: int = typer.Option(0, "--seed"),
+    min_core: int = typer.Option(5, "--min-core", min=1),
+) -> None:
+    """Generate a deterministic Amazon-like dataset with rendered product images."""
+    from training.report import print_stats
+    from training.synthetic import SyntheticConfig, generate
+
+    stats = generate(SyntheticConfig(users=users, products=products, seed=seed, min_core=min_core), out)
+    print_stats(stats, out)
+
+
+@app.command("retrieve")
+@friendly_errors
+def retrieve(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    model: str = typer.Option(..., "--model", help="hem | zam | bm25 | pop"),
+    out: Path = typer.Option(..., "--out", help="output directory (candidates.jsonl, metrics.json, report.md)"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the model's config dataclass"),
+    seed: int = typer.Option(None, "--seed"),
+    epochs: int = typer.Option(None, "--epochs", min=1),
+    top_k: int = typer.Option(10, "--top-k", min=1, max=1000, help="candidates kept per query (K_p)"),
+) -> None:
+    """First stage: rank the catalogue per query and keep the top K_p candidates."""
+    from training.first_stage.run import run_retrieval
+
+    overrides = {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
+    metrics = run_retrieval(data, model, out, config_path=config, overrides=overrides, k=top_k)
+    from training.report import metrics_table
+
+    typer.echo(metrics_table({model: metrics}))
+
+
+@app.command("metrics")
+@friendly_errors
+def metrics(
+    runs: list[Path] = typer.Argument(..., help="stage output directories holding metrics.json"),
+    baseline: str = typer.Option(None, "--baseline", help="run name to compute relative improvement against"),
+) -> None:
+    """Print one Markdown table of the paper's metrics for several runs."""
+    from training.artifacts import read_json
+    from training.report import metrics_table
+
+    rows = {}
+    for run in runs:
+        rows[run.name] = read_json(run / "metrics.json")
+    if baseline is not None and baseline not in rows:
+        raise typer.BadParameter(f"--baseline {baseline!r} is not one of {', '.join(rows)}")
+    typer.echo(metrics_table(rows, baseline=baseline))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="hmpps")
+    sys.exit(0)

@@ -1,0 +1,32 @@
+"""Shared fixtures. Expensive artifacts are built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("HMPPS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def amazon_2018() -> Path:
+    d = shared_data_dir() / "amazon-2018"
+    if not (d / "Magazine_Subscriptions.csv").exists():
+        pytest.skip(f"real Amazon data not found at {d} (set HMPPS_SHARED_DATA to the shared/data folder)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (fast enough for every CI run)."""
+    from training.synthetic import SyntheticConfig, generate
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    generate(SyntheticConfig(users=160, products=120, seed=7), out)
+    return out

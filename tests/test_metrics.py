@@ -1,0 +1,61 @@
+"""Metrics against hand-computed examples, including misses and ties."""
+
+import math
+
+import numpy as np
+import pytest
+
+from training.metrics import kept_gain, paper_metrics, relative_gain, rerank, sampled_metrics
+
+
+def test_single_queries_by_hand():
+    lists = [["a", "b", "c"], ["x", "t", "y", "z", "w"], list("abcdefghij"), ["p", "q"]]
+    targets = ["a", "z", "i", "nope"]  # ranks 1, 4, 9, miss
+    m = paper_metrics(lists, targets)
+    assert m["n"] == 4
+    # MRR@8: 1 + 1/4 + 0 (rank 9 > 8) + 0 (miss)
+    assert m["MRR@8"] == pytest.approx((1 + 0.25) / 4)
+    # NDCG@4: 1/log2(2) + 1/log2(5) + 0 + 0
+    assert m["NDCG@4"] == pytest.approx((1 + 1 / math.log2(5)) / 4)
+    assert m["Recall@4"] == pytest.approx(2 / 4)
+    assert m["Recall@1"] == pytest.approx(1 / 4)
+    assert set(m) == {"MRR@8", "NDCG@4", "Recall@4", "Recall@1", "n"}
+
+
+def test_rank_two_and_three():
+    m = paper_metrics([["b", "a"], ["c", "d", "a"]], ["a", "a"])
+    assert m["MRR@8"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert m["NDCG@4"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 2)
+    assert m["Recall@1"] == 0.0 and m["Recall@4"] == 1.0
+
+
+def test_misses_count_for_every_query():
+    assert paper_metrics([[], ["a"]], ["a", "b"]) == {"MRR@8": 0.0, "NDCG@4": 0.0, "Recall@4": 0.0, "Recall@1": 0.0, "n": 2}
+
+
+def test_ties_keep_incoming_order_so_a_constant_scorer_changes_nothing():
+    first_stage = ["c", "a", "b", "d"]
+    assert rerank(first_stage, [0.5, 0.5, 0.5, 0.5]) == first_stage
+    assert rerank(first_stage, [0.1, 0.9, 0.9, 0.0]) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError):
+        rerank(["a"], [1.0, 2.0])
+
+
+def test_sampled_protocol_by_hand_with_pessimistic_ties():
+    pos = np.array([5.0, 1.0, 0.0])
+    neg = np.zeros((3, 99))
+    neg[0, :] = 1.0  # positive beats all: rank 1
+    neg[1, :6] = 2.0  # six above: rank 7
+    m = sampled_metrics(pos, neg)  # third: all 99 tie with the positive -> rank 100
+    assert m["HR@5"] == pytest.approx(1 / 3)
+    assert m["HR@10"] == pytest.approx(2 / 3)
+    assert m["HR@20"] == pytest.approx(2 / 3)
+    assert m["NDCG@10"] == pytest.approx((1 + 1 / math.log2(8)) / 3)
+    assert m["NDCG@5"] == pytest.approx(1 / 3)
+    assert m["n"] == 3
+
+
+def test_gain_helpers():
+    base, teacher, student = {"NDCG@4": 0.2}, {"NDCG@4": 0.3}, {"NDCG@4": 0.29}
+    assert relative_gain(teacher, base) == pytest.approx(0.5)
+    assert kept_gain(student, teacher, base) == pytest.approx(0.9)

@@ -1,0 +1,1 @@
+"""Offline pipeline: datasets, first-stage retrieval, metrics, teacher training."""

@@ -1,0 +1,105 @@
+"""Atomic artifact directories and small JSON/JSONL helpers.
+
+A stage writes into a sibling temporary directory and renames it over the
+target only once everything is written, so a crash never leaves a half-built
+directory that a later stage would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from training.errors import ArtifactMismatch, InputError
+
+SCHEMA_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``out`` on success only."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise InputError(f"missing file: {path}") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from e
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"missing file: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{lineno} is not valid JSON: {e}") from e
+    return rows
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_files(paths: Iterable[Path]) -> str:
+    """A short content fingerprint over several files (order matters)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        h.update(sha256_file(Path(p)).encode())
+    return h.hexdigest()[:16]
+
+
+def require_same_dataset(expected: str, found: str, what: str) -> None:
+    if expected != found:
+        raise ArtifactMismatch(
+            f"{what} was built from dataset {found}, but the dataset given has fingerprint {expected}; "
+            "rebuild it from this dataset instead of mixing artifacts"
+        )

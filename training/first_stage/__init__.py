@@ -1,0 +1,1 @@
+"""First-stage retrievers (M_ID in the paper): HEM, ZAM, BM25 and popularity."""

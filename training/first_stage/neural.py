@@ -1,0 +1,213 @@
+"""HEM (Ai et al., SIGIR 2017) and ZAM (Ai et al., CIKM 2019) in PyTorch.
+
+Both encode a query as f(q) = tanh(W · mean(word embeddings) + b) and score a
+product i by <M_uq, i>.
+
+* HEM: M_uq = λ·q + (1-λ)·u with a free user embedding u.
+* ZAM: M_uq = q + u(q), where u(q) attends over the user's previous purchases
+  with a zero vector in the softmax, so a user whose history does not fit the
+  query falls back to the query alone:
+  u(q) = Σ_i exp(s(q,i))·i / (exp(s(q,0)) + Σ_i exp(s(q,i))), s(q,0) = 0,
+  s(q,i) = Σ_h v_h · <i, tanh(W_h q + b_h)> over h attention heads.
+
+Training follows the papers' generative framing with negative sampling:
+- log σ(<M_uq, i>) + Σ_neg log σ(-<M_uq, i'>) for the purchase,
+- the same for P(w | i) over words of the product's text (HEM/ZAM model item
+  language this way; reviews are absent from ratings-only data, so the
+  product's title, brand, category and description stand in),
+- for HEM, P(w | u) over the words of the purchased product.
+Negatives are drawn ∝ frequency^0.75. Early stopping keeps the epoch with the
+best validation NDCG@4 over the full catalogue.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.dataset import Dataset
+from training.first_stage.base import Catalog, Vocab
+from training.metrics import paper_metrics
+from training.text import content_terms
+
+
+@dataclass
+class NeuralConfig:
+    dim: int = 64
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    negatives: int = 5
+    word_negatives: int = 5
+    words_per_item: int = 5  # sampled text words per purchase for P(w|i), P(w|u)
+    word_loss_weight: float = 0.5
+    query_len: int = 12
+    hem_lambda: float = 0.5
+    zam_heads: int = 4
+    history_len: int = 20
+    patience: int = 4
+    val_fraction: float = 0.15
+    seed: int = 0
+
+
+class QueryEncoder(nn.Module):
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens > 0).float().unsqueeze(-1)
+        mean = (self.words(tokens) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.tanh(self.proj(mean))
+
+
+class PersonalizedModel(nn.Module):
+    def __init__(self, kind: str, n_users: int, n_items: int, vocab_size: int, cfg: NeuralConfig):
+        super().__init__()
+        self.kind, self.cfg = kind, cfg
+        d = cfg.dim
+        self.query = QueryEncoder(vocab_size, d)
+        self.items = nn.Embedding(n_items + 1, d, padding_idx=n_items)  # last row pads histories
+        self.word_out = nn.Embedding(vocab_size, d)
+        nn.init.normal_(self.items.weight, std=0.1)
+        nn.init.normal_(self.word_out.weight, std=0.1)
+        if kind == "hem":
+            self.users = nn.Embedding(n_users, d)
+            nn.init.normal_(self.users.weight, std=0.1)
+        else:
+            self.att = nn.Linear(d, d * cfg.zam_heads)
+            self.att_v = nn.Parameter(torch.full((cfg.zam_heads,), 1.0 / cfg.zam_heads))
+        self.n_items = n_items
+
+    def user_vec(self, users: torch.Tensor, q: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        if self.kind == "hem":
+            return self.users(users)
+        h = self.items(history)  # (B, L, d)
+        keys = torch.tanh(self.att(q)).view(q.shape[0], self.cfg.zam_heads, -1)  # (B, H, d)
+        s = torch.einsum("bld,bhd->blh", h, keys) @ self.att_v  # (B, L)
+        s = s.masked_fill(history == self.n_items, float("-inf"))
+        zero = torch.zeros(s.shape[0], 1, device=s.device)  # s(q, 0) = 0: the zero-attention slot
+        w = torch.softmax(torch.cat([zero, s], dim=1), dim=1)[:, 1:]
+        return (w.unsqueeze(-1) * h).sum(1)
+
+    def personal(self, users: torch.Tensor, qtok: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.query(qtok)
+        u = self.user_vec(users, q, history)
+        if self.kind == "hem":
+            lam = self.cfg.hem_lambda
+            return lam * q + (1 - lam) * u, u
+        return q + u, u
+
+    def score_all(self, m: torch.Tensor) -> torch.Tensor:
+        return m @ self.items.weight[: self.n_items].T
+
+
+def _nsl(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Negative-sampling loss: -log σ(pos) - Σ log σ(-neg)."""
+    return -(nn.functional.logsigmoid(pos) + nn.functional.logsigmoid(-neg).sum(-1)).mean()
+
+
+class NeuralRanker:
+    def __init__(self, kind: str, catalog: Catalog, cfg: NeuralConfig):
+        if kind not in ("hem", "zam"):
+            raise ValueError(kind)
+        self.name, self.kind, self.catalog, self.cfg = kind, kind, catalog, cfg
+
+    # -- tensors ---------------------------------------------------------------
+    def _history(self, ds: Dataset, row: dict[str, Any]) -> list[int]:
+        hist = [self.catalog.index[p] for p in ds.history(row)][-self.cfg.history_len :]
+        return hist + [len(self.catalog.ids)] * (self.cfg.history_len - len(hist))
+
+    def _batch(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        users = torch.tensor([self.catalog.users[r["user_id"]] for r in rows])
+        q = torch.tensor([self.vocab.encode(content_terms(r["query"]), self.cfg.query_len) for r in rows])
+        hist = torch.tensor([self._history(self.ds, r) for r in rows])
+        return users, q, hist
+
+    # -- training --------------------------------------------------------------
+    def fit(self, ds: Dataset, train: list[dict[str, Any]], val: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        self.ds = ds
+        texts = [content_terms(r["query"]) for r in train] + self.catalog.product_terms
+        self.vocab = Vocab(texts)
+        n_items = len(self.catalog.ids)
+        self.model = PersonalizedModel(self.kind, len(self.catalog.users), n_items, len(self.vocab), cfg)
+        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        item_p = np.bincount([self.catalog.index[r["product_id"]] for r in train], minlength=n_items) + 1.0
+        item_p = item_p**0.75 / (item_p**0.75).sum()
+        word_p = self.vocab.counts**0.75
+        word_p = word_p / word_p.sum()
+        item_words = [np.array([self.vocab.index[t] for t in terms if t in self.vocab.index] or [1])
+                      for terms in self.catalog.product_terms]
+
+        best, best_state, bad, log = -1.0, None, 0, []
+        epochs = tqdm(range(cfg.epochs), desc=f"{self.kind} epochs", unit="ep")
+        for epoch in epochs:
+            self.model.train()
+            t0, total, order = time.time(), 0.0, rng.permutation(len(train))
+            for start in range(0, len(order), cfg.batch_size):
+                rows = [train[i] for i in order[start : start + cfg.batch_size]]
+                users, q, hist = self._batch(rows)
+                target = torch.tensor([self.catalog.index[r["product_id"]] for r in rows])
+                m, u = self.model.personal(users, q, hist)
+                neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
+                item_t = self.model.items(target)
+                loss = _nsl((m * item_t).sum(-1), torch.einsum("bd,bkd->bk", m, self.model.items(neg)))
+                # P(w | i) and, for HEM, P(w | u) over the purchased product's words
+                w_pos = torch.from_numpy(np.stack([rng.choice(item_words[t], size=cfg.words_per_item) for t in target.tolist()]))
+                w_neg = torch.from_numpy(rng.choice(len(self.vocab), size=(len(rows), cfg.words_per_item, cfg.word_negatives), p=word_p))
+                for ent in ([item_t, u] if self.kind == "hem" else [item_t]):
+                    pos = torch.einsum("bd,bwd->bw", ent, self.model.word_out(w_pos))
+                    negs = torch.einsum("bd,bwkd->bwk", ent, self.model.word_out(w_neg))
+                    loss = loss + cfg.word_loss_weight * _nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(rows)
+            val_m = self.evaluate(val) if val else {"NDCG@4": 0.0}
+            log.append({"epoch": epoch + 1, "loss": round(total / max(1, len(train)), 4),
+                        "val_NDCG@4": round(val_m["NDCG@4"], 4), "seconds": round(time.time() - t0, 2)})
+            epochs.set_postfix(loss=log[-1]["loss"], val_ndcg4=log[-1]["val_NDCG@4"])
+            if val_m["NDCG@4"] > best:
+                best, best_state, bad = val_m["NDCG@4"], copy.deepcopy(self.model.state_dict()), 0
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        best_epoch = max(log, key=lambda x: x["val_NDCG@4"])["epoch"] if log else 0
+        return {"epochs": log, "best_epoch": best_epoch, "best_val_NDCG@4": round(best, 4),
+                "vocabulary": len(self.vocab), "config": asdict(cfg)}
+
+    @torch.no_grad()
+    def score(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        self.model.eval()
+        out = []
+        for start in range(0, len(rows), 512):
+            users, q, hist = self._batch(rows[start : start + 512])
+            m, _ = self.model.personal(users, q, hist)
+            out.append(self.model.score_all(m).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.catalog.ids)))
+
+    def evaluate(self, rows: list[dict[str, Any]], k: int = 10) -> dict[str, Any]:
+        scores = self.score(rows)
+        top = np.argsort(-scores, axis=1)[:, :k]
+        ranked = [[self.catalog.ids[i] for i in row] for row in top]
+        return paper_metrics(ranked, [r["product_id"] for r in rows])
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "config": asdict(self.cfg), "vocab": self.vocab.words,
+                "products": self.catalog.ids, "users": self.catalog.users, "state_dict": self.model.state_dict()}

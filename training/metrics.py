@@ -1,0 +1,99 @@
+"""The evaluation metrics, one module for every stage.
+
+HMPPS protocol (paper Sec. 5.1, App. B.2): each test query has one target
+product and a ranked top-K_p list (K_p = 10). MRR@8, NDCG@4, Recall@4 and
+Recall@1 are averaged over **all** test queries; a query whose target is not
+in the list scores 0 on every metric, for every model. With a single relevant
+item the ideal DCG is 1, so NDCG@k = 1/log2(rank + 1) for rank <= k.
+
+Ties: a list metric scores the list as given. Rerankers produce their list
+with :func:`rerank`, a stable sort, so equal scores keep the first stage's
+order and a constant scorer reproduces the first stage exactly.
+
+MAPS protocol (MAPS paper): the target is scored against 99 sampled negatives;
+HR@k and NDCG@k for k in {5, 10, 20}. Ties count against the target
+(rank = 1 + #negatives scoring >= the target), so a constant scorer gets no
+credit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+PAPER_KEYS = ("MRR@8", "NDCG@4", "Recall@4", "Recall@1")
+MAPS_KS = (5, 10, 20)
+
+
+def target_rank(ranked: Sequence[str], target: str) -> int | None:
+    """1-based rank of the target in a ranked list, or None when it is absent."""
+    for i, pid in enumerate(ranked):
+        if pid == target:
+            return i + 1
+    return None
+
+
+def query_metrics(rank: int | None) -> dict[str, float]:
+    if rank is None:
+        return {k: 0.0 for k in PAPER_KEYS}
+    return {
+        "MRR@8": 1.0 / rank if rank <= 8 else 0.0,
+        "NDCG@4": 1.0 / math.log2(rank + 1) if rank <= 4 else 0.0,
+        "Recall@4": 1.0 if rank <= 4 else 0.0,
+        "Recall@1": 1.0 if rank == 1 else 0.0,
+    }
+
+
+def paper_metrics(ranked_lists: Sequence[Sequence[str]], targets: Sequence[str]) -> dict[str, Any]:
+    """Mean MRR@8, NDCG@4, Recall@4, Recall@1 over all queries, plus ``n``."""
+    if len(ranked_lists) != len(targets):
+        raise ValueError(f"{len(ranked_lists)} ranked lists but {len(targets)} targets")
+    sums = dict.fromkeys(PAPER_KEYS, 0.0)
+    for ranked, target in zip(ranked_lists, targets, strict=True):
+        for k, v in query_metrics(target_rank(ranked, target)).items():
+            sums[k] += v
+    n = len(targets)
+    out: dict[str, Any] = {k: (sums[k] / n if n else 0.0) for k in PAPER_KEYS}
+    out["n"] = n
+    return out
+
+
+def rerank(product_ids: Sequence[str], scores: Sequence[float]) -> list[str]:
+    """Order by descending score; ties keep the incoming order (stable)."""
+    if len(product_ids) != len(scores):
+        raise ValueError(f"{len(product_ids)} products but {len(scores)} scores")
+    order = sorted(range(len(product_ids)), key=lambda i: -float(scores[i]))
+    return [product_ids[i] for i in order]
+
+
+def sampled_metrics(pos_scores: np.ndarray, neg_scores: np.ndarray, ks: Sequence[int] = MAPS_KS) -> dict[str, Any]:
+    """HR@k and NDCG@k with one positive against sampled negatives per query.
+
+    ``pos_scores`` has shape (n,), ``neg_scores`` shape (n, n_neg).
+    """
+    pos = np.asarray(pos_scores, dtype=np.float64)
+    neg = np.asarray(neg_scores, dtype=np.float64)
+    if neg.ndim != 2 or pos.shape[0] != neg.shape[0]:
+        raise ValueError(f"expected pos (n,) and neg (n, m); got {pos.shape} and {neg.shape}")
+    ranks = 1 + (neg >= pos[:, None]).sum(axis=1)
+    out: dict[str, Any] = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"HR@{k}"] = float(hit.mean()) if len(ranks) else 0.0
+        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean()) if len(ranks) else 0.0
+    out["n"] = int(len(ranks))
+    return out
+
+
+def relative_gain(new: dict[str, Any], base: dict[str, Any], key: str = "NDCG@4") -> float:
+    """Relative improvement of ``new`` over ``base`` on one metric (0.1 = +10%)."""
+    return new[key] / base[key] - 1.0 if base[key] > 0 else float("nan")
+
+
+def kept_gain(student: dict[str, Any], teacher: dict[str, Any], base: dict[str, Any], key: str = "NDCG@4") -> float:
+    """Share of the teacher's gain over the first stage that the student keeps."""
+    gain = teacher[key] - base[key]
+    return (student[key] - base[key]) / gain if gain != 0 else float("nan")

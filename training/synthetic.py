@@ -1,0 +1,262 @@
+"""A deterministic Amazon-like dataset whose latent structure HMPPS should exploit.
+
+What the generator guarantees (and ``extra`` / ``users_truth.jsonl`` record):
+
+* **Personalization matters.** Every purchase's query is built from its
+  product's category path by the same HEM rule as real data, so all products
+  of a leaf category share one query. Which one a user buys is decided by the
+  user's stable preferences: a favourite brand (and a second one), a colour and
+  a style, plus a small per-product quality term and noise.
+* **Some decisive attributes are only in the image.** For about half of the
+  products the brand is absent from the text (empty brand field, not in the
+  title or description); it shows only as the brand's logo mark in the
+  picture, as in the paper's case study. Colour and style are always drawn,
+  and in text only for some products.
+* **Descriptions are noisy.** Each description mixes the useful sentences with
+  shop boilerplate, CSS font settings, repeated spec lines and keyword
+  stuffing. The exact noise strings are recorded per product in
+  ``extra.noise`` so that summarization can be scored on how much it removes.
+
+Images are 64x64 PNGs rendered with Pillow: the product's shape (by top-level
+category) filled with its colour, a pattern for its style, and the brand's
+logo mark (a coloured square with the brand's initial) in the top-left corner.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from training.amazon import ParseReport, RawInteraction, RawProduct
+from training.artifacts import write_jsonl
+
+TAXONOMY: dict[str, dict[str, list[str]]] = {
+    "Clothing": {"Shoes": ["Running Shoes", "Hiking Boots"], "Tops": ["T-Shirts", "Hoodies"]},
+    "Home": {"Kitchen": ["Coffee Mugs", "Water Bottles"], "Decor": ["Desk Lamps", "Throw Pillows"]},
+    "Office": {"Supplies": ["Notebooks", "Fountain Pens"], "Bags": ["Backpacks"]},
+    "Sports": {"Fitness": ["Yoga Mats"], "Outdoors": ["Camping Tents"]},
+    "Electronics": {"Audio": ["Headphones"], "Accessories": ["Phone Cases"]},
+}
+BRANDS = {  # name -> logo colour
+    "Acme": (220, 20, 60), "Borealis": (0, 128, 128), "Cobalt": (0, 71, 171), "Dune": (194, 154, 108),
+    "Ember": (255, 99, 0), "Fjord": (70, 130, 180), "Granite": (90, 90, 90), "Halcyon": (148, 0, 211),
+    "Ion": (0, 200, 83), "Juniper": (85, 107, 47),
+}
+COLOURS = {
+    "red": (200, 30, 30), "blue": (30, 60, 200), "green": (30, 150, 60), "yellow": (235, 200, 20),
+    "black": (25, 25, 25), "white": (245, 245, 245), "purple": (120, 40, 160), "orange": (240, 130, 20),
+}
+STYLES = ("classic", "sporty", "minimal", "vintage")
+MATERIALS = ("cotton", "polyester", "steel", "ceramic", "leather", "recycled plastic", "bamboo", "aluminium")
+BOILERPLATE = (
+    "Free shipping on orders over $25.", "30-day hassle-free returns.", "Satisfaction guaranteed or your money back!",
+    "Please allow 2-3 business days for processing.", "Colors may vary slightly due to monitor settings.",
+    "Visit our store for more great products.", "Customer service available 24/7.",
+)
+FONT_SETTINGS = (
+    "font-family: Arial, sans-serif; font-size: 12pt; color: #333333;",
+    "font-family: 'Times New Roman'; font-weight: bold; font-size: 14px;",
+    "span style=font-size:10pt line-height:1.5",
+)
+
+
+@dataclass
+class SyntheticConfig:
+    users: int = 400
+    products: int = 300
+    seed: int = 0
+    min_core: int = 5
+    purchases_min: int = 6
+    purchases_max: int = 16
+    brand_in_text_rate: float = 0.5
+    colour_in_text_rate: float = 0.6
+    style_in_text_rate: float = 0.6
+    # utility weights of the purchase choice model
+    w_brand: float = 2.5
+    w_brand2: float = 1.2
+    w_colour: float = 1.5
+    w_style: float = 1.0
+    w_quality: float = 0.5
+    noise: float = 0.6
+
+
+def _leaves() -> list[tuple[str, str, str]]:
+    return [(top, mid, leaf) for top, mids in TAXONOMY.items() for mid, leaves in mids.items() for leaf in leaves]
+
+
+def _singular(leaf: str) -> str:
+    word = leaf.rsplit(" ", 1)
+    last = word[-1][:-1] if word[-1].endswith("s") else word[-1]
+    return (word[0] + " " + last) if len(word) == 2 else last
+
+
+def _description(rng: random.Random, p: dict[str, Any]) -> tuple[str, list[str]]:
+    useful = [f"This {_singular(p['leaf']).lower()} is made of {p['material']}."]
+    if p["colour_in_text"]:
+        useful.append(f"Colour: {p['colour']}.")
+    if p["style_in_text"]:
+        useful.append(f"A {p['style']} design for everyday use.")
+    if p["brand_in_text"]:
+        useful.append(f"Designed by {p['brand']}.")
+    useful.append(f"Weight: {p['weight']} g.")
+    noise = [rng.choice(FONT_SETTINGS)]
+    noise += rng.sample(BOILERPLATE, k=rng.randint(2, 3))
+    noise.append(f"Material: {p['material']}. Material: {p['material']}. Weight: {p['weight']} g.")
+    kw = p["leaf"].lower()
+    noise.append(f"best {kw} cheap {kw} {kw} for sale top rated {kw}")
+    parts = useful + noise
+    rng.shuffle(parts)
+    return " ".join(parts), noise
+
+
+def render_image(path: Path, p: dict[str, Any]) -> None:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (64, 64), (236, 236, 236))
+    d = ImageDraw.Draw(img)
+    fill = COLOURS[p["colour"]]
+    box = (14, 16, 58, 58)
+    top = p["top"]
+    if top == "Clothing":
+        d.rectangle(box, fill=fill)
+    elif top == "Home":
+        d.ellipse(box, fill=fill)
+    elif top == "Office":
+        d.polygon([(36, 14), (60, 58), (12, 58)], fill=fill)
+    elif top == "Sports":
+        d.rounded_rectangle(box, radius=10, fill=fill)
+    else:
+        d.polygon([(36, 14), (60, 36), (36, 60), (12, 36)], fill=fill)
+    ink = (255, 255, 255) if sum(fill) < 400 else (20, 20, 20)
+    if p["style"] == "sporty":
+        for x in range(0, 80, 10):
+            d.line([(x, 58), (x - 24, 16)], fill=ink, width=2)
+    elif p["style"] == "vintage":
+        for x in range(20, 58, 9):
+            for y in range(22, 58, 9):
+                d.ellipse((x, y, x + 3, y + 3), fill=ink)
+    elif p["style"] == "minimal":
+        d.rectangle((2, 2, 61, 61), outline=(60, 60, 60), width=2)
+    # brand logo mark: a coloured square with the brand's initial, always top-left
+    d.rectangle((0, 0, 15, 15), fill=BRANDS[p["brand"]])
+    d.text((4, 2), p["brand"][0], fill=(255, 255, 255))
+    img.save(path, format="PNG", optimize=True)
+
+
+def _make_products(rng: random.Random, cfg: SyntheticConfig) -> list[dict[str, Any]]:
+    leaves = _leaves()
+    brands = sorted(BRANDS)
+    products = []
+    for i in range(cfg.products):
+        top, mid, leaf = leaves[i % len(leaves)]  # balanced leaves
+        p = {
+            "product_id": f"SP{i:05d}",
+            "top": top, "mid": mid, "leaf": leaf,
+            "brand": rng.choice(brands),
+            "colour": rng.choice(sorted(COLOURS)),
+            "style": rng.choice(STYLES),
+            "material": rng.choice(MATERIALS),
+            "weight": rng.randrange(100, 2000, 10),
+            "quality": rng.gauss(0.0, 1.0),
+            "brand_in_text": rng.random() < cfg.brand_in_text_rate,
+            "colour_in_text": rng.random() < cfg.colour_in_text_rate,
+            "style_in_text": rng.random() < cfg.style_in_text_rate,
+        }
+        words = [p["brand"]] if p["brand_in_text"] else []
+        if p["style_in_text"]:
+            words.append(p["style"].capitalize())
+        if p["colour_in_text"]:
+            words.append(p["colour"].capitalize())
+        words += [_singular(leaf), f"{rng.choice('ABCDEFGHKMNPRSTX')}{rng.randint(100, 999)}"]
+        p["title"] = " ".join(words)
+        p["description"], p["noise"] = _description(rng, p)
+        products.append(p)
+    return products
+
+
+def _make_users(rng: random.Random, cfg: SyntheticConfig) -> list[dict[str, Any]]:
+    leaves = _leaves()
+    brands = sorted(BRANDS)
+    users = []
+    for u in range(cfg.users):
+        fav, fav2 = rng.sample(brands, 2)
+        users.append({
+            "user_id": f"SU{u:05d}",
+            "brand": fav, "brand2": fav2,
+            "colour": rng.choice(sorted(COLOURS)),
+            "style": rng.choice(STYLES),
+            "interests": [" > ".join(x) for x in rng.sample(leaves, k=rng.randint(3, 5))],
+        })
+    return users
+
+
+def _utility(cfg: SyntheticConfig, user: dict[str, Any], p: dict[str, Any], rng: random.Random) -> float:
+    """The latent choice model: preference matches + product quality + Gumbel noise."""
+    gumbel = -math.log(-math.log(rng.random() + 1e-12) + 1e-12)
+    return (cfg.w_brand * (p["brand"] == user["brand"]) + cfg.w_brand2 * (p["brand"] == user["brand2"])
+            + cfg.w_colour * (p["colour"] == user["colour"]) + cfg.w_style * (p["style"] == user["style"])
+            + cfg.w_quality * p["quality"] + cfg.noise * gumbel)
+
+
+def _purchases(rng: random.Random, cfg: SyntheticConfig, users: list[dict[str, Any]],
+               products: list[dict[str, Any]]) -> list[RawInteraction]:
+    by_leaf: dict[str, list[dict[str, Any]]] = {}
+    for p in products:
+        by_leaf.setdefault(" > ".join((p["top"], p["mid"], p["leaf"])), []).append(p)
+    out = []
+    for user in users:
+        t = 1_400_000_000 + rng.randrange(0, 30 * 86400)
+        bought: set[str] = set()
+        for _ in range(rng.randint(cfg.purchases_min, cfg.purchases_max)):
+            leaf = rng.choice(user["interests"])
+            pool = [p for p in by_leaf.get(leaf, []) if p["product_id"] not in bought]
+            if not pool:
+                continue
+
+            choice = max(pool, key=lambda p: _utility(cfg, user, p, rng))
+            bought.add(choice["product_id"])
+            t += rng.randrange(86400, 20 * 86400)
+            out.append(RawInteraction(user["user_id"], choice["product_id"], t))
+    return out
+
+
+def generate(cfg: SyntheticConfig, out: str | Path) -> dict[str, Any]:
+    """Generate raw records and images, then build the dataset like real data."""
+    from tqdm import tqdm
+
+    from training.prepare import build_dataset
+
+    rng = random.Random(cfg.seed)
+    products = _make_products(rng, cfg)
+    users = _make_users(rng, cfg)
+    interactions = _purchases(rng, cfg, users, products)
+    meta = {}
+    with tempfile.TemporaryDirectory(prefix="hmpps-synth-") as stage:
+        (Path(stage) / "images").mkdir()
+        for p in tqdm(products, desc="rendering images", unit="img", leave=False):
+            render_image(Path(stage) / "images" / f"{p['product_id']}.png", p)
+            meta[p["product_id"]] = RawProduct(
+                product_id=p["product_id"],
+                title=p["title"],
+                brand=p["brand"] if p["brand_in_text"] else "",
+                categories=[[p["top"], p["mid"], p["leaf"]]],
+                main_category=p["top"],
+                description=p["description"],
+                image=f"images/{p['product_id']}.png",
+                extra={
+                    "truth": {k: p[k] for k in ("brand", "colour", "style", "material", "brand_in_text",
+                                                "colour_in_text", "style_in_text")},
+                    "noise": p["noise"],
+                },
+            )
+        write_jsonl(Path(stage) / "users_truth.jsonl", users)
+        report = ParseReport("synthetic", "synthetic", lines=len(interactions), valid=len(interactions))
+        return build_dataset(
+            interactions, meta, out, name=f"synthetic-s{cfg.seed}", min_core=cfg.min_core,
+            parse_reports=[report], params={"synthetic": asdict(cfg)}, image_root=Path(stage),
+            extra_files=["users_truth.jsonl"],
+        )
