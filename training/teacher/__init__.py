@@ -1,0 +1,1 @@
+"""The HMPPS teacher: a (multimodal) LLM that answers yes/no per candidate."""

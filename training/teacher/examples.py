@@ -1,0 +1,100 @@
+"""Training and scoring inputs for the teacher: negatives, history modes, prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.history import select_history, select_latest, select_random
+from training.dataset import Dataset
+from training.teacher.config import TeacherConfig
+from training.teacher.prompt import Prompt, PromptBuilder
+
+HISTORY_MODES = ("random", "latest", "selected")
+
+
+@dataclass
+class Embeddings:
+    """Stage-1 mean-pooled embeddings of products and query strings (Eq. 4-5)."""
+
+    product_ids: list[str]
+    products: np.ndarray
+    queries: list[str]
+    query_vectors: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._p = {pid: i for i, pid in enumerate(self.product_ids)}
+        self._q = {q: i for i, q in enumerate(self.queries)}
+
+    def product(self, pids: list[str]) -> np.ndarray:
+        return self.products[[self._p[p] for p in pids]]
+
+    def query(self, q: str) -> np.ndarray:
+        return self.query_vectors[self._q[q]]
+
+
+@dataclass
+class Group:
+    """One query's candidates with labels (1 = target) and one prompt each."""
+
+    row: dict[str, Any]
+    product_ids: list[str]
+    labels: list[int]
+    prompts: list[Prompt]
+
+
+class ExampleFactory:
+    def __init__(self, ds: Dataset, cfg: TeacherConfig, builder: PromptBuilder, emb: Embeddings | None = None):
+        self.ds, self.cfg, self.builder, self.emb = ds, cfg, builder, emb
+        self.catalog = sorted(ds.products)
+
+    def _image(self, pid: str) -> str | None:
+        if self.cfg.vision == "none":
+            return None
+        path = self.ds.image_path(pid)
+        return str(path) if path is not None and path.is_file() else None
+
+    def _item(self, pid: str) -> tuple[dict[str, Any], str | None]:
+        return self.ds.products[pid], self._image(pid)
+
+    def histories(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator) -> list[list[str]]:
+        """History (product ids, oldest first) for each candidate under a selection mode."""
+        full = self.ds.history(row)
+        if mode == "random":
+            chosen = [full[i] for i in select_random(len(full), self.cfg.k_s1, rng)]
+            return [chosen] * len(candidates)
+        if mode == "latest":
+            chosen = [full[i] for i in select_latest(len(full), self.cfg.k_s1)]
+            return [chosen] * len(candidates)
+        if mode == "selected":
+            if self.emb is None:
+                raise ValueError("history mode 'selected' needs stage-1 embeddings")
+            if not full:
+                return [[] for _ in candidates]
+            idx = select_history(self.emb.product(full), self.emb.query(row["query"]), self.emb.product(candidates), self.cfg.k_s2)
+            return [[full[i] for i in r] for r in idx]
+        raise ValueError(f"unknown history mode {mode!r}; choose one of {', '.join(HISTORY_MODES)}")
+
+    def prompts(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator) -> list[Prompt]:
+        hists = self.histories(row, candidates, mode, rng)
+        if mode != "selected":  # one history for all candidates: share the prefix
+            return self.builder.build_group([self._item(h) for h in hists[0]], row["query"], [self._item(c) for c in candidates])
+        return [self.builder.build([self._item(h) for h in hist], row["query"], self._item(c))
+                for hist, c in zip(hists, candidates, strict=True)]
+
+    def training_group(self, row: dict[str, Any], first_stage: list[str], mode: str, rng: np.random.Generator) -> Group:
+        """The target, K_h^n hard negatives (best-scored first-stage candidates) and K_s^n random ones."""
+        target = row["product_id"]
+        hard = [p for p in first_stage if p != target][: self.cfg.hard_negatives]
+        taken = {target, *hard}
+        pool = [p for p in self.catalog if p not in taken]
+        n_rand = min(self.cfg.random_negatives, len(pool))
+        rand = [pool[i] for i in rng.choice(len(pool), size=n_rand, replace=False)] if n_rand else []
+        pids = [target] + hard + rand
+        return Group(row, pids, [1] + [0] * (len(pids) - 1), self.prompts(row, pids, mode, rng))
+
+    def scoring_group(self, row: dict[str, Any], first_stage: list[str], mode: str, rng: np.random.Generator) -> Group:
+        labels = [int(p == row["product_id"]) for p in first_stage]
+        return Group(row, list(first_stage), labels, self.prompts(row, list(first_stage), mode, rng))

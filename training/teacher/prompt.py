@@ -1,0 +1,135 @@
+"""The HMPPS instruction prompt (paper Sec. 4.1, Fig. 6): [Inst; H_u; q; p_i].
+
+A product is rendered as its id, title, brand, category, description and
+image. An image is an :class:`ImageSlot` segment; the backbone turns it into
+image-token embeddings spliced into the LM input (LLaVA style). Products
+without metadata or image still render (fields say "unknown"/"none").
+
+The prompt is split into a prefix [Inst; H_u; q] and a suffix [p_i; answer
+cue], so the backbone can share the prefix's KV cache across the K candidates
+of a query when their history is the same.
+
+Token budget, applied in this order until the prompt fits:
+1. trim history descriptions (halving their word budget, down to none);
+2. trim the candidate's description the same way;
+3. drop history items, oldest first.
+The candidate's id, title, brand, category and image are never cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+INSTRUCTION = (
+    "You are a shopping assistant for a product search engine. Given the products a user "
+    "purchased before, the user's search query and a candidate product, judge whether the "
+    "user will purchase the candidate product. Answer yes or no."
+)
+PROMPT_VERSION = "fig6-v1"
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    """Where a product image's tokens go. ``path`` is absolute."""
+
+    path: str
+
+
+Segment = str | ImageSlot
+
+
+@dataclass
+class Prompt:
+    prefix: list[Segment]
+    suffix: list[Segment]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def segments(self) -> list[Segment]:
+        return self.prefix + self.suffix
+
+
+def render_product(p: dict[str, Any], description_words: int, image: str | None) -> list[Segment]:
+    desc_words = (p.get("summary") or p.get("description") or "").split()
+    desc = " ".join(desc_words[:description_words]) if description_words > 0 else ""
+    if len(desc_words) > description_words > 0:
+        desc += " ..."
+    category = " > ".join(p.get("category") or []) or "unknown"
+    text = (f"ID: {p['product_id']}; Title: {p.get('title') or 'unknown'}; Brand: {p.get('brand') or 'unknown'}; "
+            f"Category: {category}; Description: {desc or 'none'}; Image: ")
+    return [text, ImageSlot(image), "\n"] if image else [text + "none\n"]
+
+
+class PromptBuilder:
+    """Builds budgeted prompts. ``count`` returns the token count of a segment list."""
+
+    def __init__(self, count: Callable[[list[Segment]], int], max_tokens: int, description_words: int,
+                 header: str = "", footer: str = "\nAnswer:"):
+        self.count, self.max_tokens, self.description_words = count, max_tokens, description_words
+        self.header, self.footer = header, footer
+
+    def _assemble(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
+                  candidate: tuple[dict[str, Any], str | None], hist_words: int, cand_words: int) -> Prompt:
+        prefix: list[Segment] = [self.header + INSTRUCTION + "\nUser purchase history:\n"]
+        if not history:
+            prefix.append("none\n")
+        for i, (p, img) in enumerate(history, 1):
+            prefix.append(f"({i}) ")
+            prefix += render_product(p, hist_words, img)
+        prefix.append(f"Search query: {query}\n")
+        suffix: list[Segment] = ["Candidate product: "]
+        suffix += render_product(candidate[0], cand_words, candidate[1])
+        suffix.append("Will the user purchase the candidate product?" + self.footer)
+        return Prompt(_merge(prefix), _merge(suffix))
+
+    def build(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
+              candidate: tuple[dict[str, Any], str | None]) -> Prompt:
+        hist, hist_words, cand_words = list(history), self.description_words, self.description_words
+        while True:
+            prompt = self._assemble(hist, query, candidate, hist_words, cand_words)
+            n = self.count(prompt.segments)
+            if n <= self.max_tokens:
+                prompt.meta.update(tokens=n, history=len(hist), history_words=hist_words, candidate_words=cand_words)
+                return prompt
+            if hist and hist_words > 0:
+                hist_words //= 2
+            elif cand_words > 0:
+                cand_words //= 2
+            elif hist:
+                hist = hist[1:]
+            else:  # the bare candidate alone is over budget: keep it whole, never cut it
+                prompt.meta.update(tokens=n, history=0, history_words=0, candidate_words=0, over_budget=True)
+                return prompt
+
+    def build_group(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
+                    candidates: Sequence[tuple[dict[str, Any], str | None]]) -> list[Prompt]:
+        """Prompts for candidates sharing one history, with one identical prefix.
+
+        The history is trimmed as much as the most demanding candidate needs, so
+        the backbone can compute the prefix once and share its KV cache.
+        """
+        single = [self.build(history, query, c) for c in candidates]
+        if len(single) < 2:
+            return single
+        n_hist = min(p.meta["history"] for p in single)
+        hist_words = min(p.meta["history_words"] for p in single)
+        hist = list(history)[len(history) - n_hist:] if n_hist else []
+        out = []
+        for c, p in zip(candidates, single, strict=True):
+            prompt = self._assemble(hist, query, c, hist_words, p.meta["candidate_words"])
+            prompt.meta.update(p.meta, tokens=self.count(prompt.segments), history=n_hist, history_words=hist_words)
+            out.append(prompt)
+        return out
+
+
+def _merge(segments: list[Segment]) -> list[Segment]:
+    """Join adjacent text segments (fewer tokenizer calls, stable token boundaries)."""
+    out: list[Segment] = []
+    for s in segments:
+        if isinstance(s, str) and out and isinstance(out[-1], str):
+            out[-1] = out[-1] + s
+        else:
+            out.append(s)
+    return out

@@ -1,0 +1,223 @@
+"""The two-stage HMPPS teacher (paper Sec. 4.3) end to end.
+
+stage 1: train on K_s1 random history items
+embed:   mean-pooled stage-1 embeddings of every product and query (Eq. 4-5)
+stage 2: continue from stage 1 with the two-step selected history (Eq. 6)
+score:   P(yes) (Eq. 3) for the first stage's top-10 of every test query and a
+         share of the train queries (soft labels for distillation)
+
+The output directory is resumable: each stage's checkpoint is reused when its
+config matches, and ``metrics.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.artifacts import read_json, read_jsonl, require_same_dataset, write_json, write_jsonl
+from training.dataset import Dataset, load_dataset
+from training.errors import InputError
+from training.metrics import paper_metrics, rerank
+from training.teacher.backbone import ComposedBackbone, build_backbone
+from training.teacher.config import TeacherConfig
+from training.teacher.examples import Embeddings, ExampleFactory, Group
+from training.teacher.prompt import ImageSlot, Segment, render_product
+from training.teacher.trainer import train
+
+
+@dataclass
+class FirstStage:
+    dir: Path
+    rows: dict[str, dict[str, Any]]  # query_id -> candidates line
+    model: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def ids(self, qid: str) -> list[str]:
+        return [c["product_id"] for c in self.rows[qid]["candidates"]]
+
+
+def load_first_stage(path: Path, ds: Dataset) -> FirstStage:
+    info_path = Path(path) / "retrieve.json"
+    if not info_path.exists():
+        raise InputError(f"{path} is not a first-stage output (retrieve.json missing); run 'hmpps retrieve' first")
+    info = read_json(info_path)
+    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"first-stage candidates in {path}")
+    rows = {r["query_id"]: r for r in read_jsonl(Path(path) / "candidates.jsonl")}
+    return FirstStage(Path(path), rows, info["model"], read_json(Path(path) / "metrics.json"))
+
+
+def apply_summaries(ds: Dataset, summaries_dir: Path | None) -> dict[str, Any] | None:
+    """Attach ``summary`` to products from a summarize run (used instead of the description)."""
+    if summaries_dir is None:
+        return None
+    info = read_json(Path(summaries_dir) / "summarize.json")
+    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"summaries in {summaries_dir}")
+    n = 0
+    for row in read_jsonl(Path(summaries_dir) / "summaries.jsonl"):
+        if row["product_id"] in ds.products and row.get("summary"):
+            ds.products[row["product_id"]]["summary"] = row["summary"]
+            n += 1
+    return {"dir": str(summaries_dir), "mode": info.get("mode"), "products": n}
+
+
+def sample_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    if fraction >= 1.0:
+        return list(rows)
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(fraction * len(rows))))
+    return [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
+
+
+def product_segments(ds: Dataset, pid: str, cfg: TeacherConfig) -> list[Segment]:
+    image = None
+    if cfg.vision != "none":
+        path = ds.image_path(pid)
+        image = str(path) if path is not None and path.is_file() else None
+    return render_product(ds.products[pid], cfg.description_words, image)
+
+
+def compute_embeddings(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, batch: int = 32) -> Embeddings:
+    """Eq. 4-5 with the stage-1 weights: products as [t_p; v_p], queries as t_q."""
+    pids = sorted(ds.products)
+    queries = sorted({r["query"] for r in ds.queries()})
+    backbone.eval()
+    vecs = []
+    for start in tqdm(range(0, len(pids), batch), desc="embedding products", unit="batch"):
+        vecs.append(backbone.embed([product_segments(ds, p, cfg) for p in pids[start:start + batch]]))
+    qvecs = [backbone.embed([[q] for q in queries[s:s + batch]]) for s in range(0, len(queries), batch)]
+    return Embeddings(pids, torch.cat(vecs).numpy(), queries, torch.cat(qvecs).numpy())
+
+
+def save_embeddings(emb: Embeddings, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "products.npy", emb.products.astype(np.float32))
+    np.save(out / "queries.npy", emb.query_vectors.astype(np.float32))
+    write_json(out / "index.json", {"products": emb.product_ids, "queries": emb.queries})
+
+
+def load_embeddings(path: Path) -> Embeddings:
+    idx = read_json(path / "index.json")
+    return Embeddings(idx["products"], np.load(path / "products.npy"), idx["queries"], np.load(path / "queries.npy"))
+
+
+def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
+                cfg: TeacherConfig, mode: str, out: Path, stage: str) -> dict[str, Any]:
+    done = out / "trained.json"
+    if done.exists() and read_json(done).get("config") == asdict(cfg):
+        state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+        backbone.load_trainable_state(state["trainable"])
+        return read_json(done)["log"]
+
+    def groups_for_epoch(epoch: int) -> list[Group]:
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch + (1 if stage == "stage2" else 0))
+        order = rng.permutation(len(rows))
+        return [factory.training_group(rows[i], fs.ids(rows[i]["query_id"]), mode, rng) for i in order]
+
+    backbone.train()
+    log = train(backbone, groups_for_epoch, cfg, out / "checkpoint", stage)
+    write_json(done, {"stage": stage, "history": mode, "config": asdict(cfg), "log": log})
+    return log
+
+
+def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
+               mode: str, seed: int, desc: str = "scoring") -> list[dict[str, Any]]:
+    backbone.eval()
+    rng = np.random.default_rng(seed)
+    out = []
+    for row in tqdm(rows, desc=desc, unit="q"):
+        g = factory.scoring_group(row, fs.ids(row["query_id"]), mode, rng)
+        probs, margins = backbone.score(g.prompts)
+        fs_scores = [c["score"] for c in fs.rows[row["query_id"]]["candidates"]]
+        out.append({
+            "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
+            "target": row["product_id"],
+            "candidates": [{"product_id": p, "first_stage_score": s, "teacher_score": round(float(pr), 6),
+                            "teacher_logit": round(float(m), 5), "label": y}
+                           for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs, margins, g.labels, strict=True)],
+            "prompt_tokens": [pr.meta.get("tokens", 0) for pr in g.prompts],
+        })
+    return out
+
+
+def reranked_metrics(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    test = [s for s in scored if s["split"] == "test"]
+    ranked = [rerank([c["product_id"] for c in s["candidates"]], [c["teacher_score"] for c in s["candidates"]]) for s in test]
+    return paper_metrics(ranked, [s["target"] for s in test])
+
+
+def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None,
+                test_rows_all: bool = True) -> dict[str, Any]:
+    """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json, report.md."""
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data)
+    fs = load_first_stage(first_stage, ds)
+    summ = apply_summaries(ds, summaries)
+    train_rows = [ds_row for ds_row in ds.queries("train") if ds_row["query_id"] in fs.rows]
+    test_rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
+    if not train_rows or not test_rows:
+        raise InputError(f"{first_stage} has no candidates for this dataset's train/test queries")
+    fit_rows = sample_rows(train_rows, cfg.train_fraction, cfg.seed)
+
+    backbone = build_backbone(cfg)
+    builder = backbone.prompt_builder()
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    log1 = train_stage(backbone, ExampleFactory(ds, cfg, builder), fs, fit_rows, cfg, "random", out / "stage1", "stage1")
+    timings["stage1_train"] = time.time() - t
+
+    t = time.time()
+    if (out / "embeddings" / "index.json").exists() and (out / "stage1" / "trained.json").exists():
+        emb = load_embeddings(out / "embeddings")
+    else:
+        emb = compute_embeddings(backbone, ds, cfg)
+        save_embeddings(emb, out / "embeddings")
+    timings["embed"] = time.time() - t
+
+    factory = ExampleFactory(ds, cfg, builder, emb)
+    t = time.time()
+    log2 = train_stage(backbone, factory, fs, fit_rows, cfg, "selected", out / "stage2", "stage2")
+    timings["stage2_train"] = time.time() - t
+
+    t = time.time()
+    score_train = sample_rows(train_rows, cfg.score_train_fraction, cfg.seed + 1)
+    scored = score_rows(backbone, factory, fs, test_rows + score_train, "selected", cfg.seed, "teacher scoring")
+    timings["score"] = time.time() - t
+    metrics = reranked_metrics(scored)
+
+    write_jsonl(out / "scores.jsonl", scored)
+    tokens = [n for s in scored for n in s["prompt_tokens"]]
+    info = {
+        "stage": "teacher", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+        "first_stage": {"dir": str(first_stage), "model": fs.model, "metrics": fs.metrics},
+        "summaries": summ, "config": asdict(cfg), "train_queries": len(fit_rows),
+        "scored_queries": {"test": len(test_rows), "train": len(score_train)},
+        "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},
+        "logs": {"stage1": log1, "stage2": log2},
+        "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
+        "complete": True,
+    }
+    write_json(out / "teacher.json", info)
+    write_json(out / "metrics.json", metrics)
+    return {"metrics": metrics, "info": info}
+
+
+def load_teacher_scores(path: Path, ds: Dataset) -> list[dict[str, Any]]:
+    info_path = Path(path) / "teacher.json"
+    if not info_path.exists() or not json.loads(info_path.read_text()).get("complete"):
+        raise InputError(f"{path} holds no complete teacher run (teacher.json missing or incomplete)")
+    require_same_dataset(ds.fingerprint, read_json(info_path)["dataset_fingerprint"], f"teacher scores in {path}")
+    return read_jsonl(Path(path) / "scores.jsonl")
+
+
+__all__ = ["ImageSlot", "run_teacher", "load_teacher_scores", "load_first_stage", "score_rows", "train_stage"]

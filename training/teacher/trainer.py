@@ -1,0 +1,102 @@
+"""The teacher's training loop: yes/no LM loss (Eq. 2), LoRA, AdamW, resume.
+
+Built on Hugging Face Accelerate, so the same code runs on one CPU and under
+``accelerate launch`` on several GPUs (each process takes a shard of groups).
+A checkpoint (trainable tensors, optimizer, step, config) is written every
+``checkpoint_every`` optimizer steps; a rerun with the same output directory
+resumes from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from training.artifacts import atomic_dir, read_json, write_json
+from training.errors import ArtifactMismatch
+from training.teacher.backbone import ComposedBackbone
+from training.teacher.config import TeacherConfig
+from training.teacher.examples import Group
+
+
+def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Optimizer:
+    vision, lm = [], []
+    for name, p in backbone.named_parameters():
+        if p.requires_grad:
+            (vision if name.startswith(("vision.", "projector.")) else lm).append(p)
+    groups = [{"params": lm, "lr": cfg.lr}]
+    if vision:
+        groups.append({"params": vision, "lr": cfg.vision_lr})
+    return torch.optim.AdamW(groups, weight_decay=0.0)
+
+
+def _save_checkpoint(path: Path, backbone: ComposedBackbone, opt: torch.optim.Optimizer, step: int,
+                     cfg: TeacherConfig, stage: str) -> None:
+    with atomic_dir(path) as tmp:
+        torch.save({"trainable": backbone.trainable_state(), "optimizer": opt.state_dict(), "step": step}, tmp / "state.pt")
+        write_json(tmp / "checkpoint.json", {"stage": stage, "step": step, "config": asdict(cfg)})
+
+
+def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Group]], cfg: TeacherConfig,
+          ckpt_dir: Path, stage: str) -> dict[str, Any]:
+    """Train on query groups (1 positive + negatives each); returns a log."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    opt = _optimizer(backbone, cfg)
+    model, opt = accelerator.prepare(backbone, opt)
+    step, _start_epoch, start_group = 0, 0, 0
+    if (ckpt_dir / "state.pt").exists():
+        info = read_json(ckpt_dir / "checkpoint.json")
+        if info["config"] != asdict(cfg) or info["stage"] != stage:
+            raise ArtifactMismatch(f"{ckpt_dir} holds a checkpoint of another config or stage; remove it or use a new --out")
+        state = torch.load(ckpt_dir / "state.pt", weights_only=False)
+        backbone.load_trainable_state(state["trainable"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+    log: list[dict[str, Any]] = []
+    t0 = time.time()
+    groups_done = step * cfg.grad_accum
+    for epoch in range(cfg.epochs):
+        groups = groups_for_epoch(epoch)[accelerator.process_index:: accelerator.num_processes]
+        if groups_done >= len(groups) * (epoch + 1):
+            continue  # finished before the resume
+        start_group = groups_done - len(groups) * epoch if groups_done > len(groups) * epoch else 0
+        bar = tqdm(range(start_group, len(groups)), desc=f"teacher {stage} epoch {epoch + 1}", unit="q",
+                   disable=not accelerator.is_local_main_process)
+        running = []
+        for gi in bar:
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+            g = groups[gi]
+            with accelerator.accumulate(model):
+                logits = model([p.segments for p in g.prompts])
+                target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in g.labels], device=logits.device)
+                loss = torch.nn.functional.cross_entropy(logits.float(), target)
+                accelerator.backward(loss)
+                opt.step()
+                opt.zero_grad()
+            running.append(loss.item())
+            groups_done += 1
+            if accelerator.sync_gradients:
+                step += 1
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and accelerator.is_main_process:
+                    _save_checkpoint(ckpt_dir, backbone, opt, step, cfg, stage)
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+            if len(running) == 50 or gi == len(groups) - 1:
+                log.append({"epoch": epoch + 1, "groups": groups_done, "loss": round(sum(running) / len(running), 4),
+                            "seconds": round(time.time() - t0, 1)})
+                bar.set_postfix(loss=log[-1]["loss"])
+                running = []
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    if accelerator.is_main_process:
+        _save_checkpoint(ckpt_dir, backbone, opt, step, cfg, stage)
+    return {"steps": step, "groups": groups_done, "seconds": round(time.time() - t0, 1), "loss_curve": log}
