@@ -168,6 +168,39 @@ def pipeline(
     typer.echo((out / "report.md").read_text())
 
 
+@app.command("ablate")
+@friendly_errors
+def ablate(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    out: Path = typer.Option(..., "--out", help="ablation output directory"),
+    profile: str = typer.Option("tiny", "--profile", help="teacher profile"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    groups: str = typer.Option("modality,history,fraction", "--groups", help="comma-separated: modality,history,fraction"),
+    fractions: str = typer.Option("0.05,0.1,0.2", "--fractions", help="training fractions for the fraction group"),
+    summaries: Path = typer.Option(None, "--summaries", help="add the none-vs-summaries rows (Table 5)"),
+    sets: list[str] = typer.Option(None, "--set", help="override a teacher config field"),
+) -> None:
+    """The paper's ablations: modality (Table 4), history (Fig. 3), training fraction (Fig. 4a)."""
+    from training.errors import InputError
+    from training.teacher.ablate import GROUPS, run_ablate
+    from training.teacher.config import load_teacher_config
+
+    chosen = tuple(g.strip() for g in groups.split(",") if g.strip())
+    unknown = [g for g in chosen if g not in GROUPS]
+    if unknown:
+        raise InputError(f"unknown ablation group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    try:
+        fracs = tuple(float(f) for f in fractions.split(","))
+    except ValueError as e:
+        raise InputError(f"--fractions must be comma-separated numbers: {e}") from e
+    if not all(0 < f <= 1 for f in fracs):
+        raise InputError("--fractions must lie in (0, 1]")
+    cfg = load_teacher_config(profile, config, _parse_sets(sets))
+    run_ablate(data, candidates, out, cfg, chosen, fracs, summaries)
+    typer.echo((out / "report.md").read_text())
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

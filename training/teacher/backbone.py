@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from training.teacher.config import TeacherConfig
-from training.teacher.prompt import ImageSlot, Prompt, PromptBuilder, Segment
+from training.teacher.prompt import INSTRUCTION, ImageSlot, Prompt, PromptBuilder, Segment
 from training.teacher.vision import SmallCNN, load_image
 
 
@@ -49,7 +49,23 @@ def single_token(tokenizer: Any, words: Sequence[str]) -> int:
     raise ValueError(f"none of {list(words)} is a single token for this tokenizer")
 
 
-class ComposedBackbone(nn.Module):
+class TrainableStateMixin(nn.Module):
+    """Checkpoint only what training changes (adapters, vision tower, projector)."""
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.named_parameters() if v.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [k for k, v in self.named_parameters() if v.requires_grad and k not in state]
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[:3]}")
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+
+class ComposedBackbone(TrainableStateMixin):
     def __init__(self, lm: Any, tokenizer: Any, cfg: TeacherConfig):
         super().__init__()
         self.lm, self.tok, self.cfg = lm, tokenizer, cfg
@@ -61,10 +77,13 @@ class ComposedBackbone(nn.Module):
             self.projector = nn.Sequential(nn.Linear(self.vision.width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         elif cfg.vision != "none":
             raise ValueError(f"vision must be 'cnn' or 'none', got {cfg.vision!r}")
+        self.instruction_in_header = False
         if cfg.chat_template and getattr(tokenizer, "chat_template", None):
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
-                                                     add_generation_prompt=True)
+            # the HMPPS instruction takes the system slot (replacing any default system prompt)
+            msgs = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "\x00"}]
+            rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             self.header, chat_footer = rendered.split("\x00")
+            self.instruction_in_header = True
             self.footer = " Answer yes or no." + chat_footer
             answers = (["yes", " yes"], ["no", " no"])
         else:
@@ -90,7 +109,7 @@ class ComposedBackbone(nn.Module):
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(self.count_tokens, self.cfg.max_prompt_tokens, self.cfg.description_words,
-                             header=self.header, footer=self.footer)
+                             header=self.header, footer=self.footer, instruction=not self.instruction_in_header)
 
     def _image_embeds(self, paths: list[str]) -> dict[str, torch.Tensor]:
         if not paths or self.vision is None or self.projector is None:
@@ -184,21 +203,8 @@ class ComposedBackbone(nn.Module):
         m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return ((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).float().cpu()
 
-    # -- what training changes -----------------------------------------------------
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.named_parameters() if v.requires_grad}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        missing = [k for k, v in self.named_parameters() if v.requires_grad and k not in state]
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[:3]}")
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
-
-
-def add_lora(backbone: ComposedBackbone, cfg: TeacherConfig) -> ComposedBackbone:
+def add_lora(backbone: Any, cfg: TeacherConfig) -> Any:
     """Freeze the LM, add LoRA adapters on all its linear layers; vision and projector stay trainable.
 
     ``lora_r: 0`` trains the whole LM instead: only sensible for the tiny,
@@ -210,6 +216,8 @@ def add_lora(backbone: ComposedBackbone, cfg: TeacherConfig) -> ComposedBackbone
         return backbone
     for p in backbone.lm.parameters():
         p.requires_grad_(False)
+    # all-linear: every linear layer but the output head; for a native VLM that covers
+    # the vision tower, the connector and the language model, as the paper does
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules="all-linear", task_type="CAUSAL_LM")
     backbone.lm = get_peft_model(backbone.lm, lora)
@@ -223,10 +231,14 @@ def build_backbone(cfg: TeacherConfig, with_lora: bool = True) -> ComposedBackbo
 
     if cfg.threads:
         _torch.set_num_threads(cfg.threads)
+    if cfg.backbone == "hf-vlm":
+        from training.teacher.hf_vlm import load_hf_vlm
+
+        return add_lora(load_hf_vlm(cfg), cfg) if with_lora else load_hf_vlm(cfg)  # type: ignore[return-value]
     if cfg.backbone != "composed":
         from training.errors import InputError
 
-        raise InputError(f"backbone {cfg.backbone!r} is not available; use 'composed'")
+        raise InputError(f"unknown backbone {cfg.backbone!r}; choose 'composed' or 'hf-vlm'")
     lm, tok = load_lm(cfg.lm, cfg.tokenizer, (cfg.tiny_hidden, cfg.tiny_layers, cfg.tiny_heads), cfg.seed)
     _torch.manual_seed(cfg.seed)
     backbone = ComposedBackbone(lm, tok, cfg)

@@ -66,13 +66,14 @@ class PromptBuilder:
     """Builds budgeted prompts. ``count`` returns the token count of a segment list."""
 
     def __init__(self, count: Callable[[list[Segment]], int], max_tokens: int, description_words: int,
-                 header: str = "", footer: str = "\nAnswer:"):
+                 header: str = "", footer: str = "\nAnswer:", instruction: bool = True):
         self.count, self.max_tokens, self.description_words = count, max_tokens, description_words
         self.header, self.footer = header, footer
+        self.instruction = INSTRUCTION + "\n" if instruction else ""  # chat templates carry it as the system turn
 
     def _assemble(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
                   candidate: tuple[dict[str, Any], str | None], hist_words: int, cand_words: int) -> Prompt:
-        prefix: list[Segment] = [self.header + INSTRUCTION + "\nUser purchase history:\n"]
+        prefix: list[Segment] = [self.header + self.instruction + "User purchase history:\n"]
         if not history:
             prefix.append("none\n")
         for i, (p, img) in enumerate(history, 1):

@@ -147,10 +147,13 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
     return out
 
 
-def reranked_metrics(scored: list[dict[str, Any]]) -> dict[str, Any]:
+def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
+    """Paper metrics over all ``n_test`` test queries; unscored ones (target outside the top 10) are misses."""
     test = [s for s in scored if s["split"] == "test"]
-    ranked = [rerank([c["product_id"] for c in s["candidates"]], [c["teacher_score"] for c in s["candidates"]]) for s in test]
-    return paper_metrics(ranked, [s["target"] for s in test])
+    ranked = [rerank([c["product_id"] for c in s["candidates"]], [c[key] for c in s["candidates"]]) for s in test]
+    targets = [s["target"] for s in test]
+    missing = n_test - len(test)
+    return paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)
 
 
 def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None,
@@ -191,9 +194,11 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
 
     t = time.time()
     score_train = sample_rows(train_rows, cfg.score_train_fraction, cfg.seed + 1)
-    scored = score_rows(backbone, factory, fs, test_rows + score_train, "selected", cfg.seed, "teacher scoring")
+    # A test query whose target is not in the top 10 is a miss for every reranker: no need to score it.
+    test_hits = [r for r in test_rows if r["product_id"] in fs.ids(r["query_id"])]
+    scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring")
     timings["score"] = time.time() - t
-    metrics = reranked_metrics(scored)
+    metrics = reranked_metrics(scored, n_test=len(test_rows))
 
     write_jsonl(out / "scores.jsonl", scored)
     tokens = [n for s in scored for n in s["prompt_tokens"]]
@@ -201,7 +206,7 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
         "stage": "teacher", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
         "first_stage": {"dir": str(first_stage), "model": fs.model, "metrics": fs.metrics},
         "summaries": summ, "config": asdict(cfg), "train_queries": len(fit_rows),
-        "scored_queries": {"test": len(test_rows), "train": len(score_train)},
+        "scored_queries": {"test": len(test_hits), "test_total": len(test_rows), "train": len(score_train)},
         "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},
         "logs": {"stage1": log1, "stage2": log2},
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},

@@ -1,0 +1,162 @@
+"""``hmpps ablate``: the paper's teacher ablations on one dataset.
+
+Rows (each trains a fresh backbone unless it is defined as a continuation):
+
+Table 4, modality (raw descriptions, first stage only):
+  text / zero-shot, text+vision / zero-shot, text / finetuned, text+vision / finetuned
+Fig. 3, history:
+  one-stage latest, one-stage random, one-stage selected (a fresh model trained on
+  history selected with the one-stage-random model's embeddings), two-stage selected
+  (the one-stage random model trained further on selected history)
+Fig. 4a, training fraction: the one-stage random model at several fractions
+Table 5, summaries (when ``--summaries`` is given): none vs perspective summaries,
+  two-stage, reported with description word counts
+
+"one-stage random" and "text+vision / finetuned" are the same model and are
+trained once. All rows score the same test queries with the same first stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.artifacts import write_json
+from training.dataset import Dataset, load_dataset
+from training.metrics import PAPER_KEYS
+from training.teacher.backbone import build_backbone
+from training.teacher.config import TeacherConfig
+from training.teacher.examples import Embeddings, ExampleFactory
+from training.teacher.run import (
+    FirstStage,
+    apply_summaries,
+    compute_embeddings,
+    load_first_stage,
+    reranked_metrics,
+    sample_rows,
+    score_rows,
+    train_stage,
+)
+
+GROUPS = ("modality", "history", "fraction")
+
+
+class Ablation:
+    def __init__(self, ds: Dataset, fs: FirstStage, cfg: TeacherConfig, out: Path):
+        self.ds, self.fs, self.cfg, self.out = ds, fs, cfg, out
+        self.train_rows = [r for r in ds.queries("train") if r["query_id"] in fs.rows]
+        test_rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
+        self.n_test = len(test_rows)
+        self.test_hits = [r for r in test_rows if r["product_id"] in fs.ids(r["query_id"])]
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def evaluate(self, name: str, backbone: Any, cfg: TeacherConfig, mode: str, emb: Embeddings | None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        factory = ExampleFactory(self.ds, cfg, backbone.prompt_builder(), emb)
+        t = time.time()
+        scored = score_rows(backbone, factory, self.fs, self.test_hits, mode, cfg.seed, f"scoring {name}")
+        m = reranked_metrics(scored, self.n_test)
+        tokens = [n for s in scored for n in s["prompt_tokens"]]
+        self.rows[name] = {"metrics": m, "history": mode, "vision": cfg.vision, "train_fraction": cfg.train_fraction,
+                           "prompt_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
+                           "score_seconds": round(time.time() - t, 1), **(extra or {})}
+        write_json(self.out / "ablate.json", self.rows)
+        return m
+
+    def train(self, name: str, cfg: TeacherConfig, mode: str, emb: Embeddings | None = None, backbone: Any = None,
+              stage: str = "stage1") -> tuple[Any, dict[str, Any]]:
+        backbone = backbone if backbone is not None else build_backbone(cfg)
+        rows = sample_rows(self.train_rows, cfg.train_fraction, cfg.seed)
+        factory = ExampleFactory(self.ds, cfg, backbone.prompt_builder(), emb)
+        t = time.time()
+        log = train_stage(backbone, factory, self.fs, rows, cfg, mode, self.out / "models" / name, stage)
+        return backbone, {"train_queries": len(rows), "train_seconds": round(time.time() - t, 1), "final_loss":
+                          log["loss_curve"][-1]["loss"] if log["loss_curve"] else None}
+
+
+def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, groups: tuple[str, ...] = GROUPS,
+               fractions: tuple[float, ...] = (0.05, 0.1, 0.2), summaries: Path | None = None) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data)
+    fs = load_first_stage(first_stage, ds)
+    ab = Ablation(ds, fs, cfg, out)
+    text_cfg = replace(cfg, vision="none")
+    vis_cfg = replace(cfg, vision="cnn")
+
+    if "modality" in groups:
+        for label, c in (("text / zero-shot", text_cfg), ("text+vision / zero-shot", vis_cfg)):
+            ab.evaluate(label, build_backbone(c), c, "random", None)
+        bb_text, extra = ab.train("text-finetuned", text_cfg, "random")
+        ab.evaluate("text / finetuned", bb_text, text_cfg, "random", None, extra)
+    bb_rand, extra_rand = ab.train("one-stage-random", vis_cfg, "random")
+    if "modality" in groups:
+        ab.evaluate("text+vision / finetuned", bb_rand, vis_cfg, "random", None, extra_rand)
+    if "history" in groups:
+        bb_latest, extra = ab.train("one-stage-latest", vis_cfg, "latest")
+        ab.evaluate("one-stage latest", bb_latest, vis_cfg, "latest", None, extra)
+        ab.evaluate("one-stage random", bb_rand, vis_cfg, "random", None, extra_rand)
+        emb = compute_embeddings(bb_rand, ds, vis_cfg)
+        bb_sel, extra = ab.train("one-stage-selected", vis_cfg, "selected", emb)
+        ab.evaluate("one-stage selected", bb_sel, vis_cfg, "selected", emb, extra)
+        two = copy.deepcopy(bb_rand)
+        two, extra = ab.train("two-stage-selected", vis_cfg, "selected", emb, backbone=two, stage="stage2")
+        ab.evaluate("two-stage selected", two, vis_cfg, "selected", emb, extra)
+    if "fraction" in groups:
+        for frac in fractions:
+            c = replace(vis_cfg, train_fraction=frac)
+            bb, extra = (bb_rand, extra_rand) if frac == cfg.train_fraction else ab.train(f"fraction-{frac}", c, "random")
+            ab.evaluate(f"fraction {frac:g}", bb, c, "random", None, extra)
+    if summaries is not None:
+        for label, summ in (("descriptions: none", None), ("descriptions: summaries", summaries)):
+            ds_s = load_dataset(data)
+            info = apply_summaries(ds_s, summ)
+            sub = Ablation(ds_s, fs, cfg, out)
+            sub.rows = ab.rows
+            bb, extra = sub.train(f"summ-{'none' if summ is None else 'summ'}", vis_cfg, "random")
+            words = [len((p.get("summary") or p["description"]).split()) for p in ds_s.products.values()]
+            sub.evaluate(label, bb, vis_cfg, "random", None, {**extra, "summaries": info,
+                                                             "WC_p_avg": round(float(np.mean(words)), 1),
+                                                             "WC_p_max": int(max(words))})
+    write_json(out / "ablate.json", ab.rows)
+    (out / "report.md").write_text(render_report(ds, fs, cfg, ab.rows))
+    plot_ablation(out / "ablate.png", ab.rows)
+    return ab.rows
+
+
+def render_report(ds: Dataset, fs: FirstStage, cfg: TeacherConfig, rows: dict[str, Any]) -> str:
+    head = "| variant | " + " | ".join(PAPER_KEYS) + " | prompt tokens | train queries | train s |"
+    sep = "|---|" + "---:|" * (len(PAPER_KEYS) + 3)
+    lines = [f"# Teacher ablations on {ds.name}", "",
+             f"First stage `{fs.model}` (NDCG@4 {fs.metrics['NDCG@4']:.4f}); backbone `{cfg.lm}`"
+             "; config:", "",
+             "```", ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "```", "", head, sep,
+             f"| first stage ({fs.model}) | " + " | ".join(f"{fs.metrics[k]:.4f}" for k in PAPER_KEYS) + " | | | |"]
+    for name, r in rows.items():
+        m = r["metrics"]
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS)
+                     + f" | {r['prompt_tokens']} | {r.get('train_queries', 0)} | {r.get('train_seconds', 0)} |")
+    lines += ["", "![ablations](ablate.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_ablation(path: Path, rows: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    vals = [rows[n]["metrics"]["NDCG@4"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1))
+    ax.barh(names[::-1], vals[::-1], color="tab:blue")
+    ax.set_xlabel("NDCG@4 (test)")
+    ax.set_title("HMPPS teacher ablations")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
