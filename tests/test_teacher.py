@@ -200,20 +200,24 @@ def test_image_file_exists_for_every_prompt_image(ds, backbone):
                 assert Path(s.path).is_file()
 
 
-def test_ablate_runs_every_group_on_the_tiny_profile(synthetic_dir, tmp_path):
+def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
+    from training.synthetic import SyntheticConfig, generate
+
+    data = tmp_path / "data"  # smaller than the shared fixture: ten variants are trained and scored
+    generate(SyntheticConfig(users=50, products=60, seed=11, min_core=3), data)
     fs = tmp_path / "fs"
-    assert runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "bm25", "--out", str(fs)]).exit_code == 0
-    res = runner.invoke(app, ["ablate", "--data", str(synthetic_dir), "--candidates", str(fs), "--out", str(tmp_path / "ab"),
-                              "--fractions", "0.02,0.05", "--set", "train_fraction=0.05"])
+    assert runner.invoke(app, ["retrieve", "--data", str(data), "--model", "bm25", "--out", str(fs)]).exit_code == 0
+    res = runner.invoke(app, ["ablate", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "ab"),
+                              "--fractions", "0.05,0.1", "--set", "train_fraction=0.1"])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "ab" / "ablate.json").read_text())
     expected = {"text / zero-shot", "text+vision / zero-shot", "text / finetuned", "text+vision / finetuned",
                 "one-stage latest", "one-stage random", "one-stage selected", "two-stage selected",
-                "fraction 0.02", "fraction 0.05"}
+                "fraction 0.05", "fraction 0.1"}
     assert set(rows) == expected
     assert rows["text / zero-shot"]["vision"] == "none" and rows["text+vision / zero-shot"]["vision"] == "cnn"
     assert rows["two-stage selected"]["prompt_tokens"] < rows["one-stage random"]["prompt_tokens"], \
         "K_s2 selected items make shorter prompts than K_s1 random ones"
     assert (tmp_path / "ab" / "ablate.png").stat().st_size > 1000
-    res = runner.invoke(app, ["ablate", "--data", str(synthetic_dir), "--candidates", str(fs), "--out", str(tmp_path / "x"), "--groups", "colour"])
+    res = runner.invoke(app, ["ablate", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "x"), "--groups", "colour"])
     assert res.exit_code == 2 and "colour" in res.output
