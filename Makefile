@@ -27,6 +27,8 @@ demo: setup
 	for m in pop bm25 hem zam; do $(BIN)/hmpps retrieve --data $(DEMO)/data --model $$m --out $(DEMO)/first_stage/$$m || exit 1; done
 	@echo; echo "First stage on the synthetic demo data (test queries):"
 	@$(BIN)/hmpps metrics $(DEMO)/first_stage/pop $(DEMO)/first_stage/bm25 $(DEMO)/first_stage/hem $(DEMO)/first_stage/zam --baseline pop
+	@echo; echo "Two-stage HMPPS teacher (tiny profile) reranking the HEM candidates:"
+	$(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
