@@ -221,3 +221,15 @@ def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
     assert (tmp_path / "ab" / "ablate.png").stat().st_size > 1000
     res = runner.invoke(app, ["ablate", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "x"), "--groups", "colour"])
     assert res.exit_code == 2 and "colour" in res.output
+
+
+def test_config_layers_profile_then_file_then_flags(tmp_path):
+    from training.errors import InputError
+
+    f = tmp_path / "c.yaml"
+    f.write_text("k_s1: 5\nlr: 0.0001\n")  # both equal the defaults, but must still override the tiny profile
+    cfg = load_teacher_config("tiny", f, {"k_s2": 3})
+    assert (cfg.k_s1, cfg.lr, cfg.k_s2, cfg.lm) == (5, 0.0001, 3, "tiny")
+    f.write_text("k_s1: five\n")
+    with pytest.raises(InputError, match="k_s1 must be int"):
+        load_teacher_config("tiny", f)

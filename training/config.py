@@ -16,26 +16,31 @@ from training.errors import InputError
 C = TypeVar("C")
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path} must hold a mapping of config fields")
+    return loaded
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path} must hold a mapping of config fields")
-        values.update(loaded)
+    """``cls`` defaults <- YAML file <- overrides, with unknown fields and wrong types named."""
+    values: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     values.update(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InputError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     for name, value in values.items():
-        default = getattr(cls, name, None) if not isinstance(fields[name].default, dataclasses._MISSING_TYPE) else None
-        if default is not None and not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
+        default = fields[name].default
+        if default is dataclasses.MISSING or default is None:
+            continue
+        if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
             raise InputError(f"{cls.__name__}.{name} must be {type(default).__name__}, got {value!r}")
     return cls(**values)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import load_config
+from training.config import load_config, read_yaml_mapping
 from training.errors import InputError
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -54,17 +54,14 @@ class TeacherConfig:
 def load_teacher_config(profile: str | None = None, config_path: Path | None = None,
                         overrides: dict[str, Any] | None = None) -> TeacherConfig:
     """Defaults <- profile YAML <- --config YAML <- flags."""
-    import yaml
-
     values: dict[str, Any] = {}
     if profile:
         path = PROFILES_DIR / f"{profile}.yaml"
         if not path.exists():
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
             raise InputError(f"unknown profile {profile!r}; known profiles: {known}")
-        values.update(yaml.safe_load(path.read_text()) or {})
+        values.update(read_yaml_mapping(path))
     if config_path is not None:
-        cfg = load_config(TeacherConfig, config_path)
-        values.update({k: v for k, v in vars(cfg).items() if v != getattr(TeacherConfig(), k)})
+        values.update(read_yaml_mapping(config_path))
     values.update(overrides or {})
     return load_config(TeacherConfig, None, values)

@@ -29,7 +29,7 @@ from training.metrics import paper_metrics, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
-from training.teacher.prompt import ImageSlot, Segment, render_product
+from training.teacher.prompt import Segment, render_product
 from training.teacher.trainer import train
 
 
@@ -224,5 +224,3 @@ def load_teacher_scores(path: Path, ds: Dataset) -> list[dict[str, Any]]:
     require_same_dataset(ds.fingerprint, read_json(info_path)["dataset_fingerprint"], f"teacher scores in {path}")
     return read_jsonl(Path(path) / "scores.jsonl")
 
-
-__all__ = ["ImageSlot", "run_teacher", "load_teacher_scores", "load_first_stage", "score_rows", "train_stage"]
