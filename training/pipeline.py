@@ -38,8 +38,8 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(data)
     fs_dir = out / "first_stage"
-    reuse = (fs_dir / "retrieve.json").exists() and read_json(fs_dir / "retrieve.json").get("dataset_fingerprint") == ds.fingerprint \
-        and read_json(fs_dir / "retrieve.json").get("model") == first_stage_model
+    prev = read_json(fs_dir / "retrieve.json") if (fs_dir / "retrieve.json").exists() else {}
+    reuse = prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model
     fs_metrics = read_json(fs_dir / "metrics.json") if reuse else run_retrieval(data, first_stage_model, fs_dir)
     teacher = run_teacher(data, fs_dir, out / "teacher", cfg, summaries=summaries)
     metrics = {"first_stage": fs_metrics, "teacher": teacher["metrics"]}

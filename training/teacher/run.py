@@ -12,7 +12,6 @@ config matches, and ``metrics.json`` is written last.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,8 +155,7 @@ def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teac
     return paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)
 
 
-def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None,
-                test_rows_all: bool = True) -> dict[str, Any]:
+def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None) -> dict[str, Any]:
     """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json, report.md."""
     t0 = time.time()
     out = Path(out)
@@ -215,12 +213,3 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     write_json(out / "teacher.json", info)
     write_json(out / "metrics.json", metrics)
     return {"metrics": metrics, "info": info}
-
-
-def load_teacher_scores(path: Path, ds: Dataset) -> list[dict[str, Any]]:
-    info_path = Path(path) / "teacher.json"
-    if not info_path.exists() or not json.loads(info_path.read_text()).get("complete"):
-        raise InputError(f"{path} holds no complete teacher run (teacher.json missing or incomplete)")
-    require_same_dataset(ds.fingerprint, read_json(info_path)["dataset_fingerprint"], f"teacher scores in {path}")
-    return read_jsonl(Path(path) / "scores.jsonl")
-

@@ -51,7 +51,7 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     opt = _optimizer(backbone, cfg)
     model, opt = accelerator.prepare(backbone, opt)
-    step, _start_epoch, start_group = 0, 0, 0
+    step = 0
     if (ckpt_dir / "state.pt").exists():
         info = read_json(ckpt_dir / "checkpoint.json")
         if info["config"] != asdict(cfg) or info["stage"] != stage:
@@ -67,7 +67,7 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
         groups = groups_for_epoch(epoch)[accelerator.process_index:: accelerator.num_processes]
         if groups_done >= len(groups) * (epoch + 1):
             continue  # finished before the resume
-        start_group = groups_done - len(groups) * epoch if groups_done > len(groups) * epoch else 0
+        start_group = max(0, groups_done - len(groups) * epoch)  # resume mid-epoch
         bar = tqdm(range(start_group, len(groups)), desc=f"teacher {stage} epoch {epoch + 1}", unit="q",
                    disable=not accelerator.is_local_main_process)
         running = []
