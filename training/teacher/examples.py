@@ -10,7 +10,7 @@ import numpy as np
 from service.history import select_history, select_latest, select_random
 from training.dataset import Dataset
 from training.teacher.config import TeacherConfig
-from training.teacher.prompt import Prompt, PromptBuilder
+from training.teacher.prompt import Prompt, PromptBuilder, Segment, render_product
 
 HISTORY_MODES = ("random", "latest", "selected")
 
@@ -58,6 +58,10 @@ class ExampleFactory:
 
     def _item(self, pid: str) -> tuple[dict[str, Any], str | None]:
         return self.ds.products[pid], self._image(pid)
+
+    def product_segments(self, pid: str) -> list[Segment]:
+        """A product on its own, [t_p; v_p], as Eq. 4 embeds it."""
+        return render_product(self.ds.products[pid], self.cfg.description_words, self._image(pid))
 
     def histories(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator) -> list[list[str]]:
         """History (product ids, oldest first) for each candidate under a selection mode."""

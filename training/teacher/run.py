@@ -28,7 +28,6 @@ from training.metrics import paper_metrics, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
-from training.teacher.prompt import Segment, render_product
 from training.teacher.trainer import train
 
 
@@ -75,22 +74,15 @@ def sample_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[
     return [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
 
 
-def product_segments(ds: Dataset, pid: str, cfg: TeacherConfig) -> list[Segment]:
-    image = None
-    if cfg.vision != "none":
-        path = ds.image_path(pid)
-        image = str(path) if path is not None and path.is_file() else None
-    return render_product(ds.products[pid], cfg.description_words, image)
-
-
 def compute_embeddings(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, batch: int = 32) -> Embeddings:
     """Eq. 4-5 with the stage-1 weights: products as [t_p; v_p], queries as t_q."""
     pids = sorted(ds.products)
     queries = sorted({r["query"] for r in ds.queries()})
+    factory = ExampleFactory(ds, cfg, backbone.prompt_builder())
     backbone.eval()
     vecs = []
     for start in tqdm(range(0, len(pids), batch), desc="embedding products", unit="batch"):
-        vecs.append(backbone.embed([product_segments(ds, p, cfg) for p in pids[start:start + batch]]))
+        vecs.append(backbone.embed([factory.product_segments(p) for p in pids[start:start + batch]]))
     qvecs = [backbone.embed([[q] for q in queries[s:s + batch]]) for s in range(0, len(queries), batch)]
     return Embeddings(pids, torch.cat(vecs).numpy(), queries, torch.cat(qvecs).numpy())
 
