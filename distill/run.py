@@ -1,0 +1,326 @@
+"""``hmpps distill``: teacher scores -> student -> ONNX -> bundle.
+
+Reads the pipeline's dataset, first-stage candidates and teacher outputs
+(scores.jsonl, stage-1 embeddings, trained vision tower) and writes:
+
+    OUT/metrics.json   student quality (torch, ONNX fp32, int8, tail-query encoder)
+    OUT/distill.json   config, parity, timings, kept share of the teacher's gain
+    OUT/report.md      the comparison table and the training curve
+    OUT/bundle/        what the service loads (see service/bundle.py)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from distill.export import (
+    QueryEncoderModule,
+    export_query_encoder,
+    export_student,
+    fit_projection,
+    onnx_logits,
+    quantize_int8,
+)
+from distill.features import FeatureTables, MiniLM, build_features, unit
+from distill.student import Student, StudentConfig, distill_loss
+from service import keys
+from service.bundle import FORMAT, sha256_file
+from service.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
+from training.artifacts import (
+    atomic_dir,
+    read_json,
+    read_jsonl,
+    require_same_dataset,
+    write_json,
+    write_jsonl,
+)
+from training.dataset import Dataset, load_dataset
+from training.errors import InputError
+from training.metrics import PAPER_KEYS, kept_gain, paper_metrics, relative_gain, rerank
+from training.teacher.run import apply_summaries, load_embeddings
+
+PARITY_TOL = 1e-4
+
+
+def _teacher_inputs(teacher_dir: Path, ds: Dataset) -> dict[str, Any]:
+    info_path = teacher_dir / "teacher.json"
+    if not info_path.is_file() or not read_json(info_path).get("complete"):
+        raise InputError(f"{teacher_dir} holds no complete teacher run (teacher.json); run 'hmpps teacher' first")
+    info = read_json(info_path)
+    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"teacher outputs in {teacher_dir}")
+    return info
+
+
+def _request_arrays(tables: FeatureTables, ds: Dataset, row: dict[str, Any], pids: list[str],
+                    query_features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    hist = [p for p in ds.history(row) if p in tables._p]
+    q = tables.query(row["query"]) if query_features is None else query_features
+    hist_feats = tables.product(hist) if hist else np.zeros((0, tables.spec.product_dim), np.float32)
+    return build_inputs(tables.spec, q, tables.product(pids), hist_feats)
+
+
+def training_arrays(tables: FeatureTables, ds: Dataset, rows: dict[str, dict[str, Any]], scored: list[dict[str, Any]],
+                    cfg: StudentConfig, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, teacher logits (N, 2), has-teacher mask and hard labels for every scored train query.
+
+    Each query adds ``extra_negatives`` random catalog products with a hard label only:
+    the teacher never scored them, so they carry no soft target.
+    """
+    parts, t_logits, has_t, labels = [], [], [], []
+    catalog = np.array(tables.product_ids)
+    for s in scored:
+        pids = [c["product_id"] for c in s["candidates"]]
+        taken = set(pids)
+        extra = [p for p in rng.choice(catalog, size=min(len(catalog), cfg.extra_negatives + len(pids)), replace=False)
+                 if p not in taken][: cfg.extra_negatives]
+        parts.append(_request_arrays(tables, ds, rows[s["query_id"]], pids + extra))
+        t_logits += [[c["teacher_logit"], 0.0] for c in s["candidates"]] + [[0.0, 0.0]] * len(extra)
+        has_t += [1.0] * len(pids) + [0.0] * len(extra)
+        labels += [c["label"] for c in s["candidates"]] + [0] * len(extra)
+    return (concat_inputs(parts), np.asarray(t_logits, np.float32), np.asarray(has_t, np.float32),
+            np.asarray(labels, np.float32))
+
+
+def train_student(spec: Any, cfg: StudentConfig, data: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]
+                  ) -> tuple[Student, list[dict[str, float]]]:
+    torch.manual_seed(cfg.seed)
+    inputs, t_logits, has_t, labels = data
+    tensors = [torch.from_numpy(inputs[n]) for n in INPUT_NAMES]
+    tl, ht, lab = torch.from_numpy(t_logits), torch.from_numpy(has_t), torch.from_numpy(labels)
+    model = Student(spec, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    n = lab.shape[0]
+    curve = []
+    bar = tqdm(range(cfg.epochs), desc="student epochs", unit="ep")
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n)
+        total = 0.0
+        for i in range(0, n, cfg.batch):
+            idx = perm[i:i + cfg.batch]
+            logits = model(*(t[idx] for t in tensors))
+            loss = distill_loss(logits, tl[idx], ht[idx], lab[idx], cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        sched.step()
+        curve.append({"epoch": epoch + 1, "loss": round(total / n, 5)})
+        bar.set_postfix(loss=curve[-1]["loss"])
+    model.eval()
+    return model, curve
+
+
+def _rerank_metrics(test: list[dict[str, Any]], scores: list[np.ndarray], n_test: int) -> dict[str, Any]:
+    ranked = [rerank([c["product_id"] for c in s["candidates"]], list(sc)) for s, sc in zip(test, scores, strict=True)]
+    missing = n_test - len(test)
+    return paper_metrics(ranked + [[]] * missing, [s["target"] for s in test] + ["\0miss"] * missing)
+
+
+def _split_scores(probs: np.ndarray, test: list[dict[str, Any]]) -> list[np.ndarray]:
+    out, i = [], 0
+    for s in test:
+        k = len(s["candidates"])
+        out.append(probs[i:i + k])
+        i += k
+    return out
+
+
+def write_bundle(dst: Path, ds: Dataset, tables: FeatureTables, files: dict[str, Path], manifest: dict[str, Any]) -> str:
+    """Copy models, write features and manifest (with every file's sha256); return the version."""
+    (dst / "tokenizer").mkdir(parents=True)
+    (dst / "features").mkdir()
+    for rel, src in files.items():
+        shutil.copyfile(src, dst / rel)
+    np.save(dst / "features" / "products.npy", tables.products)
+    np.save(dst / "features" / "queries.npy", tables.query_features)
+    write_json(dst / "features" / "index.json", {"products": tables.product_ids, "queries": tables.queries})
+    write_jsonl(dst / "features" / "summaries.jsonl",
+                ({"product_id": p, "summary": _summary_text(ds.products[p])} for p in tables.product_ids))
+    write_jsonl(dst / "features" / "histories.jsonl", _histories(ds))
+    digests = {str(p.relative_to(dst)): sha256_file(p) for p in sorted(dst.rglob("*")) if p.is_file()}
+    import hashlib
+
+    version = f"{_slug(ds.name)}-{hashlib.sha256(''.join(f'{k}:{v}' for k, v in sorted(digests.items())).encode()).hexdigest()[:12]}"
+    write_json(dst / "manifest.json", manifest | {"format": FORMAT, "version": version, "files": digests})
+    return version
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())[:32].strip("-") or "bundle"
+
+
+def _summary_text(p: dict[str, Any], words: int = 60) -> str:
+    text = p.get("summary") or p.get("description") or ""
+    return " ".join(text.split()[:words])
+
+
+def _histories(ds: Dataset) -> list[dict[str, Any]]:
+    """Each user's train-split purchases, newest first and capped: what the service knows before the test period."""
+    rows = []
+    for user, seq in sorted(ds.by_user().items()):
+        train = [r["product_id"] for r in seq if r["split"] == "train"]
+        rows.append({"user_id": user, "history": train[::-1][: keys.HISTORY_CAP]})
+    return rows
+
+
+def run_distill(data: Path, teacher_dir: Path, out: Path, cfg: StudentConfig | None = None,
+                bundle_dir: Path | None = None) -> dict[str, Any]:
+    """Distill; the bundle lands in ``bundle_dir`` (default OUT/bundle), each directory renamed into place whole."""
+    cfg = cfg or StudentConfig()
+    t0 = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out, teacher_dir = Path(out), Path(teacher_dir)
+    ds = load_dataset(data)
+    info = _teacher_inputs(teacher_dir, ds)
+    if info.get("summaries"):
+        apply_summaries(ds, Path(info["summaries"]["dir"]))
+    tcfg = info["config"]
+    emb = load_embeddings(teacher_dir / "embeddings")
+    scored = read_jsonl(teacher_dir / "scores.jsonl")
+    train = [s for s in scored if s["split"] == "train"]
+    test = [s for s in scored if s["split"] == "test"]
+    if not train:
+        raise InputError(f"{teacher_dir}/scores.jsonl has no scored train queries; raise score_train_fraction")
+    n_test = int(info["scored_queries"]["test_total"])
+    rows = {r["query_id"]: r for r in ds.queries()}
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    minilm = MiniLM()
+    tables = build_features(ds, emb, teacher_dir, tcfg, minilm, int(tcfg["k_s2"]))
+    timings["features"] = time.time() - t
+
+    t = time.time()
+    rng = np.random.default_rng(cfg.seed)
+    model, curve = train_student(tables.spec, cfg, training_arrays(tables, ds, rows, train, cfg, rng))
+    timings["train"] = time.time() - t
+
+    test_parts = [_request_arrays(tables, ds, rows[s["query_id"]], [c["product_id"] for c in s["candidates"]])
+                  for s in test]
+    test_inputs = concat_inputs(test_parts)
+    with torch.no_grad():
+        torch_logits = model(*(torch.from_numpy(test_inputs[n]) for n in INPUT_NAMES)).numpy()
+
+    with atomic_dir(out) as tmp:
+        t = time.time()
+        work = tmp / "work"
+        work.mkdir()
+        export_student(model, test_inputs, work / "student.onnx")
+        onnx_fp32 = onnx_logits(work / "student.onnx", test_inputs)
+        parity = float(np.abs(onnx_fp32 - torch_logits).max())
+        if parity > PARITY_TOL:
+            raise RuntimeError(f"ONNX/PyTorch parity failed: max abs diff {parity:.2e} > {PARITY_TOL}")
+        quantize_int8(work / "student.onnx", work / "student.int8.onnx")
+        onnx_int8 = onnx_logits(work / "student.int8.onnx", test_inputs)
+
+        qe = QueryEncoderModule(minilm.model, minilm.dim, tables.spec.sel_dim)
+        sel = tables.spec
+        qe_text = np.concatenate([tables.products[:, :sel.text_dim], tables.query_features[:, :sel.text_dim]])
+        qe_target = np.concatenate([tables.products[:, sel.product_sel], tables.query_features[:, sel.query_sel]])
+        qe_curve = fit_projection(qe, qe_text, qe_target, seed=cfg.seed)
+        export_query_encoder(qe, minilm.tokenizer, work / "query_encoder.onnx")
+        tail = _tail_query_features(work / "query_encoder.onnx", minilm, tables.queries)
+        qe_parity = float(np.abs(tail[:, :sel.text_dim] - tables.query_features[:, :sel.text_dim]).max())
+        qe_cos = float((unit(tail[:, sel.query_sel]) * tables.query_features[:, sel.query_sel]).sum(1).mean())
+        tail_tables = FeatureTables(tables.spec, tables.product_ids, tables.products, tables.queries, tail)
+        tail_inputs = concat_inputs([_request_arrays(tail_tables, ds, rows[s["query_id"]],
+                                                     [c["product_id"] for c in s["candidates"]]) for s in test])
+        onnx_tail = onnx_logits(work / "student.onnx", tail_inputs)
+        timings["export"] = time.time() - t
+
+        fs_metrics = info["first_stage"]["metrics"]
+        teacher_metrics = read_json(teacher_dir / "metrics.json")
+        metrics = {
+            "student": _rerank_metrics(test, _split_scores(yes_probability(torch_logits), test), n_test),
+            "student_onnx": _rerank_metrics(test, _split_scores(yes_probability(onnx_fp32), test), n_test),
+            "student_int8": _rerank_metrics(test, _split_scores(yes_probability(onnx_int8), test), n_test),
+            "student_tail_queries": _rerank_metrics(test, _split_scores(yes_probability(onnx_tail), test), n_test),
+        }
+        summary = {
+            "kept_gain": {k: _round(kept_gain(m, teacher_metrics, fs_metrics)) for k, m in metrics.items()},
+            "relative_gain_vs_first_stage": {k: _round(relative_gain(m, fs_metrics)) for k, m in metrics.items()}
+            | {"teacher": _round(relative_gain(teacher_metrics, fs_metrics))},
+        }
+        manifest = {
+            "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+            "spec": tables.spec.to_dict(),
+            "models": {"student": "student.onnx", "student_int8": "student.int8.onnx",
+                       "query_encoder": "query_encoder.onnx", "tokenizer": "tokenizer/tokenizer.json"},
+            "features": {"products": "features/products.npy", "queries": "features/queries.npy",
+                         "index": "features/index.json", "summaries": "features/summaries.jsonl",
+                         "histories": "features/histories.jsonl", "history_cap": keys.HISTORY_CAP},
+            "teacher": {"lm": tcfg["lm"], "vision": tcfg["vision"], "k_s1": tcfg["k_s1"], "k_s2": tcfg["k_s2"]},
+            "student_config": cfg.to_dict(),
+            "metrics": {"first_stage": fs_metrics, "teacher": teacher_metrics} | metrics,
+        }
+        from training.teacher.lm import minilm_dir
+
+        version = write_bundle(tmp / "bundle", ds, tables, {
+            "student.onnx": work / "student.onnx", "student.int8.onnx": work / "student.int8.onnx",
+            "query_encoder.onnx": work / "query_encoder.onnx", "tokenizer/tokenizer.json": minilm_dir() / "tokenizer.json",
+        }, manifest)
+        torch.save({"config": cfg.to_dict(), "spec": asdict(tables.spec), "state_dict": model.state_dict()},
+                   tmp / "student.pt")
+        shutil.rmtree(work)
+        detail = {
+            "stage": "distill", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "bundle_version": version,
+            "teacher_dir": str(teacher_dir), "config": cfg.to_dict(), "spec": tables.spec.to_dict(),
+            "train_rows": int(sum(len(s["candidates"]) for s in train)), "train_queries": len(train),
+            "test_queries_scored": len(test), "test_queries_total": n_test,
+            "parity_max_abs_diff": parity, "query_encoder": {"text_max_abs_diff": qe_parity, "sel_cosine_known_queries": qe_cos,
+                                                             "final_loss": qe_curve[-1]},
+            "int8_max_abs_diff": float(np.abs(onnx_int8 - onnx_fp32).max()),
+            "curve": curve, "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
+        } | summary
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "distill.json", detail)
+        (tmp / "report.md").write_text(_report(ds.name, fs_metrics, teacher_metrics, metrics, detail))
+    if bundle_dir is not None and Path(bundle_dir).resolve() != (out / "bundle").resolve():
+        with atomic_dir(bundle_dir) as dst:
+            dst.rmdir()
+            (out / "bundle").rename(dst)
+        detail["bundle_dir"] = str(bundle_dir)
+        write_json(out / "distill.json", detail)
+    return {"metrics": metrics, "info": detail}
+
+
+def _round(x: float) -> float | None:
+    return None if np.isnan(x) else round(float(x), 4)
+
+
+def _tail_query_features(path: Path, minilm: MiniLM, queries: list[str]) -> np.ndarray:
+    from service.bundle import OnnxQueryEncoder
+    from training.teacher.lm import minilm_dir
+
+    enc = OnnxQueryEncoder(path, minilm_dir() / "tokenizer.json")
+    return np.stack([enc.encode(q) for q in queries]).astype(np.float32)
+
+
+def _report(name: str, fs: dict[str, Any], teacher: dict[str, Any], metrics: dict[str, Any], d: dict[str, Any]) -> str:
+    rows = [("first stage", fs), ("teacher", teacher)] + list(metrics.items())
+    lines = [f"# Distillation on {name}", "", f"Bundle version `{d['bundle_version']}`.", "",
+             "| model | " + " | ".join(PAPER_KEYS) + " | n | kept share of teacher gain (NDCG@4) |",
+             "|---|" + "---:|" * (len(PAPER_KEYS) + 2)]
+    for label, m in rows:
+        kept = d["kept_gain"].get(label)
+        lines.append(f"| {label} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {m['n']} | "
+                     + ("" if kept is None else f"{kept:.1%}") + " |")
+    lines += ["", f"- trained on {d['train_queries']} teacher-scored train queries ({d['train_rows']} scored pairs) "
+              f"plus {d['config']['extra_negatives']} random negatives each (hard label only)",
+              f"- ONNX fp32 vs PyTorch max abs diff on {d['test_queries_scored']} test queries: {d['parity_max_abs_diff']:.2e}",
+              f"- int8 vs fp32 max abs logit diff: {d['int8_max_abs_diff']:.3f}",
+              f"- query encoder: mean cosine to stage-1 query embeddings {d['query_encoder']['sel_cosine_known_queries']:.3f}; "
+              "`student_tail_queries` scores every test query through it, as if none were known",
+              "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items()), ""]
+    return "\n".join(lines)

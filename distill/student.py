@@ -1,0 +1,97 @@
+"""The online student: a small fusion network over precomputed features.
+
+For each (query, candidate) pair it attends from the candidate over the
+candidate's K_s2 selected history items, adds explicit query-candidate and
+history-candidate similarities of the text and stage-1 slices, and maps the
+fused vector to ("yes", "no") logits. All heavy encoding happened offline, so
+one batched call for K=10 is a few small matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.spec import FeatureSpec
+
+
+@dataclass
+class StudentConfig:
+    dim: int = 128
+    hidden: int = 256
+    dropout: float = 0.1
+    temperature: float = 2.0
+    hard_weight: float = 0.5  # weight of the hard-label CE next to the soft KL term
+    extra_negatives: int = 2  # random catalog products per scored train query (hard label only)
+    epochs: int = 40
+    batch: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
+class Student(nn.Module):
+    def __init__(self, spec: FeatureSpec, cfg: StudentConfig):
+        super().__init__()
+        self.spec = spec
+        d = cfg.dim
+        self.p_proj = nn.Sequential(nn.Linear(spec.product_dim, d), nn.LayerNorm(d))
+        self.q_proj = nn.Sequential(nn.Linear(spec.query_dim, d), nn.LayerNorm(d))
+        n_sims = 4
+        self.head = nn.Sequential(
+            nn.Linear(5 * d + n_sims + 1, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.hidden // 2), nn.GELU(),
+            nn.Linear(cfg.hidden // 2, 2),
+        )
+
+    def forward(self, query: torch.Tensor, candidate: torch.Tensor, history: torch.Tensor,
+                history_mask: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        t, ps, qs = slice(0, s.text_dim), s.product_sel, s.query_sel
+        q = self.q_proj(query)  # (N, d)
+        c = self.p_proj(candidate)  # (N, d)
+        h = self.p_proj(history)  # (N, H, d)
+        # candidate-attended history; an empty history pools to zeros
+        att = (h * c.unsqueeze(1)).sum(-1) / (c.shape[-1] ** 0.5)
+        att = att.masked_fill(history_mask < 0.5, -1e4)
+        w = torch.softmax(att, dim=-1) * history_mask
+        w = w / w.sum(-1, keepdim=True).clamp(min=1e-6)
+        hv = (w.unsqueeze(-1) * h).sum(1)
+        has_hist = (history_mask.sum(-1, keepdim=True) > 0).float()
+        # explicit similarities: text and stage-1 space, query-candidate and history-candidate
+        cand_t, cand_s = _norm(candidate[:, t]), _norm(candidate[:, ps])
+        hist_t = _norm(history[:, :, t]) * history_mask.unsqueeze(-1)
+        hist_s = _norm(history[:, :, ps]) * history_mask.unsqueeze(-1)
+        n_hist = history_mask.sum(-1).clamp(min=1.0)
+        sims = torch.stack([
+            (_norm(query[:, t]) * cand_t).sum(-1),
+            (_norm(query[:, qs]) * cand_s).sum(-1),
+            (hist_t * cand_t.unsqueeze(1)).sum(-1).sum(-1) / n_hist,
+            (hist_s * cand_s.unsqueeze(1)).sum(-1).sum(-1) / n_hist,
+        ], dim=-1)
+        x = torch.cat([q, c, hv, q * c, hv * c, sims, has_hist], dim=-1)
+        return self.head(x)
+
+
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, has_teacher: torch.Tensor,
+                 labels: torch.Tensor, cfg: StudentConfig) -> torch.Tensor:
+    """T^2-scaled KL to the teacher's yes/no distribution (where scored) plus the hard-label CE."""
+    tau = cfg.temperature
+    log_p = torch.log_softmax(logits / tau, dim=-1)
+    p_t = torch.softmax(teacher_logits / tau, dim=-1)
+    kl = (p_t * (torch.log(p_t.clamp(min=1e-9)) - log_p)).sum(-1) * tau * tau
+    kl = (kl * has_teacher).sum() / has_teacher.sum().clamp(min=1.0)
+    # class 0 is "yes": label 1 (purchased) -> target index 0
+    ce = nn.functional.cross_entropy(logits, (1 - labels).long())
+    return (1 - cfg.hard_weight) * kl + cfg.hard_weight * ce

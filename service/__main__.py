@@ -1,0 +1,3 @@
+from service.serve import main
+
+main()

@@ -1,0 +1,44 @@
+"""Prometheus metrics. With PROMETHEUS_MULTIPROC_DIR set (several workers), the
+exposition aggregates every worker's files; labels never carry a user id."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# 1 ms to 1 s, fine at the low end where the SLO lives
+BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+
+REQUESTS = Counter("hmpps_rerank_requests_total", "Rerank requests by arm and outcome", ["arm", "status"])
+LATENCY = Histogram("hmpps_rerank_request_seconds", "End-to-end /rerank latency", ["arm"], buckets=BUCKETS)
+STAGE = Histogram("hmpps_rerank_stage_seconds", "Per-stage latency", ["stage"], buckets=BUCKETS)
+CANDIDATES = Histogram("hmpps_rerank_candidates", "Candidates per request",
+                       buckets=(1, 5, 10, 20, 50, 100, 200))
+FALLBACKS = Counter("hmpps_rerank_fallbacks_total", "Requests answered in the caller's order", ["reason"])
+FEATURE_MISSES = Counter("hmpps_rerank_feature_misses_total", "Lookups that found no features", ["kind"])
+REJECTED = Counter("hmpps_rerank_rejected_total", "Requests refused before work", ["reason"])
+IN_FLIGHT = Gauge("hmpps_rerank_in_flight", "Requests being served", multiprocess_mode="livesum")
+BUNDLE_INFO = Gauge("hmpps_bundle_info", "Loaded bundles (value 1)", ["arm", "version"], multiprocess_mode="liveall")
+FEEDBACK = Counter("hmpps_feedback_events_total", "Feedback events accepted", ["arm", "type"])
+EFFICIENT_CLICKS = Counter("hmpps_feedback_efficient_clicks_total", "Dwell events over 5 s", ["arm"])
+READY = Gauge("hmpps_ready", "1 when this worker is ready", multiprocess_mode="liveall")
+
+
+def exposition() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,104 @@
+"""``hmpps publish``: a bundle's features into Redis, under the bundle's version namespace.
+
+Writes are pipelined in chunks. The ``complete`` marker is written last, and
+``--activate`` flips the live alias only after it, so readers never see half
+a catalog. Publishing the same bundle again rewrites the same keys with the
+same values (idempotent); a namespace that holds another dataset is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import keys
+from service.bundle import verify_bundle
+from service.errors import ArtifactMismatch, InputError
+
+CHUNK = 1000
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint: str | None = None) -> dict[str, Any]:
+    """Write the bundle's features to Redis; return counts and seconds."""
+    t0 = time.perf_counter()
+    bundle = Path(bundle)
+    manifest = verify_bundle(bundle)
+    version = manifest["version"]
+    if data_fingerprint is not None and data_fingerprint != manifest["dataset_fingerprint"]:
+        raise ArtifactMismatch(f"bundle {bundle} was built from dataset {manifest['dataset_fingerprint']}, "
+                               f"not from the given data ({data_fingerprint})")
+    existing = client.get(keys.manifest(version))
+    if existing is not None:
+        prev = json.loads(existing)
+        if prev.get("dataset_fingerprint") != manifest["dataset_fingerprint"]:
+            raise ArtifactMismatch(f"Redis already holds version {version} for dataset {prev.get('dataset_fingerprint')}; "
+                                   "refusing to mix catalogs")
+    feats = manifest["features"]
+    index = json.loads((bundle / feats["index"]).read_text())
+    products = np.load(bundle / feats["products"])
+    queries = np.load(bundle / feats["queries"])
+    if products.shape != (len(index["products"]), manifest["spec"]["product_dim"]):
+        raise InputError(f"bundle {bundle}: products.npy has shape {products.shape}, expected "
+                         f"({len(index['products'])}, {manifest['spec']['product_dim']})")
+    if queries.shape != (len(index["queries"]), manifest["spec"]["query_dim"]):
+        raise InputError(f"bundle {bundle}: queries.npy has shape {queries.shape}")
+    summaries = _jsonl(bundle / feats["summaries"])
+    histories = _jsonl(bundle / feats["histories"])
+    cap = int(feats.get("history_cap", keys.HISTORY_CAP))
+
+    counts = {"products": 0, "summaries": 0, "queries": 0, "users": 0}
+    pipe = client.pipeline(transaction=False)
+    pending = 0
+
+    def flush(force: bool = False) -> None:
+        nonlocal pipe, pending
+        if pending and (force or pending >= CHUNK):
+            pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            pending = 0
+
+    client.delete(keys.complete(version))  # a rerun is incomplete until it finishes
+    pipe.set(keys.manifest(version), json.dumps(manifest))
+    for pid, vec in zip(index["products"], products, strict=True):
+        pipe.set(keys.product(version, pid), np.ascontiguousarray(vec, dtype=np.float32).tobytes())
+        counts["products"] += 1
+        pending += 1
+        flush()
+    for row in summaries:
+        pipe.set(keys.summary(version, row["product_id"]), row["summary"])
+        counts["summaries"] += 1
+        pending += 1
+        flush()
+    for q, vec in zip(index["queries"], queries, strict=True):
+        pipe.set(keys.query(version, q), np.ascontiguousarray(vec, dtype=np.float32).tobytes())
+        counts["queries"] += 1
+        pending += 1
+        flush()
+    for row in histories:
+        key = keys.user_history(version, row["user_id"])
+        items = row["history"][:cap]
+        pipe.delete(key)  # replace, never append: keeps reruns idempotent
+        if items:
+            pipe.rpush(key, *items)
+        counts["users"] += 1
+        pending += 2
+        flush()
+    flush(force=True)
+    client.set(keys.complete(version), json.dumps({"counts": counts, "published_at": time.time()}))
+    if activate:
+        client.set(keys.ALIAS, version)
+    return {"version": version, "counts": counts, "activated": activate, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def live_version(client: Any) -> str | None:
+    v = client.get(keys.ALIAS)
+    return v.decode() if isinstance(v, bytes) else v

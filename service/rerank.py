@@ -1,0 +1,157 @@
+"""One rerank request: fetch, select history, score, order; fail open on trouble.
+
+The async part does the Redis round trip; the CPU part (decode, selection,
+ONNX) runs in a worker thread so the event loop never blocks on inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import numpy as np
+
+from service import metrics as m
+from service.arms import Arm
+from service.bundle import LoadedBundle
+from service.schemas import RerankRequest, RerankResponse, Result
+from service.spec import build_inputs, yes_probability
+from service.store import FeatureStore, Fetched
+
+log = logging.getLogger("hmpps.service")
+PASSTHROUGH_VERSION = "passthrough"
+
+
+@dataclass
+class Scored:
+    scores: list[float | None]  # None: missing features
+    stages: dict[str, float] = field(default_factory=dict)
+    encoded_query: bytes | None = None
+    history_used: int = 0
+
+
+def _vec(b: bytes | None, dim: int) -> np.ndarray | None:
+    if b is None or len(b) != dim * 4:
+        return None
+    return np.frombuffer(b, dtype=np.float32)
+
+
+def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
+    """Decode features, select history (Eq. 6), one batched ONNX call, yes/no softmax."""
+    spec = bundle.spec
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    encoded = None
+    q = _vec(fetched.query, spec.query_dim)
+    if q is None:  # a tail query: encode it with the bundle's query encoder
+        q = np.asarray(bundle.query_encoder.encode(query), dtype=np.float32)
+        encoded = q.tobytes()
+        stages["query_encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+    cand = [_vec(b, spec.product_dim) for b in fetched.candidates]
+    known = [i for i, v in enumerate(cand) if v is not None]
+    scores: list[float | None] = [None] * len(cand)
+    if not known:
+        stages["selection"] = time.perf_counter() - t
+        return Scored(scores, stages, encoded)
+    # history arrives most recent first; selection wants oldest first
+    hist = [v for v in (_vec(b, spec.product_dim) for b in reversed(fetched.history)) if v is not None]
+    hist_mat = np.stack(hist) if hist else np.zeros((0, spec.product_dim), np.float32)
+    inputs = build_inputs(spec, q, np.stack([cand[i] for i in known]), hist_mat)  # type: ignore[misc]
+    stages["selection"] = time.perf_counter() - t
+    t = time.perf_counter()
+    probs = yes_probability(bundle.scorer.logits(inputs))
+    stages["inference"] = time.perf_counter() - t
+    for i, p in zip(known, probs, strict=True):
+        scores[i] = float(p)
+    return Scored(scores, stages, encoded, len(hist))
+
+
+def order(scores: list[float | None]) -> list[int]:
+    """Known candidates sorted by score (ties keep the caller's order) fill the slots that
+    known candidates held; unknown ones stay exactly where the caller put them."""
+    known = [i for i, s in enumerate(scores) if s is not None]
+    ranked = sorted(known, key=lambda i: (-scores[i], i))  # type: ignore[operator]
+    out, it = [], iter(ranked)
+    for i, s in enumerate(scores):
+        out.append(next(it) if s is not None else i)
+    return out
+
+
+def passthrough_results(req: RerankRequest, missing: list[bool] | None = None) -> list[Result]:
+    return [Result(product_id=c.product_id, score=c.score, rank=i + 1, original_rank=i + 1,
+                   missing_features=bool(missing and missing[i])) for i, c in enumerate(req.candidates)]
+
+
+async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: LoadedBundle | None,
+                        store: FeatureStore, limiter: anyio.CapacityLimiter, budget_s: float,
+                        tail_ttl_s: int) -> RerankResponse:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    m.CANDIDATES.observe(len(req.candidates))
+    if bundle is None:  # the passthrough (control) arm
+        return _response(req, request_id, arm.name, PASSTHROUGH_VERSION, None, passthrough_results(req), t0, timings)
+
+    ids = [c.product_id for c in req.candidates]
+    fallback: str | None = None
+    scored: Scored | None = None
+    fetched: Fetched | None = None
+    try:
+        async with asyncio.timeout(budget_s):
+            fetched = await store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
+                                        bundle.history_cap, req.return_summaries)
+            timings["redis"] = fetched.seconds * 1000
+            m.STAGE.labels("redis").observe(fetched.seconds)
+            scored = await anyio.to_thread.run_sync(score_sync, bundle, req.query, fetched, limiter=limiter)
+    except TimeoutError:
+        fallback = "timeout"
+    except (ConnectionError, OSError) as e:
+        fallback = "redis_unavailable"
+        log.warning("redis failed: %s", e)
+    except Exception as e:  # noqa: BLE001 - fail open on anything in the scoring path, and count it
+        name = type(e).__module__
+        fallback = "redis_unavailable" if name.startswith("redis") else "model_error"
+        log.exception("rerank failed open (%s)", fallback)
+
+    if scored is not None:
+        for stage, sec in scored.stages.items():
+            m.STAGE.labels(stage).observe(sec)
+            timings[stage] = sec * 1000
+        n_missing = sum(s is None for s in scored.scores)
+        if n_missing:
+            m.FEATURE_MISSES.labels("product").inc(n_missing)
+        if scored.encoded_query is not None:
+            m.FEATURE_MISSES.labels("query").inc()
+            try:  # best effort: the next request for this query skips the encoder
+                async with asyncio.timeout(budget_s):
+                    await store.cache_query(bundle.version, req.query, scored.encoded_query, tail_ttl_s)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not cache tail query: %s", e)
+        if n_missing == len(ids):
+            fallback = "no_features"
+    if fallback is not None or scored is None:
+        fallback = fallback or "no_features"
+        m.FALLBACKS.labels(fallback).inc()
+        missing = [s is None for s in scored.scores] if scored is not None else None
+        return _response(req, request_id, arm.name, bundle.version, fallback, passthrough_results(req, missing), t0, timings)
+
+    summaries = fetched.summaries if fetched is not None and req.return_summaries else []
+    results = []
+    for rank, i in enumerate(order(scored.scores), 1):
+        s = scored.scores[i]
+        results.append(Result(product_id=ids[i], score=None if s is None else round(s, 6), rank=rank,
+                              original_rank=i + 1, missing_features=s is None,
+                              summary=summaries[i] if summaries else None))
+    return _response(req, request_id, arm.name, bundle.version, None, results, t0, timings)
+
+
+def _response(req: RerankRequest, request_id: str, arm: str, version: str, fallback: str | None,
+              results: list[Result], t0: float, timings: dict[str, float]) -> RerankResponse:
+    if req.top_n is not None:
+        results = results[: req.top_n]
+    timings["total"] = (time.perf_counter() - t0) * 1000
+    return RerankResponse(request_id=request_id, arm=arm, model_version=version, fallback=fallback, results=results,
+                          timings_ms={k: round(v, 3) for k, v in timings.items()})

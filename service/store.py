@@ -1,0 +1,113 @@
+"""The feature store seam and its Redis implementation.
+
+One request needs candidate features, the user's history and that history's
+features, and the query's features. A server-side Lua script gathers all of
+it in one round trip. (On Redis Cluster these keys span slots; a cluster
+deployment shards by hash tag per version and calls the script per shard, see
+the README's production notes.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from service import keys
+
+# ARGV: product prefix, summary prefix, query key, tail-query key, user key, history cap,
+#       want summaries (0/1), n given history (-1: read from Redis), history ids..., candidate ids...
+_FETCH = """
+local pp, sp, qk, qck, uk = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cap, want, nh = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local hist = {}
+local i = 9
+if nh < 0 then
+  hist = redis.call('LRANGE', uk, 0, cap - 1)
+else
+  for j = 1, nh do hist[j] = ARGV[i + j - 1] end
+  i = i + nh
+end
+local cands = {}
+for j = i, #ARGV do cands[#cands + 1] = ARGV[j] end
+local function mget(prefix, ids)
+  if #ids == 0 then return {} end
+  local ks = {}
+  for j, id in ipairs(ids) do ks[j] = prefix .. id end
+  return redis.call('MGET', unpack(ks))
+end
+local q = redis.call('GET', qk)
+local tail = 0
+if not q then q = redis.call('GET', qck); tail = 1 end
+local sm = {}
+if want == '1' then sm = mget(sp, cands) end
+return {q or false, tail, mget(pp, cands), hist, mget(pp, hist), sm}
+"""
+
+
+@dataclass
+class Fetched:
+    query: bytes | None
+    query_from_cache: bool
+    candidates: list[bytes | None]
+    history_ids: list[str]  # most recent first
+    history: list[bytes | None]
+    summaries: list[str | None] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class FeatureStore(Protocol):
+    async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
+                    history_ids: list[str] | None, history_cap: int, want_summaries: bool) -> Fetched: ...
+
+    async def cache_query(self, version: str, query: str, vector: bytes, ttl_s: int) -> None: ...
+
+    async def version_complete(self, version: str) -> bool: ...
+
+    async def ping(self) -> bool: ...
+
+    async def add_feedback(self, events: list[dict[str, Any]]) -> None: ...
+
+
+def _str(b: Any) -> str:
+    return b.decode() if isinstance(b, bytes) else str(b)
+
+
+class RedisFeatureStore:
+    def __init__(self, client: Any):
+        self.client = client
+        self._fetch = client.register_script(_FETCH)
+
+    async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
+                    history_ids: list[str] | None, history_cap: int, want_summaries: bool) -> Fetched:
+        t = time.perf_counter()
+        given = history_ids is not None
+        args = [keys.product(version, ""), keys.summary(version, ""), keys.query(version, query),
+                keys.tail_query(version, query), keys.user_history(version, user_id), history_cap,
+                1 if want_summaries else 0, len(history_ids) if given else -1,
+                *((history_ids or [])[:history_cap] if given else []), *product_ids]
+        if given:
+            args[7] = min(len(history_ids or []), history_cap)
+        q, tail, cands, hist, hist_feats, summ = await self._fetch(keys=[], args=args)
+        return Fetched(
+            query=q or None, query_from_cache=bool(q) and bool(tail),
+            candidates=[c or None for c in cands],
+            history_ids=[_str(h) for h in hist], history=[h or None for h in hist_feats],
+            summaries=[_str(s) if s else None for s in summ], seconds=time.perf_counter() - t,
+        )
+
+    async def cache_query(self, version: str, query: str, vector: bytes, ttl_s: int) -> None:
+        await self.client.set(keys.tail_query(version, query), vector, ex=ttl_s)
+
+    async def version_complete(self, version: str) -> bool:
+        return bool(await self.client.exists(keys.complete(version)))
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def add_feedback(self, events: list[dict[str, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for e in events:
+            pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=5_000_000, approximate=True)
+        await pipe.execute()
