@@ -279,6 +279,37 @@ def serve(
     run(bundle, arms, host, port, workers, redis_url)
 
 
+@app.command("ab-report")
+@friendly_errors
+def ab_report(
+    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL", help="Redis holding the feedback stream"),
+    arms: Path = typer.Option(None, "--arms", help="arms file: expected shares for the SRM check"),
+    control: str = typer.Option(None, "--control", help="control arm (default: 'control', else the first)"),
+    out: Path = typer.Option(None, "--out", help="also write JSON here (and Markdown next to it)"),
+) -> None:
+    """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
+    from service.abreport import ab_report as compute
+    from service.abreport import read_events, report_markdown
+    from service.arms import load_experiment
+    from service.redis_conn import connect
+
+    expected = load_experiment(arms).expected_shares() if arms is not None else None
+    handle = connect(redis_url)
+    try:
+        rep = compute(read_events(handle.client), expected, control)
+    finally:
+        handle.close()
+    md = report_markdown(rep)
+    if out is not None:
+        from training.artifacts import atomic_write_text, write_json
+
+        write_json(out, rep)
+        atomic_write_text(out.with_suffix(".md"), md)
+    typer.echo(md)
+    if not rep["arms"]:
+        typer.secho("no impressions in the feedback stream yet", fg=typer.colors.YELLOW, err=True)
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

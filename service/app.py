@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service import metrics as m
 from service.arms import Experiment, load_experiment, single_arm
-from service.bundle import LoadedBundle, load_bundle
+from service.bundle import LoadedBundle, load_bundle, verify_bundle
 from service.errors import HmppsError, InputError, Unauthorized, Unavailable, http_status
 from service.limits import LimitsMiddleware
 from service.redis_conn import RedisHandle, connect
@@ -50,8 +50,12 @@ class Runtime:
         return {arm: (b.version if b else "passthrough") for arm, b in self.bundles.items()}
 
 
-def load_runtime(settings: Settings) -> Runtime:
-    """Read the arms file (or the single bundle), load and warm every bundle. Runs in a thread."""
+def load_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime:
+    """Read the arms file (or the single bundle), load and warm every bundle. Runs in a thread.
+
+    A bundle already loaded from the same path with the same manifest version is
+    reused (after its checksums pass again), so a reload only pays for what changed.
+    """
     if settings.arms_file is not None:
         experiment = load_experiment(settings.arms_file)
     elif settings.bundle is not None:
@@ -59,6 +63,13 @@ def load_runtime(settings: Settings) -> Runtime:
     else:
         raise InputError("no model configured: set HMPPS_BUNDLE (or --bundle) or HMPPS_ARMS_FILE (or --arms)")
     cache: dict[Path, LoadedBundle] = {}
+    for old in (previous.bundles.values() if previous else []):
+        if old is not None and old.path.resolve() not in cache:
+            try:
+                if verify_bundle(old.path)["version"] == old.version:
+                    cache[old.path.resolve()] = old
+            except HmppsError:
+                pass  # changed or broken on disk: load it afresh below, which names the problem
     bundles: dict[str, LoadedBundle | None] = {}
     for arm in experiment.arms:
         if arm.bundle is None:
@@ -137,18 +148,22 @@ def _publish_missing(state: AppState) -> None:
             log.info("published %s into Redis: %s", bundle.version, result["counts"])
 
 
+async def _check_health(state: AppState) -> None:
+    try:
+        async with asyncio.timeout(max(0.5, state.settings.redis_timeout_ms / 1000 * 4)):
+            await state.store.ping()  # type: ignore[union-attr]
+            for v in state._versions():
+                state.published[v] = await state.store.version_complete(v)  # type: ignore[union-attr]
+        state.redis_ok = True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        state.redis_ok = False
+    m.READY.set(1 if state.ready else 0)
+
+
 async def _health_loop(state: AppState) -> None:
     while True:
-        try:
-            async with asyncio.timeout(max(0.5, state.settings.redis_timeout_ms / 1000 * 4)):
-                await state.store.ping()  # type: ignore[union-attr]
-                for v in state._versions():
-                    state.published[v] = await state.store.version_complete(v)  # type: ignore[union-attr]
-            state.redis_ok = True
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            state.redis_ok = False
-        m.READY.set(1 if state.ready else 0)
         await asyncio.sleep(state.settings.health_interval_s)
+        await _check_health(state)
 
 
 def _set_bundle_info(runtime: Runtime) -> None:
@@ -172,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if auto:
             await anyio.to_thread.run_sync(_publish_missing, state)
         state.warm = True
+        await _check_health(state)
         health = asyncio.create_task(_health_loop(state))
         try:
             yield
@@ -275,7 +291,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def reload(state: AppState = Depends(get_state)) -> dict[str, Any]:
         async with state.reload_lock:
             try:
-                runtime = await anyio.to_thread.run_sync(load_runtime, settings)
+                runtime = await anyio.to_thread.run_sync(load_runtime, settings, state.runtime)
             except HmppsError as e:
                 raise Unavailable(f"reload failed, still serving the previous runtime: {e}") from None
             old = state.runtime

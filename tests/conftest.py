@@ -30,3 +30,22 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "data"
     generate(SyntheticConfig(users=160, products=120, seed=7), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``hmpps pipeline --profile tiny`` once per session: first stage, teacher, student bundle."""
+    from typer.testing import CliRunner
+
+    from hmpps.cli import app
+
+    out = tmp_path_factory.mktemp("pipeline") / "pipe"
+    res = CliRunner().invoke(app, ["pipeline", "--data", str(synthetic_dir), "--first-stage", "hem", "--profile", "tiny",
+                                   "--out", str(out), "--set", "train_fraction=0.15", "--set", "score_train_fraction=0.3"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_pipeline: Path) -> Path:
+    return tiny_pipeline / "bundle"

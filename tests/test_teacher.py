@@ -149,13 +149,10 @@ def test_training_resumes_from_its_checkpoint(ds, synthetic_dir, tmp_path):
         train(build_backbone(other), groups, other, tmp_path / "ckpt", "stage1")
 
 
-def test_tiny_pipeline_end_to_end(synthetic_dir, tmp_path):
-    out = tmp_path / "pipe"
-    res = runner.invoke(app, ["pipeline", "--data", str(synthetic_dir), "--first-stage", "hem", "--profile", "tiny",
-                              "--out", str(out), "--set", "train_fraction=0.15", "--set", "score_train_fraction=0.1"])
-    assert res.exit_code == 0, res.output
+def test_tiny_pipeline_end_to_end(synthetic_dir, tiny_pipeline):
+    out = tiny_pipeline
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"first_stage", "teacher"}
+    assert set(metrics) == {"first_stage", "teacher", "student"}
     for m in metrics.values():
         assert set(m) == {"MRR@8", "NDCG@4", "Recall@4", "Recall@1", "n"}
     assert metrics["teacher"]["n"] == metrics["first_stage"]["n"]

@@ -1,0 +1,166 @@
+"""``hmpps ab-report``: per-arm query-CTR and efficient-click rate from the feedback stream.
+
+A query is one rerank request (its impression). Query-CTR is the share of
+queries with at least one click; the efficient-click rate the share with a
+click whose dwell exceeded 5 s (the paper's online test, Sec. 5.6). Users,
+not queries, are the randomisation unit, so variances use the delta method
+on per-user sums. Sample-ratio mismatch is a chi-square test of users per arm
+against the configured weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from service import keys
+
+EFFICIENT_DWELL_S = 5.0
+
+
+def read_events(client: Any, batch: int = 10_000) -> list[dict[str, Any]]:
+    events, last = [], "-"
+    while True:
+        chunk = client.xrange(keys.FEEDBACK_STREAM, min=last, max="+", count=batch)
+        if last != "-":
+            chunk = chunk[1:]  # the range is inclusive of the last id seen
+        if not chunk:
+            return events
+        for _, fields in chunk:
+            raw = fields.get(b"e") or fields.get("e")
+            events.append(json.loads(raw))
+        last = chunk[-1][0].decode() if isinstance(chunk[-1][0], bytes) else chunk[-1][0]
+
+
+def _normal_p(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def _gammaq(a: float, x: float) -> float:
+    """Regularized upper incomplete gamma Q(a, x) (series / continued fraction)."""
+    if x <= 0:
+        return 1.0
+    gln = math.lgamma(a)
+    if x < a + 1:
+        term = total = 1.0 / a
+        ap = a
+        for _ in range(1000):
+            ap += 1
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-14:
+                break
+        return max(0.0, 1.0 - total * math.exp(-x + a * math.log(x) - gln))
+    b, c, d = x + 1 - a, 1e300, 1 / (x + 1 - a)
+    h = d
+    for i in range(1, 1000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1e-300 if abs(d) < 1e-300 else d
+        c = b + an / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        d = 1 / d
+        h *= d * c
+        if abs(d * c - 1) < 1e-14:
+            break
+    return math.exp(-x + a * math.log(x) - gln) * h
+
+
+def chi2_sf(x: float, df: int) -> float:
+    return _gammaq(df / 2.0, x / 2.0)
+
+
+def _ratio_stats(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """Ratio of sums and its delta-method variance over independent users."""
+    n = len(den)
+    if n == 0 or den.sum() == 0:
+        return float("nan"), float("nan")
+    r = num.sum() / den.sum()
+    if n < 2:
+        return float(r), float("nan")
+    mn, md = num.mean(), den.mean()
+    var = (np.var(num, ddof=1) - 2 * r * np.cov(num, den, ddof=1)[0, 1] + r * r * np.var(den, ddof=1)) / (n * md * md)
+    return float(r), float(max(var, 0.0)) if mn >= 0 else float("nan")
+
+
+def ab_report(events: list[dict[str, Any]], expected: dict[str, float] | None = None,
+              control: str | None = None) -> dict[str, Any]:
+    queries: dict[str, dict[str, Any]] = {}
+    for e in events:
+        q = queries.setdefault(e["request_id"], {"arm": e["arm"], "user": e["user_id"], "imp": False,
+                                                 "click": False, "efficient": False})
+        if e["type"] == "impression":
+            q["imp"] = True
+        elif e["type"] == "click":
+            q["click"] = True
+        elif e["type"] == "dwell" and float(e.get("dwell_s") or 0) > EFFICIENT_DWELL_S:
+            q["click"] = q["efficient"] = True
+    per_user: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    for q in queries.values():
+        if not q["imp"]:
+            continue  # clicks without an impression are not queries we served
+        u = per_user[q["arm"]][q["user"]]
+        u[0] += 1
+        u[1] += int(q["click"])
+        u[2] += int(q["efficient"])
+    arms = sorted(per_user)
+    if not arms:
+        return {"arms": {}, "srm": None, "control": None, "queries": 0}
+    control = control if control in per_user else ("control" if "control" in per_user else arms[0])
+    out: dict[str, Any] = {}
+    for arm in arms:
+        m = np.array(list(per_user[arm].values()), dtype=np.float64)
+        ctr, ctr_var = _ratio_stats(m[:, 1], m[:, 0])
+        eff, eff_var = _ratio_stats(m[:, 2], m[:, 0])
+        out[arm] = {"users": len(m), "queries": int(m[:, 0].sum()), "clicked_queries": int(m[:, 1].sum()),
+                    "efficient_queries": int(m[:, 2].sum()), "query_ctr": ctr, "efficient_click_rate": eff,
+                    "_var": (ctr_var, eff_var)}
+    base = out[control]
+    for arm, s in out.items():
+        for metric, vi in (("query_ctr", 0), ("efficient_click_rate", 1)):
+            if arm == control:
+                s[f"{metric}_lift"], s[f"{metric}_p"] = None, None
+                continue
+            diff = s[metric] - base[metric]
+            se = math.sqrt(s["_var"][vi] + base["_var"][vi]) if not any(
+                math.isnan(v) for v in (s["_var"][vi], base["_var"][vi])) else float("nan")
+            s[f"{metric}_lift"] = diff / base[metric] if base[metric] else None
+            s[f"{metric}_p"] = _normal_p(diff / se) if se and not math.isnan(se) and se > 0 else None
+    for s in out.values():
+        s.pop("_var")
+    users = {a: out[a]["users"] for a in arms}
+    shares = expected or {a: 1.0 / len(arms) for a in arms}
+    total = sum(users.values())
+    tot_share = sum(shares.get(a, 0.0) for a in arms)
+    srm = None
+    if len(arms) > 1 and tot_share > 0:
+        chi = sum((users[a] - total * shares.get(a, 0) / tot_share) ** 2 / max(total * shares.get(a, 0) / tot_share, 1e-9)
+                  for a in arms)
+        srm = {"chi2": chi, "df": len(arms) - 1, "p": chi2_sf(chi, len(arms) - 1), "users": users,
+               "expected_shares": {a: shares.get(a, 0) / tot_share for a in arms}}
+    return {"arms": out, "control": control, "srm": srm, "queries": sum(s["queries"] for s in out.values())}
+
+
+def report_markdown(rep: dict[str, Any]) -> str:
+    def f(x: Any, pct: bool = False) -> str:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "n/a"
+        return f"{x:+.2%}" if pct else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+    lines = [f"# A/B report (control: `{rep['control']}`)", "",
+             "| arm | users | queries | query-CTR | lift | p | efficient-click rate | lift | p |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for arm, s in rep["arms"].items():
+        lines.append(f"| {arm} | {s['users']} | {s['queries']} | {f(s['query_ctr'])} | {f(s['query_ctr_lift'], True)} | "
+                     f"{f(s['query_ctr_p'])} | {f(s['efficient_click_rate'])} | {f(s['efficient_click_rate_lift'], True)} | "
+                     f"{f(s['efficient_click_rate_p'])} |")
+    srm = rep["srm"]
+    if srm:
+        flag = " **sample-ratio mismatch: do not trust the lifts**" if srm["p"] < 0.001 else ""
+        lines += ["", f"SRM check: chi2 = {srm['chi2']:.3f}, df = {srm['df']}, p = {srm['p']:.4g}{flag}"]
+    return "\n".join(lines) + "\n"

