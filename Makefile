@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO ?= runs/demo
+PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: setup demo test test-all lint typecheck clean
@@ -23,12 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/hmpps data synthetic --out $(DEMO)/data
-	for m in pop bm25 hem zam; do $(BIN)/hmpps retrieve --data $(DEMO)/data --model $$m --out $(DEMO)/first_stage/$$m || exit 1; done
-	@echo; echo "First stage on the synthetic demo data (test queries):"
-	@$(BIN)/hmpps metrics $(DEMO)/first_stage/pop $(DEMO)/first_stage/bm25 $(DEMO)/first_stage/hem $(DEMO)/first_stage/zam --baseline pop
-	@echo; echo "Two-stage HMPPS teacher (tiny profile) reranking the HEM candidates:"
+	$(BIN)/hmpps data synthetic --users 150 --products 120 --seed 3 --out $(DEMO)/data
+	@echo; echo "First stage (HEM) -> two-stage HMPPS teacher (tiny profile) -> ONNX student bundle:"
 	$(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline
+	$(BIN)/hmpps bundle verify $(DEMO)/pipeline/bundle
+	BIN=$(BIN) scripts/demo_serve.sh $(DEMO)/pipeline/bundle $(PORT)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -310,6 +310,51 @@ def ab_report(
         typer.secho("no impressions in the feedback stream yet", fg=typer.colors.YELLOW, err=True)
 
 
+@app.command("sample-request")
+@friendly_errors
+def sample_request(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle whose users, queries and products to draw from"),
+    candidates: int = typer.Option(10, "--candidates", min=1, max=200),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Print one realistic POST /rerank body (JSON) drawn from a bundle."""
+    import json
+
+    from loadtest.mix import RequestMix
+
+    try:
+        mix = RequestMix(bundle, candidates, seed)
+    except (OSError, ValueError, KeyError) as e:
+        from service.errors import InputError
+
+        raise InputError(f"cannot draw requests from {bundle}: {e}") from None
+    typer.echo(json.dumps(mix.body()))
+
+
+@app.command("bench-model")
+@friendly_errors
+def bench_model(
+    pipeline: Path = typer.Option(..., "--pipeline", help="a 'hmpps pipeline' output directory"),
+    data: Path = typer.Option(..., "--data", help="the dataset directory it was built from"),
+    repeats: int = typer.Option(2000, "--repeats", min=50),
+    threads: int = typer.Option(1, "--threads", min=1),
+    out: Path = typer.Option(None, "--out", help="write JSON here and Markdown next to it"),
+) -> None:
+    """Time the student's K=10 call (ONNX fp32/int8, PyTorch eager) against a MiniLM int8 cross-encoder."""
+    import shlex
+    import sys
+
+    from loadtest.model_bench import markdown, run_model_bench
+    from training.artifacts import atomic_write_text, write_json
+
+    rep = run_model_bench(pipeline, data, repeats, threads)
+    md = markdown(rep, "hmpps " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if out is not None:
+        write_json(out, rep)
+        atomic_write_text(out.with_suffix(".md"), md)
+    typer.echo(md)
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

@@ -39,6 +39,10 @@ class TeacherConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lr: float = 1e-4
+    # lm: Eq. 2's language-modelling loss over the whole vocabulary on the decision token.
+    # yes_no: the same loss restricted to the two answer tokens (Eq. 3's distribution); needed for a
+    # randomly initialised LM, whose frozen random output head bounds how far full-vocab CE can fall.
+    loss: str = "lm"
     vision_lr: float = 1e-3
     epochs: int = 1
     grad_accum: int = 1
@@ -64,4 +68,7 @@ def load_teacher_config(profile: str | None = None, config_path: Path | None = N
     if config_path is not None:
         values.update(read_yaml_mapping(config_path))
     values.update(overrides or {})
-    return load_config(TeacherConfig, None, values)
+    cfg = load_config(TeacherConfig, None, values)
+    if cfg.loss not in ("lm", "yes_no"):
+        raise InputError(f"teacher config loss={cfg.loss!r}: choose lm or yes_no")
+    return cfg

@@ -28,7 +28,7 @@ from training.metrics import paper_metrics, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
-from training.teacher.trainer import train
+from training.teacher.trainer import training_fields, train
 
 
 @dataclass
@@ -102,7 +102,7 @@ def load_embeddings(path: Path) -> Embeddings:
 def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
                 cfg: TeacherConfig, mode: str, out: Path, stage: str) -> dict[str, Any]:
     done = out / "trained.json"
-    if done.exists() and read_json(done).get("config") == asdict(cfg):
+    if done.exists() and training_fields(read_json(done).get("config", {})) == training_fields(asdict(cfg)):
         state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
         backbone.load_trainable_state(state["trainable"])
         return read_json(done)["log"]

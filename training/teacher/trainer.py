@@ -40,8 +40,10 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 _RUNTIME_FIELDS = ("threads", "score_batch")
 
 
-def _training_fields(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _RUNTIME_FIELDS}
+def training_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must agree on; fields added since it was saved take their defaults."""
+    full = asdict(TeacherConfig()) | config
+    return {k: v for k, v in full.items() if k not in _RUNTIME_FIELDS}
 
 
 def _save_checkpoint(path: Path, backbone: ComposedBackbone, opt: torch.optim.Optimizer, step: int,
@@ -62,7 +64,7 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
     step = 0
     if (ckpt_dir / "state.pt").exists():
         info = read_json(ckpt_dir / "checkpoint.json")
-        if _training_fields(info["config"]) != _training_fields(asdict(cfg)) or info["stage"] != stage:
+        if training_fields(info["config"]) != training_fields(asdict(cfg)) or info["stage"] != stage:
             raise ArtifactMismatch(f"{ckpt_dir} holds a checkpoint of another config or stage; remove it or use a new --out")
         state = torch.load(ckpt_dir / "state.pt", weights_only=False)
         backbone.load_trainable_state(state["trainable"])
@@ -85,7 +87,12 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
             g = groups[gi]
             with accelerator.accumulate(model):
                 logits = model([p.segments for p in g.prompts])
-                target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in g.labels], device=logits.device)
+                if cfg.loss == "yes_no":
+                    logits = logits[:, [backbone.yes_id, backbone.no_id]]
+                    target = torch.tensor([0 if y else 1 for y in g.labels], device=logits.device)
+                else:
+                    target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in g.labels],
+                                          device=logits.device)
                 loss = torch.nn.functional.cross_entropy(logits.float(), target)
                 accelerator.backward(loss)
                 opt.step()

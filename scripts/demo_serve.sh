@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The end of `make demo`: start the service on the demo bundle (embedded Redis),
+# send one real request, show the curl line, and keep the service up.
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+BUNDLE=${1:?usage: demo_serve.sh BUNDLE_DIR [PORT]}
+PORT=${2:-8000}
+export HMPPS_CACHE=${HMPPS_CACHE:-$PWD/runs/demo/cache}
+
+"$BIN/hmpps" serve --bundle "$BUNDLE" --port "$PORT" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 1 120); do
+  if curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
+  kill -0 $SERVER 2>/dev/null || { echo "the service exited during startup" >&2; exit 1; }
+  sleep 0.5
+done
+curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "the service did not become ready" >&2; exit 1; }
+
+BODY=$("$BIN/hmpps" sample-request --bundle "$BUNDLE" --candidates 5)
+echo
+echo "== sample rerank =="
+echo "request:  $BODY"
+echo "response:"
+curl -s -X POST "http://127.0.0.1:$PORT/rerank" -H 'content-type: application/json' -d "$BODY" | "$BIN/python" -m json.tool
+echo
+echo "== try it yourself (README quick start) =="
+echo "curl -s -X POST http://127.0.0.1:$PORT/rerank -H 'content-type: application/json' -d '$BODY'"
+echo
+echo "Docs: http://127.0.0.1:$PORT/docs   Metrics: http://127.0.0.1:$PORT/metrics   Ctrl-C stops the service."
+wait $SERVER
