@@ -355,6 +355,39 @@ def bench_model(
     typer.echo(md)
 
 
+@app.command("loadtest")
+@friendly_errors
+def loadtest(
+    url: str = typer.Option(..., "--url", help="service base URL, e.g. http://127.0.0.1:8000"),
+    rps: float = typer.Option(..., "--rps", help="constant arrival rate (requests per second)"),
+    duration: float = typer.Option(..., "--duration", help="seconds of load"),
+    bundle: Path = typer.Option(..., "--bundle", help="bundle whose users, queries and products make the request mix"),
+    candidates: int = typer.Option(10, "--candidates", min=1, max=200, help="K candidates per request"),
+    tail_share: float = typer.Option(0.0, "--tail-share", min=0.0, max=1.0, help="share of unseen (tail) queries"),
+    timeout: float = typer.Option(2.0, "--timeout", help="per-request client timeout (s)"),
+    out: Path = typer.Option(None, "--out", help="JSON report (Markdown next to it)"),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="allow a non-loopback target"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Open-loop load at a constant rate; latency from the scheduled send time (no coordinated omission)."""
+    import asyncio
+
+    from loadtest.mix import RequestMix
+    from loadtest.openloop import markdown, run_open_loop, validate, write_reports
+
+    validate(url, rps, duration, allow_remote)
+    try:
+        mix = RequestMix(bundle, candidates, seed, tail_share)
+    except (OSError, ValueError, KeyError) as e:
+        from service.errors import InputError
+
+        raise InputError(f"cannot draw requests from {bundle}: {e}") from None
+    rep = asyncio.run(run_open_loop(url.rstrip("/"), rps, duration, mix, timeout))
+    if out is not None:
+        write_reports(rep, out)
+    typer.echo(markdown(rep))
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

@@ -28,7 +28,7 @@ from training.metrics import paper_metrics, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
-from training.teacher.trainer import training_fields, train
+from training.teacher.trainer import train, training_fields
 
 
 @dataclass
