@@ -166,10 +166,17 @@ async def _health_loop(state: AppState) -> None:
         await _check_health(state)
 
 
+_bundle_labels: set[tuple[str, str]] = set()
+
+
 def _set_bundle_info(runtime: Runtime) -> None:
-    m.BUNDLE_INFO.clear()
-    for arm, version in runtime.versions().items():
-        m.BUNDLE_INFO.labels(arm, version).set(1)
+    # multiprocess mode cannot remove label sets: stale versions drop to 0 instead
+    current = set(runtime.versions().items())
+    for labels in _bundle_labels - current:
+        m.BUNDLE_INFO.labels(*labels).set(0)
+    for labels in current:
+        m.BUNDLE_INFO.labels(*labels).set(1)
+    _bundle_labels.update(current)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
