@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from service import metrics as m
 from service.arms import Experiment, load_experiment, single_arm
 from service.bundle import LoadedBundle, load_bundle, verify_bundle
-from service.errors import HmppsError, InputError, Unauthorized, Unavailable, http_status
+from service.errors import Forbidden, HmppsError, InputError, Unauthorized, Unavailable, http_status
 from service.limits import LimitsMiddleware
 from service.redis_conn import RedisHandle, connect
 from service.rerank import handle_rerank, score_sync
@@ -288,7 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def require_admin(authorization: str | None = Header(None)) -> None:
         if not settings.admin_token:
-            raise Unavailable("admin endpoints are disabled: set HMPPS_ADMIN_TOKEN")
+            raise Forbidden("admin endpoints are disabled: set HMPPS_ADMIN_TOKEN")
         token = (authorization or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
             raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")

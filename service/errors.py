@@ -29,6 +29,12 @@ class Unauthorized(HmppsError):
     http_status = 401
 
 
+class Forbidden(HmppsError):
+    """An admin call while admin endpoints are disabled (no token configured)."""
+
+    http_status = 403
+
+
 class Unavailable(HmppsError):
     """The service cannot do this right now (not ready, admin disabled, reload failed)."""
 
@@ -36,7 +42,7 @@ class Unavailable(HmppsError):
 
 
 def http_status(e: HmppsError) -> int:
-    if isinstance(e, (Unauthorized, Unavailable)):
+    if isinstance(e, (Unauthorized, Forbidden, Unavailable)):
         return e.http_status
     if isinstance(e, BundleError):
         return 503

@@ -270,8 +270,11 @@ def test_openapi_documents_examples(client):
     assert schema.get("examples") and "/rerank" in spec["paths"] and "/feedback" in spec["paths"]
 
 
-def test_schemathesis_finds_no_server_errors(tmp_path, bundle_dir):
-    app = create_app(_settings(tmp_path, bundle_dir))
+@pytest.mark.parametrize("admin_token", ["s3cret", None])
+def test_schemathesis_finds_no_server_errors(tmp_path, bundle_dir, admin_token):
+    settings = _settings(tmp_path, bundle_dir)
+    settings.admin_token = admin_token  # with admin disabled too: a 403, never a 5xx
+    app = create_app(settings)
     with live_server(app) as url:
         res = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
                               "--checks", "not_a_server_error", "--max-examples", "40", "--phases", "examples,fuzzing",
