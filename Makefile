@@ -31,6 +31,8 @@ demo: setup
 	BIN=$(BIN) scripts/demo_serve.sh $(DEMO)/pipeline/bundle $(PORT)
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy service
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all: setup

@@ -32,7 +32,7 @@ from distill.export import (
 from distill.features import FeatureTables, MiniLM, build_features, unit
 from distill.student import Student, StudentConfig, distill_loss
 from service import keys
-from service.bundle import FORMAT, sha256_file
+from service.bundle import FORMAT, OnnxScorer, sha256_file
 from service.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
 from training.artifacts import (
     atomic_dir,
@@ -222,7 +222,9 @@ def run_distill(data: Path, teacher_dir: Path, out: Path, cfg: StudentConfig | N
         if parity > PARITY_TOL:
             raise RuntimeError(f"ONNX/PyTorch parity failed: max abs diff {parity:.2e} > {PARITY_TOL}")
         quantize_int8(work / "student.onnx", work / "student.int8.onnx")
-        onnx_int8 = onnx_logits(work / "student.int8.onnx", test_inputs)
+        # per request, as the service calls it: dynamic int8 picks activation ranges per call
+        int8_scorer = OnnxScorer(work / "student.int8.onnx")
+        onnx_int8 = np.concatenate([int8_scorer.logits(p) for p in test_parts]) if test_parts else onnx_fp32
 
         qe = QueryEncoderModule(minilm.model, minilm.dim, tables.spec.sel_dim)
         sel = tables.spec
@@ -312,8 +314,9 @@ def _report(name: str, fs: dict[str, Any], teacher: dict[str, Any], metrics: dic
     lines = [f"# Distillation on {name}", "", f"Bundle version `{d['bundle_version']}`.", "",
              "| model | " + " | ".join(PAPER_KEYS) + " | n | kept share of teacher gain (NDCG@4) |",
              "|---|" + "---:|" * (len(PAPER_KEYS) + 2)]
+    teacher_gain = teacher["NDCG@4"] - fs["NDCG@4"]
     for label, m in rows:
-        kept = d["kept_gain"].get(label)
+        kept = d["kept_gain"].get(label) if teacher_gain > 0 else None  # a share of a loss means nothing
         lines.append(f"| {label} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {m['n']} | "
                      + ("" if kept is None else f"{kept:.1%}") + " |")
     lines += ["", f"- trained on {d['train_queries']} teacher-scored train queries ({d['train_rows']} scored pairs) "

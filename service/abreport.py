@@ -23,7 +23,8 @@ EFFICIENT_DWELL_S = 5.0
 
 
 def read_events(client: Any, batch: int = 10_000) -> list[dict[str, Any]]:
-    events, last = [], "-"
+    events: list[dict[str, Any]] = []
+    last = "-"
     while True:
         chunk = client.xrange(keys.FEEDBACK_STREAM, min=last, max="+", count=batch)
         if last != "-":

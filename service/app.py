@@ -87,7 +87,9 @@ def warm_up(bundle: LoadedBundle, rounds: int = 3) -> None:
     """First ONNX runs allocate and optimise; pay that before readiness, not on a user request."""
     spec = bundle.spec
     rng = np.random.default_rng(0)
-    vec = lambda d: rng.standard_normal(d).astype(np.float32).tobytes()  # noqa: E731
+
+    def vec(d: int) -> bytes:
+        return np.asarray(rng.standard_normal(d), dtype=np.float32).tobytes()
     fetched = Fetched(vec(spec.query_dim), False, [vec(spec.product_dim) for _ in range(10)], [],
                       [vec(spec.product_dim) for _ in range(5)])
     for _ in range(rounds):
@@ -126,7 +128,7 @@ def _open_redis(settings: Settings) -> tuple[RedisHandle | None, Any]:
     import redis.asyncio as aioredis
 
     timeout = settings.redis_timeout_ms / 1000
-    return None, aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+    return None, aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=timeout,
                                          socket_connect_timeout=max(timeout, 0.5), health_check_interval=0)
 
 
@@ -141,7 +143,7 @@ def _publish_missing(state: AppState) -> None:
     else:
         import redis
 
-        client = redis.Redis.from_url(state.settings.redis_url)
+        client = redis.Redis.from_url(str(state.settings.redis_url))
     for bundle in {b.version: b for b in state.runtime.bundles.values() if b is not None}.values():
         if not client.exists(keys.complete(bundle.version)):
             result = publish(bundle.path, client, activate=not client.exists(keys.ALIAS))
@@ -227,7 +229,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=http_status(exc), content={"error": type(exc).__name__, "detail": str(exc)})
 
     def get_state(request: Request) -> AppState:
-        return request.app.state.hmpps  # type: ignore[no-any-return]
+        state: AppState = request.app.state.hmpps
+        return state
 
     @app.post("/rerank", response_model=RerankResponse, tags=["rerank"],
               summary="Reorder a query's candidates for this user")
@@ -258,10 +261,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await state.store.add_feedback(events)  # type: ignore[union-attr]
         except Exception as e:  # noqa: BLE001 - feedback must not be lost silently: tell the caller to retry
             raise Unavailable(f"feedback store unavailable, retry later ({type(e).__name__})") from None
-        for e in batch.events:
-            m.FEEDBACK.labels(e.arm, e.type).inc()
-            if e.type == "dwell" and (e.dwell_s or 0) > EFFICIENT_DWELL_S:
-                m.EFFICIENT_CLICKS.labels(e.arm).inc()
+        for ev in batch.events:
+            m.FEEDBACK.labels(ev.arm, ev.type).inc()
+            if ev.type == "dwell" and (ev.dwell_s or 0) > EFFICIENT_DWELL_S:
+                m.EFFICIENT_CLICKS.labels(ev.arm).inc()
         return FeedbackAccepted(accepted=len(events))
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")

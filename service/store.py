@@ -85,7 +85,7 @@ class RedisFeatureStore:
         given = history_ids is not None
         args = [keys.product(version, ""), keys.summary(version, ""), keys.query(version, query),
                 keys.tail_query(version, query), keys.user_history(version, user_id), history_cap,
-                1 if want_summaries else 0, len(history_ids) if given else -1,
+                1 if want_summaries else 0, len(history_ids or []) if given else -1,
                 *((history_ids or [])[:history_cap] if given else []), *product_ids]
         if given:
             args[7] = min(len(history_ids or []), history_cap)

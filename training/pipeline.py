@@ -28,8 +28,11 @@ def table1(rows: list[tuple[str, dict[str, Any]]], base_name: str, new_name: str
     return "\n".join(lines)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a (no teacher gain)" if x is None else f"{x:.1%}"
+def _pct(x: float | None, teacher_gain: float) -> str:
+    # a share of a loss is not a share kept: only meaningful when the teacher beats the first stage
+    if x is None or teacher_gain <= 0:
+        return "n/a (the teacher does not beat the first stage)"
+    return f"{x:.1%}"
 
 
 def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConfig,
@@ -52,6 +55,7 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     metrics = {"first_stage": fs_metrics, "teacher": teacher["metrics"], "student": distilled["metrics"]["student_onnx"]}
     write_json(out / "metrics.json", metrics)
     d = distilled["info"]
+    tg = teacher["metrics"]["NDCG@4"] - fs_metrics["NDCG@4"]
     info = teacher["info"]
     fs_name = first_stage_model.upper()
     lines = [
@@ -61,9 +65,9 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         "## Reranking the first stage's top 10 (paper Table 1 layout)", "",
         table1([(fs_name, fs_metrics), ("+ HMPPS teacher", teacher["metrics"]), ("+ ONNX student", metrics["student"])],
                fs_name, "+ HMPPS teacher"), "",
-        f"The student keeps {_pct(d['kept_gain']['student_onnx'])} of the teacher's NDCG@4 gain over {fs_name} "
-        f"(int8: {_pct(d['kept_gain']['student_int8'])}; every query through the tail-query encoder: "
-        f"{_pct(d['kept_gain']['student_tail_queries'])}). Bundle `{d['bundle_version']}` in `{out / 'bundle'}`; "
+        f"The student keeps {_pct(d['kept_gain']['student_onnx'], tg)} of the teacher's NDCG@4 gain over {fs_name} "
+        f"(int8: {_pct(d['kept_gain']['student_int8'], tg)}; every query through the tail-query encoder: "
+        f"{_pct(d['kept_gain']['student_tail_queries'], tg)}). Bundle `{d['bundle_version']}` in `{out / 'bundle'}`; "
         "details in `distill/report.md`.", "",
         "## Teacher", "",
         f"- trained on {info['train_queries']} train queries (fraction {info['config']['train_fraction']}), "
