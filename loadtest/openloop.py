@@ -58,13 +58,13 @@ def percentiles(lat_s: list[float]) -> dict[str, float | None]:
             "mean_ms": float(a.mean()), "max_ms": float(a.max())}
 
 
-async def _one(client: Any, body: dict[str, Any], scheduled: float, out: Outcome, timeout_s: float) -> None:
+async def _one(send: Any, body: Any, scheduled: float, out: Outcome, timeout_s: float) -> None:
     lag = time.perf_counter() - scheduled
     out.max_send_lag_s = max(out.max_send_lag_s, lag)
     if lag > 0.001:
         out.late_starts += 1
     try:
-        r = await client.post("/rerank", json=body, timeout=timeout_s)
+        r = await send(body, timeout_s)
         done = time.perf_counter()
         out.status[str(r.status_code)] += 1
         if 200 <= r.status_code < 300:
@@ -79,11 +79,20 @@ async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix
                         max_in_flight: int = 2000, progress: bool = True, transport: Any = None) -> dict[str, Any]:
     import httpx
 
+    from loadtest.rawhttp import RawHTTPClient
+
     n_total = int(rps * duration_s)
-    bodies = [mix.body() for _ in range(n_total)]  # built up front: the send loop does no work
     out = Outcome()
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    raw = RawHTTPClient(url, max_in_flight) if transport is None else None
+    # bodies are built (and for the raw client, encoded) up front: the send loop does no work
+    bodies: list[Any] = [raw.encode("/rerank", mix.body()) if raw else mix.body() for _ in range(n_total)]
     async with httpx.AsyncClient(base_url=url, limits=limits, transport=transport) as client:
+
+        async def via_httpx(body: Any, timeout: float) -> Any:
+            return await client.post("/rerank", json=body, timeout=timeout)
+
+        send = raw.send if raw else via_httpx
         tasks: set[asyncio.Task[None]] = set()
         start = time.perf_counter() + 0.05
         last_print = start
@@ -95,7 +104,7 @@ async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix
             if len(tasks) >= max_in_flight:
                 out.errors["client_in_flight_cap"] += 1  # bounded: never queue without limit on our side
                 continue
-            t = asyncio.create_task(_one(client, body, scheduled, out, timeout_s))
+            t = asyncio.create_task(_one(send, body, scheduled, out, timeout_s))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
             now = time.perf_counter()
@@ -108,6 +117,8 @@ async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s + 1)
         elapsed = time.perf_counter() - start
+        if raw is not None:
+            await raw.aclose()
     if progress:
         sys.stderr.write("\n")
     non2xx = sum(v for k, v in out.status.items() if not k.startswith("2"))

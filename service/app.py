@@ -234,7 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/rerank", response_model=RerankResponse, tags=["rerank"],
               summary="Reorder a query's candidates for this user")
-    async def rerank(req: RerankRequest, state: AppState = Depends(get_state)) -> RerankResponse:
+    async def rerank(req: RerankRequest, state: AppState = Depends(get_state)) -> Response:
         t0 = time.perf_counter()
         runtime = state.runtime
         if runtime is None or state.store is None:
@@ -249,7 +249,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         m.REQUESTS.labels(arm.name, "fallback" if resp.fallback else "ok").inc()
         m.LATENCY.labels(arm.name).observe(time.perf_counter() - t0)
-        return resp
+        # built from validated models already: serialize once, skip FastAPI's re-validation
+        return Response(resp.model_dump_json(), media_type="application/json")
 
     @app.post("/feedback", response_model=FeedbackAccepted, tags=["feedback"],
               summary="Record impressions, clicks and dwell times for the A/B report")
