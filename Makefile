@@ -10,7 +10,7 @@ DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo test test-all lint typecheck clean
+.PHONY: setup demo bench test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ demo: setup
 	$(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline
 	$(BIN)/hmpps bundle verify $(DEMO)/pipeline/bundle
 	BIN=$(BIN) scripts/demo_serve.sh $(DEMO)/pipeline/bundle $(PORT)
+
+bench: setup
+	BIN=$(BIN) DEMO=$(DEMO) scripts/bench.sh
 
 test: setup
 	$(BIN)/ruff check .

@@ -388,6 +388,28 @@ def loadtest(
     typer.echo(markdown(rep))
 
 
+@app.command("bench-report")
+@friendly_errors
+def bench_report(
+    runs: list[Path] = typer.Argument(..., help="loadtest JSON reports of one rate sweep"),
+    out: Path = typer.Option(..., "--out", help="Markdown summary; the plot goes next to it as .png"),
+) -> None:
+    """Table, saturation rate and latency-vs-rate plot from a sweep of 'hmpps loadtest' reports."""
+    from loadtest.report import load_sweep, plot_sweep, sweep_markdown
+    from training.artifacts import atomic_write_text
+
+    missing = [str(p) for p in runs if not p.is_file()]
+    if missing:
+        from service.errors import InputError
+
+        raise InputError(f"no such report: {', '.join(missing)}")
+    reps = load_sweep(runs)
+    md = sweep_markdown(reps)
+    plot_sweep(reps, out.with_suffix(".png"))
+    atomic_write_text(out, md + f"\n![latency vs rate]({out.with_suffix('.png').name})\n")
+    typer.echo(md)
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

@@ -71,3 +71,20 @@ def test_real_service_under_a_short_load(tmp_path, bundle_dir):
         v for k, v in rep["status"].items() if k != "200") == 50
     assert rep["status"].get("200", 0) > 40 and rep["latency"]["p50_ms"] is not None
     assert set(rep["fallback"]) <= {"none", "timeout"}
+
+
+def test_sweep_report_finds_saturation_and_plots(tmp_path):
+    from loadtest.report import plot_sweep, saturation, sweep_markdown
+
+    def rep(rps, p99, fallbacks=0, errors=0):
+        return {"target_rps": rps, "achieved_rps": rps, "requests": 1000, "error_rate": errors / 1000,
+                "status": {"200": 1000 - errors, "429": errors}, "errors": {}, "fallback": {"none": 1000 - fallbacks,
+                                                                                            "timeout": fallbacks},
+                "latency": {"p50_ms": p99 / 3, "p90_ms": p99 / 2, "p99_ms": p99, "p99_9_ms": p99 * 2}}
+
+    reps = [rep(100, 7), rep(200, 9), rep(300, 40, fallbacks=5), rep(400, 90, fallbacks=300)]
+    assert saturation(reps) == 300  # 0.5% fallbacks is within the 1% allowance; 30% is not
+    assert saturation([rep(100, 150)]) is None
+    assert "300 req/s" in sweep_markdown(reps)
+    plot_sweep(reps, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000

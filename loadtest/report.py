@@ -1,0 +1,62 @@
+"""Summaries of a rate sweep: a Markdown table and a latency-vs-rate plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_sweep(paths: list[Path]) -> list[dict[str, Any]]:
+    reps = [json.loads(Path(p).read_text()) for p in paths]
+    return sorted(reps, key=lambda r: r["target_rps"])
+
+
+def saturation(reps: list[dict[str, Any]], max_error_rate: float = 0.01, max_p99_ms: float = 100.0) -> float | None:
+    """The highest offered rate that was served without errors or fallbacks above 1% and with p99 under 100 ms."""
+    best = None
+    for r in reps:
+        fallbacks = sum(v for k, v in r["fallback"].items() if k != "none")
+        bad = r["error_rate"] + fallbacks / max(1, r["requests"])
+        p99 = r["latency"]["p99_ms"]
+        if bad <= max_error_rate and p99 is not None and p99 <= max_p99_ms:
+            best = r["target_rps"]
+    return best
+
+
+def sweep_markdown(reps: list[dict[str, Any]]) -> str:
+    lines = ["| offered rps | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | non-2xx + client errors | fail-open |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in reps:
+        lat = r["latency"]
+        bad = sum(v for k, v in r["status"].items() if not k.startswith("2")) + sum(r["errors"].values())
+        fb = sum(v for k, v in r["fallback"].items() if k != "none")
+        f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+        lines.append(f"| {r['target_rps']:g} | {r['achieved_rps']} | {f(lat['p50_ms'])} | {f(lat['p90_ms'])} | "
+                     f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {bad} | {fb} |")
+    sat = saturation(reps)
+    lines += ["", f"Saturation (highest rate with <= 1% errors+fallbacks and p99 <= 100 ms): "
+              f"{'not reached' if sat is None else f'{sat:g} req/s'}", ""]
+    return "\n".join(lines)
+
+
+def plot_sweep(reps: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [r["target_rps"] for r in reps]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p99_9_ms", "p99.9")):
+        ax.plot(rates, [r["latency"][key] for r in reps], marker="o", label=label)
+    ax.axhline(5, color="grey", ls=":", lw=1)
+    ax.axhline(10, color="grey", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (requests/s, open loop)")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    ax.set_title("POST /rerank, K=10: latency vs rate")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
