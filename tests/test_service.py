@@ -278,5 +278,5 @@ def test_schemathesis_finds_no_server_errors(tmp_path, bundle_dir, admin_token):
     with live_server(app) as url:
         res = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
                               "--checks", "not_a_server_error", "--max-examples", "40", "--phases", "examples,fuzzing",
-                              "--no-color"], capture_output=True, text=True, timeout=600)
+                              "--no-color"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
