@@ -101,6 +101,9 @@ class FeatureTables:
     def product(self, pids: list[str]) -> np.ndarray:
         return self.products[[self._p[p] for p in pids]]
 
+    def has_product(self, pid: str) -> bool:
+        return pid in self._p
+
     def query(self, q: str) -> np.ndarray:
         return self.query_features[self._q[q]]
 

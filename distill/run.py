@@ -61,7 +61,7 @@ def _teacher_inputs(teacher_dir: Path, ds: Dataset) -> dict[str, Any]:
 
 def _request_arrays(tables: FeatureTables, ds: Dataset, row: dict[str, Any], pids: list[str],
                     query_features: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    hist = [p for p in ds.history(row) if p in tables._p]
+    hist = [p for p in ds.history(row) if tables.has_product(p)]
     q = tables.query(row["query"]) if query_features is None else query_features
     hist_feats = tables.product(hist) if hist else np.zeros((0, tables.spec.product_dim), np.float32)
     return build_inputs(tables.spec, q, tables.product(pids), hist_feats)

@@ -84,7 +84,7 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     n_test = int(json.loads((pipeline / "teacher" / "teacher.json").read_text())["scored_queries"]["test_total"])
 
     def inputs_for(s: dict[str, Any]) -> dict[str, np.ndarray]:
-        hist = [p for p in ds.history(rows[s["query_id"]]) if p in tables._p]
+        hist = [p for p in ds.history(rows[s["query_id"]]) if tables.has_product(p)]
         h = tables.product(hist) if hist else np.zeros((0, bundle.spec.product_dim), np.float32)
         return build_inputs(bundle.spec, tables.query(s["query"]), tables.product([c["product_id"] for c in s["candidates"]]), h)
 

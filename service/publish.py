@@ -66,23 +66,22 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
             pipe = client.pipeline(transaction=False)
             pending = 0
 
+    def vec_bytes(v: np.ndarray) -> bytes:
+        return np.ascontiguousarray(v, dtype=np.float32).tobytes()
+
     client.delete(keys.complete(version))  # a rerun is incomplete until it finishes
     pipe.set(keys.manifest(version), json.dumps(manifest))
-    for pid, vec in zip(index["products"], products, strict=True):
-        pipe.set(keys.product(version, pid), np.ascontiguousarray(vec, dtype=np.float32).tobytes())
-        counts["products"] += 1
-        pending += 1
-        flush()
-    for row in summaries:
-        pipe.set(keys.summary(version, row["product_id"]), row["summary"])
-        counts["summaries"] += 1
-        pending += 1
-        flush()
-    for q, vec in zip(index["queries"], queries, strict=True):
-        pipe.set(keys.query(version, q), np.ascontiguousarray(vec, dtype=np.float32).tobytes())
-        counts["queries"] += 1
-        pending += 1
-        flush()
+    plain_keys = (
+        ("products", ((keys.product(version, pid), vec_bytes(v)) for pid, v in zip(index["products"], products, strict=True))),
+        ("summaries", ((keys.summary(version, r["product_id"]), r["summary"]) for r in summaries)),
+        ("queries", ((keys.query(version, q), vec_bytes(v)) for q, v in zip(index["queries"], queries, strict=True))),
+    )
+    for kind, pairs in plain_keys:
+        for key, value in pairs:
+            pipe.set(key, value)
+            counts[kind] += 1
+            pending += 1
+            flush()
     for row in histories:
         key = keys.user_history(version, row["user_id"])
         items = row["history"][:cap]

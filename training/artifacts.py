@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from service.bundle import sha256_file  # one implementation, shared with bundle verification
 from training.errors import ArtifactMismatch, InputError
 
 SCHEMA_VERSION = 1
@@ -89,14 +90,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}:{lineno} is not valid JSON: {e}") from e
     return rows
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint_files(paths: Iterable[Path]) -> str:
