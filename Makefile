@@ -10,7 +10,7 @@ DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo bench test test-all lint typecheck clean
+.PHONY: setup demo bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: setup
 
 bench: setup
 	BIN=$(BIN) DEMO=$(DEMO) scripts/bench.sh
+
+# needs Debian's redis-server (apt-get install redis-server): Redis is killed and restarted
+reliability: setup
+	@test -f $(DEMO)/pipeline/bundle/manifest.json || { $(BIN)/hmpps data synthetic --users 150 --products 120 --seed 3 --out $(DEMO)/data && $(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline; }
+	$(BIN)/hmpps reliability --bundle $(DEMO)/pipeline/bundle --out docs/bench/reliability.json
 
 test: setup
 	$(BIN)/ruff check .

@@ -410,6 +410,33 @@ def bench_report(
     typer.echo(md)
 
 
+@app.command("reliability")
+@friendly_errors
+def reliability(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle to serve"),
+    scenarios: str = typer.Option("redis_kill,overload,reload,soak,fuzz", "--scenarios", help="comma-separated"),
+    rps: float = typer.Option(100, "--rps", help="load for the kill, reload and soak scenarios"),
+    saturation: float = typer.Option(300, "--saturation", help="measured saturation rate; overload offers 3x"),
+    soak_seconds: float = typer.Option(600, "--soak-seconds", min=10),
+    fuzz_examples: int = typer.Option(100, "--fuzz-examples", min=1),
+    out: Path = typer.Option(None, "--out", help="JSON report; Markdown next to it"),
+) -> None:
+    """Redis killed under load, overload, reload under load, soak (RSS) and fuzz; real redis-server."""
+    import shlex
+    import sys
+
+    from loadtest.reliability import markdown, run_suite
+    from training.artifacts import atomic_write_text, write_json
+
+    rep = run_suite(bundle, tuple(s.strip() for s in scenarios.split(",") if s.strip()), rps, saturation,
+                    soak_seconds, fuzz_examples)
+    md = markdown(rep, "hmpps " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    if out is not None:
+        write_json(out, rep)
+        atomic_write_text(out.with_suffix(".md"), md)
+    typer.echo(md)
+
+
 @app.command("metrics")
 @friendly_errors
 def metrics(

@@ -47,6 +47,8 @@ class Outcome:
     errors: Counter[str] = field(default_factory=Counter)
     late_starts: int = 0  # sends that left more than 1 ms after their schedule (client-side lag)
     max_send_lag_s: float = 0.0
+    # (scheduled time, outcome: status code or error name, fallback or "", latency s) per request
+    timeline: list[tuple[float, str, str, float]] = field(default_factory=list)
 
 
 def percentiles(lat_s: list[float]) -> dict[str, float | None]:
@@ -67,16 +69,20 @@ async def _one(send: Any, body: Any, scheduled: float, out: Outcome, timeout_s: 
         r = await send(body, timeout_s)
         done = time.perf_counter()
         out.status[str(r.status_code)] += 1
+        fb = ""
         if 200 <= r.status_code < 300:
             out.latencies.append(done - scheduled)
-            fb = r.json().get("fallback")
+            fb = r.json().get("fallback") or ""
             out.fallback[fb or "none"] += 1
+        out.timeline.append((scheduled, str(r.status_code), fb, done - scheduled))
     except Exception as e:  # noqa: BLE001 - every failure is counted by type
         out.errors[type(e).__name__] += 1
+        out.timeline.append((scheduled, type(e).__name__, "", time.perf_counter() - scheduled))
 
 
 async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix, timeout_s: float = 2.0,
-                        max_in_flight: int = 2000, progress: bool = True, transport: Any = None) -> dict[str, Any]:
+                        max_in_flight: int = 2000, progress: bool = True, transport: Any = None,
+                        keep_timeline: bool = False) -> dict[str, Any]:
     import httpx
 
     from loadtest.rawhttp import RawHTTPClient
@@ -129,7 +135,8 @@ async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix
         "errors": dict(out.errors), "error_rate": (non2xx + sum(out.errors.values())) / max(1, n_total),
         "late_starts": out.late_starts, "max_send_lag_ms": round(out.max_send_lag_s * 1000, 3),
         "candidates": mix.k, "latency": percentiles(out.latencies),
-    }
+    } | ({"timeline": [(round(t - start, 4), o, f, round(lat, 5)) for t, o, f, lat in sorted(out.timeline)]}
+         if keep_timeline else {})
 
 
 def markdown(rep: dict[str, Any]) -> str:
