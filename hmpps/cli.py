@@ -322,12 +322,7 @@ def sample_request(
 
     from loadtest.mix import RequestMix
 
-    try:
-        mix = RequestMix(bundle, candidates, seed)
-    except (OSError, ValueError, KeyError) as e:
-        from service.errors import InputError
-
-        raise InputError(f"cannot draw requests from {bundle}: {e}") from None
+    mix = RequestMix(bundle, candidates, seed)
     typer.echo(json.dumps(mix.body()))
 
 
@@ -376,12 +371,7 @@ def loadtest(
     from loadtest.openloop import markdown, run_open_loop, validate, write_reports
 
     validate(url, rps, duration, allow_remote)
-    try:
-        mix = RequestMix(bundle, candidates, seed, tail_share)
-    except (OSError, ValueError, KeyError) as e:
-        from service.errors import InputError
-
-        raise InputError(f"cannot draw requests from {bundle}: {e}") from None
+    mix = RequestMix(bundle, candidates, seed, tail_share)
     rep = asyncio.run(run_open_loop(url.rstrip("/"), rps, duration, mix, timeout))
     if out is not None:
         write_reports(rep, out)

@@ -13,17 +13,22 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import InputError
+
 
 class RequestMix:
     def __init__(self, bundle: Path, k: int = 10, seed: int = 0, tail_share: float = 0.0):
         bundle = Path(bundle)
-        index = json.loads((bundle / "features" / "index.json").read_text())
-        self.products: list[str] = index["products"]
-        self.queries: list[str] = index["queries"]
-        with open(bundle / "features" / "histories.jsonl", encoding="utf-8") as f:
-            self.users = [row["user_id"] for row in map(json.loads, f) if row["history"]]
+        try:
+            index = json.loads((bundle / "features" / "index.json").read_text())
+            self.products: list[str] = index["products"]
+            self.queries: list[str] = index["queries"]
+            with open(bundle / "features" / "histories.jsonl", encoding="utf-8") as f:
+                self.users = [row["user_id"] for row in map(json.loads, f) if row["history"]]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"cannot draw requests from {bundle}: {e}") from None
         if not self.products or not self.queries or not self.users:
-            raise ValueError(f"bundle {bundle} has no products, queries or users with history to draw requests from")
+            raise InputError(f"bundle {bundle} has no products, queries or users with history to draw requests from")
         self.k = min(k, len(self.products))
         self.tail_share = tail_share
         self.rng = np.random.default_rng(seed)

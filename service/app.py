@@ -192,8 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.store = RedisFeatureStore(state.aclient)
         state.runtime = await anyio.to_thread.run_sync(load_runtime, settings)
         _set_bundle_info(state.runtime)
-        auto = settings.auto_publish if settings.auto_publish is not None else settings.embedded
-        if auto:
+        if settings.publish_missing:
             await anyio.to_thread.run_sync(_publish_missing, state)
         state.warm = True
         await _check_health(state)
@@ -307,8 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise Unavailable(f"reload failed, still serving the previous runtime: {e}") from None
             old = state.runtime
             state.runtime = runtime  # one assignment: in-flight requests keep the old runtime
-            auto = settings.auto_publish if settings.auto_publish is not None else settings.embedded
-            if auto:
+            if settings.publish_missing:
                 await anyio.to_thread.run_sync(_publish_missing, state)
             for v in state._versions():
                 state.published[v] = await state.store.version_complete(v)  # type: ignore[union-attr]

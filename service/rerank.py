@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import numpy as np
+from redis.exceptions import RedisError
 
 from service import metrics as m
 from service.arms import Arm
@@ -108,13 +109,12 @@ async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: L
             scored = await anyio.to_thread.run_sync(score_sync, bundle, req.query, fetched, limiter=limiter)
     except TimeoutError:
         fallback = "timeout"
-    except (ConnectionError, OSError) as e:
+    except (RedisError, ConnectionError, OSError) as e:
         fallback = "redis_unavailable"
         log.warning("redis failed: %s", e)
-    except Exception as e:  # noqa: BLE001 - fail open on anything in the scoring path, and count it
-        name = type(e).__module__
-        fallback = "redis_unavailable" if name.startswith("redis") else "model_error"
-        log.exception("rerank failed open (%s)", fallback)
+    except Exception:  # noqa: BLE001 - fail open on anything else in the scoring path (the model), and count it
+        fallback = "model_error"
+        log.exception("rerank failed open (model_error)")
 
     if scored is not None:
         for stage, sec in scored.stages.items():

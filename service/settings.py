@@ -54,3 +54,8 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+    @property
+    def publish_missing(self) -> bool:
+        """Publish loaded bundles Redis lacks: on by default only for the embedded server."""
+        return self.auto_publish if self.auto_publish is not None else self.embedded

@@ -82,13 +82,10 @@ class RedisFeatureStore:
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
                     history_ids: list[str] | None, history_cap: int, want_summaries: bool) -> Fetched:
         t = time.perf_counter()
-        given = history_ids is not None
+        given = history_ids[:history_cap] if history_ids is not None else None
         args = [keys.product(version, ""), keys.summary(version, ""), keys.query(version, query),
                 keys.tail_query(version, query), keys.user_history(version, user_id), history_cap,
-                1 if want_summaries else 0, len(history_ids or []) if given else -1,
-                *((history_ids or [])[:history_cap] if given else []), *product_ids]
-        if given:
-            args[7] = min(len(history_ids or []), history_cap)
+                1 if want_summaries else 0, -1 if given is None else len(given), *(given or []), *product_ids]
         q, tail, cands, hist, hist_feats, summ = await self._fetch(keys=[], args=args)
         return Fetched(
             query=q or None, query_from_cache=bool(q) and bool(tail),
