@@ -279,6 +279,21 @@ def serve(
     run(bundle, arms, host, port, workers, redis_url)
 
 
+@app.command("serve-peer")
+@friendly_errors
+def serve_peer(
+    peer: str = typer.Option(..., "--peer", help="student | eager (PyTorch student) | cross-encoder (MiniLM-L6 int8)"),
+    pipeline: Path = typer.Option(..., "--pipeline", help="'hmpps pipeline' output (bundle/, distill/, bench/)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    threads: int = typer.Option(1, "--threads", min=1, help="intra-op threads of the peer's model"),
+) -> None:
+    """Benchmarks only: the service with a peer scorer on the same HTTP and Redis path (one worker)."""
+    from loadtest.peers import serve_peer as run
+
+    run(peer, pipeline, host, port, threads)
+
+
 @app.command("ab-report")
 @friendly_errors
 def ab_report(
@@ -365,14 +380,13 @@ def loadtest(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Open-loop load at a constant rate; latency from the scheduled send time (no coordinated omission)."""
-    import asyncio
 
     from loadtest.mix import RequestMix
-    from loadtest.openloop import markdown, run_open_loop, validate, write_reports
+    from loadtest.openloop import markdown, run, run_open_loop, validate, write_reports
 
     validate(url, rps, duration, allow_remote)
     mix = RequestMix(bundle, candidates, seed, tail_share)
-    rep = asyncio.run(run_open_loop(url.rstrip("/"), rps, duration, mix, timeout))
+    rep = run(run_open_loop(url.rstrip("/"), rps, duration, mix, timeout))
     if out is not None:
         write_reports(rep, out)
     typer.echo(markdown(rep))
@@ -384,8 +398,10 @@ def bench_report(
     runs: list[Path] = typer.Argument(..., help="loadtest JSON reports of one rate sweep"),
     out: Path = typer.Option(..., "--out", help="Markdown summary; the plot goes next to it as .png"),
 ) -> None:
-    """Table, saturation rate and latency-vs-rate plot from a sweep of 'hmpps loadtest' reports."""
-    from loadtest.report import load_sweep, plot_sweep, sweep_markdown
+    """Table, saturation rate and latency-vs-rate plot from a sweep of 'hmpps loadtest' reports.
+
+    Reports from several scorers (see 'hmpps serve-peer') give a side-by-side table instead."""
+    from loadtest.report import by_scorer, load_sweep, peers_markdown, plot_peers, plot_sweep, sweep_markdown
     from training.artifacts import atomic_write_text
 
     missing = [str(p) for p in runs if not p.is_file()]
@@ -394,8 +410,12 @@ def bench_report(
 
         raise InputError(f"no such report: {', '.join(missing)}")
     reps = load_sweep(runs)
-    md = sweep_markdown(reps)
-    plot_sweep(reps, out.with_suffix(".png"))
+    if len(by_scorer(reps)) > 1:  # reports from several scorers: the side-by-side comparison
+        md = peers_markdown(reps)
+        plot_peers(reps, out.with_suffix(".png"))
+    else:
+        md = sweep_markdown(reps)
+        plot_sweep(reps, out.with_suffix(".png"))
     atomic_write_text(out, md + f"\n![latency vs rate]({out.with_suffix('.png').name})\n")
     typer.echo(md)
 

@@ -122,6 +122,12 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     tmp = pipeline / "bench"
     tmp.mkdir(exist_ok=True)
     ce_int8 = export(model, tok, tmp / "cross_encoder.onnx")
+    # the HTTP peer (loadtest.peers) tokenizes with the same vocabulary through `tokenizers`
+    import shutil
+
+    from training.teacher.lm import minilm_dir
+
+    shutil.copyfile(Path(minilm_dir()) / "tokenizer.json", tmp / "cross_encoder_tokenizer.json")
     sess = ort.InferenceSession(str(ce_int8), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
     ce_reqs = []
     for s in test:

@@ -80,6 +80,63 @@ async def _one(send: Any, body: Any, scheduled: float, out: Outcome, timeout_s: 
         out.timeline.append((scheduled, type(e).__name__, "", time.perf_counter() - scheduled))
 
 
+def run(coro: Any) -> Any:
+    """Run the generator on uvloop when installed: its lower wake-up overhead is
+    latency the service would otherwise be charged for (see docs/benchmarks.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+SERVER_HISTOGRAM = "hmpps_rerank_request_seconds_bucket"
+
+
+def parse_buckets(metrics_text: str, name: str = SERVER_HISTOGRAM) -> dict[float, float]:
+    """Cumulative bucket counts of a Prometheus histogram, summed over its other labels."""
+    out: dict[float, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{"):
+            labels, _, value = line.rpartition(" ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
+    """Prometheus's histogram_quantile over the increase between two scrapes (linear within a bucket)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank, prev_bound, prev_count = q * counts[-1], 0.0, 0.0
+    for b, c in zip(bounds, counts, strict=True):
+        if c >= rank:
+            if b == float("inf"):
+                return prev_bound
+            return prev_bound + (b - prev_bound) * (rank - prev_count) / max(c - prev_count, 1e-12)
+        prev_bound, prev_count = b, c
+    return None
+
+
+async def _server_buckets(client: Any) -> dict[float, float] | None:
+    try:
+        return parse_buckets((await client.get("/metrics", timeout=5.0)).text)
+    except Exception:  # noqa: BLE001 - a server without our metrics: report client-side figures only
+        return None
+
+
+async def _scorer_name(client: Any) -> str:
+    """What the target scores with (GET /info), so reports of peers cannot be mixed up."""
+    try:
+        r = await client.get("/info", timeout=5.0)
+        return str(r.json().get("scorer", "student"))
+    except Exception:  # noqa: BLE001 - an older or foreign server: label it unknown, still measure it
+        return "unknown"
+
+
 async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix, timeout_s: float = 2.0,
                         max_in_flight: int = 2000, progress: bool = True, transport: Any = None,
                         keep_timeline: bool = False) -> dict[str, Any]:
@@ -99,6 +156,8 @@ async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix
             return await client.post("/rerank", json=body, timeout=timeout)
 
         send = raw.send if raw else via_httpx
+        scorer = await _scorer_name(client)
+        before = await _server_buckets(client)
         tasks: set[asyncio.Task[None]] = set()
         start = time.perf_counter() + 0.05
         last_print = start
@@ -123,18 +182,24 @@ async def run_open_loop(url: str, rps: float, duration_s: float, mix: RequestMix
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s + 1)
         elapsed = time.perf_counter() - start
+        after = await _server_buckets(client) if before is not None else None
         if raw is not None:
             await raw.aclose()
     if progress:
         sys.stderr.write("\n")
     non2xx = sum(v for k, v in out.status.items() if not k.startswith("2"))
     return {
-        "url": url, "target_rps": rps, "duration_s": duration_s, "requests": n_total,
+        "url": url, "scorer": scorer, "target_rps": rps, "duration_s": duration_s, "requests": n_total,
         "achieved_rps": round(len(out.latencies) / elapsed, 2) if elapsed > 0 else 0.0,
         "ok": len(out.latencies), "status": dict(out.status), "fallback": dict(out.fallback),
         "errors": dict(out.errors), "error_rate": (non2xx + sum(out.errors.values())) / max(1, n_total),
         "late_starts": out.late_starts, "max_send_lag_ms": round(out.max_send_lag_s * 1000, 3),
         "candidates": mix.k, "latency": percentiles(out.latencies),
+        # the service's own histogram over this run: what the client adds on top is queueing in the
+        # kernel, the network stack and the generator itself (interpolated within 1 ms to 1 s buckets)
+        "server_latency": None if not (before is not None and after) else {
+            k: (None if v is None else round(v * 1000, 3)) for k, v in
+            (("p50_ms", histogram_quantile(0.5, before, after)), ("p99_ms", histogram_quantile(0.99, before, after)))},
     } | ({"timeline": [(round(t - start, 4), o, f, round(lat, 5)) for t, o, f, lat in sorted(out.timeline)]}
          if keep_timeline else {})
 
@@ -143,14 +208,17 @@ def markdown(rep: dict[str, Any]) -> str:
     lat = rep["latency"]
     f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     return "\n".join([
-        f"### Open loop: {rep['target_rps']} req/s for {rep['duration_s']} s, K={rep['candidates']}, {rep['url']}", "",
+        f"### Open loop: {rep['target_rps']} req/s for {rep['duration_s']} s, K={rep['candidates']}, {rep['url']}"
+        f" (scorer: {rep.get('scorer', 'unknown')})", "",
         "| requests | ok | achieved rps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | error rate |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {rep['requests']} | {rep['ok']} | {rep['achieved_rps']} | {f(lat['p50_ms'])} | {f(lat['p90_ms'])} | "
         f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {f(lat['max_ms'])} | {rep['error_rate']:.4f} |", "",
         f"Status codes: {json.dumps(rep['status'])}; fallbacks: {json.dumps(rep['fallback'])}; "
         f"client errors: {json.dumps(rep['errors'])}; sends late by > 1 ms: {rep['late_starts']} "
-        f"(max {rep['max_send_lag_ms']} ms).", ""])
+        f"(max {rep['max_send_lag_ms']} ms).", ""]
+        + ([f"The service's own histogram over the run: p50 {f(srv['p50_ms'])} ms, p99 {f(srv['p99_ms'])} ms.", ""]
+           if (srv := rep.get("server_latency")) else []))
 
 
 def validate(url: str, rps: float, duration_s: float, allow_remote: bool) -> None:

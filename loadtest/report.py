@@ -24,16 +24,23 @@ def saturation(reps: list[dict[str, Any]], max_error_rate: float = 0.01, max_p99
     return best
 
 
+def _server(r: dict[str, Any]) -> str:
+    srv = r.get("server_latency") or {}
+    if srv.get("p50_ms") is None:
+        return "n/a"
+    return f"{srv['p50_ms']:.2f} / {srv['p99_ms']:.2f}"
+
+
 def sweep_markdown(reps: list[dict[str, Any]]) -> str:
-    lines = ["| offered rps | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | non-2xx + client errors | fail-open |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| offered rps | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | service's own p50 / p99 ms | non-2xx + client errors | fail-open |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reps:
         lat = r["latency"]
         bad = sum(v for k, v in r["status"].items() if not k.startswith("2")) + sum(r["errors"].values())
         fb = sum(v for k, v in r["fallback"].items() if k != "none")
         f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
         lines.append(f"| {r['target_rps']:g} | {r['achieved_rps']} | {f(lat['p50_ms'])} | {f(lat['p90_ms'])} | "
-                     f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {bad} | {fb} |")
+                     f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {_server(r)} | {bad} | {fb} |")
     sat = saturation(reps)
     lines += ["", f"Saturation (highest rate with <= 1% errors+fallbacks and p99 <= 100 ms): "
               f"{'not reached' if sat is None else f'{sat:g} req/s'}", ""]
@@ -57,6 +64,61 @@ def plot_sweep(reps: list[dict[str, Any]], out: Path) -> None:
     ax.set_ylabel("latency from scheduled send (ms)")
     ax.set_title("POST /rerank, K=10: latency vs rate")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def by_scorer(reps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in reps:
+        groups.setdefault(r.get("scorer", "unknown"), []).append(r)
+    return {k: sorted(v, key=lambda r: r["target_rps"]) for k, v in groups.items()}
+
+
+def peers_markdown(reps: list[dict[str, Any]], reference: str = "student") -> str:
+    """Side by side: each scorer at each rate, its saturation, and the p50 ratio to the reference at shared rates."""
+    groups = by_scorer(reps)
+    f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = ["| scorer | offered rps | achieved | p50 ms | p99 ms | p99.9 ms | service's own p50 / p99 ms | non-2xx + client errors | fail-open |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, rs in groups.items():
+        for r in rs:
+            lat = r["latency"]
+            bad = sum(v for k, v in r["status"].items() if not k.startswith("2")) + sum(r["errors"].values())
+            fb = sum(v for k, v in r["fallback"].items() if k != "none")
+            lines.append(f"| {name} | {r['target_rps']:g} | {r['achieved_rps']} | {f(lat['p50_ms'])} | "
+                         f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {_server(r)} | {bad} | {fb} |")
+    lines += ["", "| scorer | saturation (<= 1% errors+fallbacks, p99 <= 100 ms) | p50 / reference p50 at shared rates |",
+              "|---|---:|---|"]
+    ref = {r["target_rps"]: r["latency"]["p50_ms"] for r in groups.get(reference, [])}
+    for name, rs in groups.items():
+        sat = saturation(rs)
+        ratios = [f"{r['target_rps']:g} rps: {r['latency']['p50_ms'] / ref[r['target_rps']]:.1f}x" for r in rs
+                  if ref.get(r["target_rps"]) and r["latency"]["p50_ms"] is not None]
+        lines.append(f"| {name} | {'below the lowest rate' if sat is None else f'{sat:g} req/s'} | "
+                     f"{', '.join(ratios) if name != reference else 'reference'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_peers(reps: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (name, rs) in enumerate(by_scorer(reps).items()):
+        color = f"C{i}"
+        rates = [r["target_rps"] for r in rs]
+        ax.plot(rates, [r["latency"]["p50_ms"] for r in rs], marker="o", color=color, label=f"{name} p50")
+        ax.plot(rates, [r["latency"]["p99_ms"] for r in rs], marker="x", ls="--", color=color, label=f"{name} p99")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_xlabel("offered load (requests/s, open loop)")
+    ax.set_ylabel("latency from scheduled send (ms)")
+    ax.set_title("POST /rerank, K=10, one worker: student vs peers")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -31,7 +31,7 @@ from service.bundle import LoadedBundle, load_bundle, verify_bundle
 from service.errors import Forbidden, HmppsError, InputError, Unauthorized, Unavailable, http_status
 from service.limits import LimitsMiddleware
 from service.redis_conn import RedisHandle, connect
-from service.rerank import handle_rerank, score_sync
+from service.rerank import RequestScorer, StudentScorer, handle_rerank, score_sync
 from service.schemas import ErrorBody, FeedbackAccepted, FeedbackBatch, RerankRequest, RerankResponse
 from service.settings import Settings
 from service.store import FeatureStore, Fetched, RedisFeatureStore
@@ -169,20 +169,31 @@ async def _health_loop(state: AppState) -> None:
 
 
 _bundle_labels: set[tuple[str, str]] = set()
+_arm_names: set[str] = set()
 
 
-def _set_bundle_info(runtime: Runtime) -> None:
-    # multiprocess mode cannot remove label sets: stale versions drop to 0 instead
+def _set_runtime_info(runtime: Runtime) -> None:
+    """Bundle versions and arm weights as gauges; zero-valued series for every known label."""
+    # multiprocess mode cannot remove label sets: stale versions and arms drop to 0 instead
     current = set(runtime.versions().items())
     for labels in _bundle_labels - current:
         m.BUNDLE_INFO.labels(*labels).set(0)
     for labels in current:
         m.BUNDLE_INFO.labels(*labels).set(1)
     _bundle_labels.update(current)
+    arms = {a.name: a.weight for a in runtime.experiment.arms}
+    for gone in _arm_names - set(arms):
+        m.ARM_WEIGHT.labels(gone).set(0)
+    for name, weight in arms.items():
+        m.ARM_WEIGHT.labels(name).set(weight)
+    _arm_names.update(arms)
+    m.init_labels(list(arms))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, scorer: RequestScorer | None = None) -> FastAPI:
+    """The service. ``scorer`` replaces the student for benchmarks of peers on the same path."""
     settings = settings or Settings()
+    request_scorer: RequestScorer = scorer or StudentScorer()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -191,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.redis, state.aclient = await anyio.to_thread.run_sync(_open_redis, settings)
         state.store = RedisFeatureStore(state.aclient)
         state.runtime = await anyio.to_thread.run_sync(load_runtime, settings)
-        _set_bundle_info(state.runtime)
+        _set_runtime_info(state.runtime)
         if settings.publish_missing:
             await anyio.to_thread.run_sync(_publish_missing, state)
         state.warm = True
@@ -242,7 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id = req.request_id or uuid.uuid4().hex
         try:
             resp = await handle_rerank(req, request_id, arm, runtime.bundles[arm.name], state.store, state.limiter,
-                                       settings.request_budget_ms / 1000, settings.tail_query_ttl_s)
+                                       settings.request_budget_ms / 1000, settings.tail_query_ttl_s, request_scorer)
         except BaseException:
             m.REQUESTS.labels(arm.name, "error").inc()
             raise
@@ -282,7 +293,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if rt is None:
             raise Unavailable("the service is starting")
         return {"experiment": rt.experiment.name, "arms": [{"name": a.name, "weight": a.weight} for a in rt.experiment.arms],
-                "versions": rt.versions(), "loaded_at": rt.loaded_at}
+                "versions": rt.versions(), "scorer": request_scorer.name, "loaded_at": rt.loaded_at}
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -310,7 +321,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await anyio.to_thread.run_sync(_publish_missing, state)
             for v in state._versions():
                 state.published[v] = await state.store.version_complete(v)  # type: ignore[union-attr]
-            _set_bundle_info(runtime)
+            _set_runtime_info(runtime)
         return {"reloaded": True, "versions": runtime.versions(),
                 "previous": old.versions() if old else {}}
 

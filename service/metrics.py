@@ -30,6 +30,32 @@ BUNDLE_INFO = Gauge("hmpps_bundle_info", "Loaded bundles (value 1)", ["arm", "ve
 FEEDBACK = Counter("hmpps_feedback_events_total", "Feedback events accepted", ["arm", "type"])
 EFFICIENT_CLICKS = Counter("hmpps_feedback_efficient_clicks_total", "Dwell events over 5 s", ["arm"])
 READY = Gauge("hmpps_ready", "1 when this worker is ready", multiprocess_mode="liveall")
+ARM_WEIGHT = Gauge("hmpps_arm_weight", "Configured traffic weight per arm (0: removed)", ["arm"], multiprocess_mode="max")
+
+# label values known up front: their series exist at 0 from the first scrape, so
+# dashboards and alert ratios show 0 rather than "no data" before the first event
+REQUEST_STATUSES = ("ok", "fallback", "error")
+FALLBACK_REASONS = ("timeout", "redis_unavailable", "model_error", "no_features")
+STAGES = ("redis", "selection", "inference", "query_encode")
+FEEDBACK_TYPES = ("impression", "click", "dwell")
+
+
+def init_labels(arms: list[str]) -> None:
+    for reason in FALLBACK_REASONS:
+        FALLBACKS.labels(reason)
+    for stage in STAGES:
+        STAGE.labels(stage)
+    for kind in ("product", "query"):
+        FEATURE_MISSES.labels(kind)
+    for reason in ("overloaded", "body_too_large"):
+        REJECTED.labels(reason)
+    for arm in arms:
+        LATENCY.labels(arm)
+        EFFICIENT_CLICKS.labels(arm)
+        for status in REQUEST_STATUSES:
+            REQUESTS.labels(arm, status)
+        for kind in FEEDBACK_TYPES:
+            FEEDBACK.labels(arm, kind)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import anyio
 import numpy as np
@@ -71,6 +72,28 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
     return Scored(scores, stages, encoded, len(hist))
 
 
+class RequestScorer(Protocol):
+    """Turns one request's fetched features into scores (run in a worker thread).
+
+    The service scores with the student (``StudentScorer``); ``make bench`` swaps in
+    its peers through ``create_app(settings, scorer=...)`` so that they pay for the
+    same HTTP, validation, Redis and fail-open path.
+    """
+
+    name: str
+    needs_summaries: bool  # fetch candidate summaries from Redis on every request
+
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored: ...
+
+
+class StudentScorer:
+    name = "student"
+    needs_summaries = False
+
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
+        return score_sync(bundle, query, fetched)
+
+
 def order(scores: list[float | None]) -> list[int]:
     """Known candidates sorted by score (ties keep the caller's order) fill the slots that
     known candidates held; unknown ones stay exactly where the caller put them."""
@@ -89,13 +112,14 @@ def passthrough_results(req: RerankRequest, missing: list[bool] | None = None) -
 
 async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: LoadedBundle | None,
                         store: FeatureStore, limiter: anyio.CapacityLimiter, budget_s: float,
-                        tail_ttl_s: int) -> RerankResponse:
+                        tail_ttl_s: int, scorer: RequestScorer | None = None) -> RerankResponse:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     m.CANDIDATES.observe(len(req.candidates))
     if bundle is None:  # the passthrough (control) arm
         return _response(req, request_id, arm.name, PASSTHROUGH_VERSION, None, passthrough_results(req), t0, timings)
 
+    scorer = scorer or StudentScorer()
     ids = [c.product_id for c in req.candidates]
     fallback: str | None = None
     scored: Scored | None = None
@@ -103,10 +127,10 @@ async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: L
     try:
         async with asyncio.timeout(budget_s):
             fetched = await store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
-                                        bundle.history_cap, req.return_summaries)
+                                        bundle.history_cap, req.return_summaries or scorer.needs_summaries)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            scored = await anyio.to_thread.run_sync(score_sync, bundle, req.query, fetched, limiter=limiter)
+            scored = await anyio.to_thread.run_sync(scorer, bundle, req.query, fetched, limiter=limiter)
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:

