@@ -6,13 +6,29 @@ BIN := $(VENV)/bin
 # torch is pinned: the CPU wheel; an unpinned torch pulls GB of CUDA packages.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
+
+# Debian's prometheus (prometheus + promtool) for tests/test_stack.py: installed
+# with apt when running as root; elsewhere those checks skip and say why.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): | $(STAMP)
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's prometheus (promtool) for the stack tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	    || echo "warning: could not install prometheus; the promtool and Prometheus checks will skip"; \
+	else echo "note: prometheus/promtool not installed (apt-get install prometheus as root); those checks will skip"; fi
+	touch $@
 
 $(STAMP): pyproject.toml Makefile
 	@test -n "$(PYTHON)" || { echo "python3 (3.10+) is required"; exit 1; }
@@ -38,12 +54,12 @@ reliability: setup
 	@test -f $(DEMO)/pipeline/bundle/manifest.json || { $(BIN)/hmpps data synthetic --users 150 --products 120 --seed 3 --out $(DEMO)/data && $(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline; }
 	$(BIN)/hmpps reliability --bundle $(DEMO)/pipeline/bundle --out docs/bench/reliability.json
 
-test: setup
+test: setup tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy service
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup tools
 	$(BIN)/pytest
 
 lint: setup

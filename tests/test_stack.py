@@ -1,0 +1,327 @@
+"""The deployment files without a Docker engine: the Dockerfile's and compose file's
+structure, Prometheus config and rules with the real promtool, and the compose
+services' own command lines run natively, with a real Prometheus scraping the
+real service and evaluating every PromQL expression in the Grafana dashboard."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.compose_native import (
+    REPO,
+    NativeMap,
+    base_env,
+    load_compose,
+    native_prometheus_config,
+    native_redis_conf,
+    read_env_file,
+    redis_server_binary,
+)
+from tests.live_server import free_port
+
+ENV_EXAMPLE = read_env_file(REPO / ".env.example")
+DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "hmpps-rerank.json"
+RULES = REPO / "docker" / "prometheus" / "rules" / "hmpps.yml"
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool not installed (make setup installs Debian's prometheus as root)")
+
+
+def compose(**overrides: str) -> dict[str, Any]:
+    return load_compose(ENV_EXAMPLE | {"GRAFANA_ADMIN_PASSWORD": "test-only"} | overrides)
+
+
+# ---------------------------------------------------------------- static structure
+
+def test_compose_services_healthchecks_and_order() -> None:
+    svc = compose()["services"]
+    assert set(svc) == {"redis", "seed", "reranker", "prometheus", "grafana"}
+    for name in ("redis", "reranker", "prometheus", "grafana"):
+        assert svc[name]["healthcheck"]["test"], name
+    assert "healthcheck" not in svc["seed"] and svc["seed"]["restart"] == "no"  # one-shot
+    dep = {n: {d: c["condition"] for d, c in s.get("depends_on", {}).items()} for n, s in svc.items()}
+    assert dep["seed"] == {"redis": "service_healthy"}
+    assert dep["reranker"] == {"redis": "service_healthy", "seed": "service_completed_successfully"}
+    assert dep["prometheus"] == {"reranker": "service_healthy"}
+    assert dep["grafana"] == {"prometheus": "service_healthy"}
+    assert svc["reranker"]["deploy"]["replicas"] == "1"
+    assert compose(RERANKER_REPLICAS="4")["services"]["reranker"]["deploy"]["replicas"] == "4"
+    assert svc["redis"]["command"][-1] == "/usr/local/etc/redis/redis.conf"
+
+
+def test_compose_mounts_exist_and_every_variable_is_documented() -> None:
+    for name, s in compose()["services"].items():
+        for vol in s.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("."):
+                assert (REPO / src).exists(), f"{name} mounts missing {src}"
+    used = set(re.findall(r"\$\{([A-Za-z_]+)", (REPO / "docker-compose.yml").read_text()))
+    assert used <= set(ENV_EXAMPLE), f"not in .env.example: {sorted(used - set(ENV_EXAMPLE))}"
+    with pytest.raises(ValueError, match="GRAFANA_ADMIN_PASSWORD"):
+        load_compose(ENV_EXAMPLE)  # no default password ships
+
+
+def _stages(dockerfile: str) -> dict[str, list[str]]:
+    stages: dict[str, list[str]] = {}
+    current = "__args__"
+    for line in re.sub(r"\\\n", " ", dockerfile).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            current = m[2] or f"final:{m[1]}"
+        stages.setdefault(current, []).append(line)
+    return stages
+
+
+def test_dockerfile_targets_user_healthcheck_and_layer_order() -> None:
+    stages = _stages((REPO / "Dockerfile").read_text())
+    assert {"base-cpu", "base-gpu", "base", "service-deps", "service", "training-deps", "training"} <= set(stages)
+    assert any("FROM base-${RUNTIME}" in line for line in stages["base"])
+    assert any("cuda" in line.lower() for line in stages["base-gpu"])
+    assert any("ORT_DEFAULT=onnxruntime-gpu" in line for line in stages["base-gpu"])
+    assert any("ORT_DEFAULT=onnxruntime" in line for line in stages["base-cpu"])
+    service = stages["service"]
+    assert any(line.startswith("USER ") and "root" not in line for line in service)
+    assert any(line.startswith("HEALTHCHECK") and "/readyz" in line for line in service)
+    assert not any("torch" in line for line in stages["service-deps"] + service)
+    for deps in ("service-deps", "training-deps"):
+        copies = [line for line in stages[deps] if line.startswith("COPY")]
+        assert copies and all("pyproject.toml" in c or "requirements.py" in c for c in copies), deps
+    final = [k for k in stages if k.startswith("final:")]
+    assert final == ["final:service"], "the default target must be the slim service image"
+
+
+def test_image_requirements_come_from_pyproject() -> None:
+    def reqs(*args: str) -> list[str]:
+        out = subprocess.run([sys.executable, str(REPO / "docker" / "requirements.py"), *args,
+                              "--pyproject", str(REPO / "pyproject.toml")], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    cpu = reqs("service", "--ort", "onnxruntime")
+    names = {re.split(r"[<>=!~;]", r)[0] for r in cpu}
+    assert "onnxruntime" in names and "onnxruntime-gpu" not in names
+    assert not names & {"torch", "transformers"}
+    assert {"fastapi", "uvicorn", "redis", "tokenizers", "prometheus-client", "numpy"} <= names
+    gpu = reqs("service", "--ort", "onnxruntime-gpu")
+    assert any(r.startswith("onnxruntime-gpu>=") for r in gpu)
+    train = reqs("service", "train", "--skip", "torch")
+    assert any(r.startswith("transformers") for r in train) and not any(r.startswith("torch") for r in train)
+    bad = subprocess.run([sys.executable, str(REPO / "docker" / "requirements.py"), "nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown extra" in bad.stderr
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_has_the_panels_and_the_provisioned_datasource() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] == "hmpps-rerank"
+    ds = yaml.safe_load((REPO / "docker/grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    provider = yaml.safe_load((REPO / "docker/grafana/provisioning/dashboards/hmpps.yml").read_text())["providers"][0]
+    graf = compose()["services"]["grafana"]
+    assert any(v.endswith(":" + provider["options"]["path"] + ":ro") for v in graf["volumes"])
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert all(p["datasource"]["uid"] == ds["uid"] for p in panels)
+    exprs = " ".join(e for _, e in _dashboard_exprs())
+    for needed in ("hmpps_rerank_request_seconds_bucket", "hmpps_rerank_stage_seconds_bucket", "hmpps_rerank_requests_total",
+                   "hmpps_rerank_fallbacks_total", 'reason="overloaded"', 'type="click"', "hmpps_feedback_efficient_clicks_total",
+                   "hmpps_rerank_feature_misses_total", "hmpps_bundle_info"):
+        assert needed in exprs, needed
+    for q in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le, arm)" in exprs
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+# ---------------------------------------------------------------- promtool
+
+def _native_prometheus_yml(tmp: Path, m: NativeMap, prom_port: int) -> Path:
+    doc = yaml.safe_load((REPO / "docker/prometheus/prometheus.yml").read_text())
+    out = tmp / "prometheus.yml"
+    out.write_text(yaml.safe_dump(native_prometheus_config(doc, m, prom_port)))
+    return out
+
+
+@needs_promtool
+def test_promtool_config_rules_and_rule_unit_tests(tmp_path: Path) -> None:
+    m = NativeMap(tmp_path, hosts={"reranker": 8000}, paths={"/etc/prometheus/rules": REPO / "docker/prometheus/rules"})
+    for args in (["check", "config", str(REPO / "docker/prometheus/prometheus.yml")],
+                 ["check", "config", str(_native_prometheus_yml(tmp_path, m, 9090))],
+                 ["check", "rules", str(RULES)],
+                 ["test", "rules", str(REPO / "docker/prometheus/tests/hmpps_test.yml")]):
+        res = subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=REPO)
+        assert res.returncode == 0, f"promtool {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+    native = (tmp_path / "prometheus.yml").read_text()
+    assert "dns_sd_configs" not in native and "127.0.0.1:8000" in native
+    broken = tmp_path / "broken.yml"
+    broken.write_text(RULES.read_text().replace("hmpps:latency_p99:5m > 0.010", "hmpps:latency_p99:5m >"))
+    assert subprocess.run(["promtool", "check", "rules", str(broken)], capture_output=True).returncode != 0
+
+
+# ---------------------------------------------------------------- the stack, natively
+
+class Proc:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO):
+        self.name, self.log = name, log
+        self.p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def tail(self) -> str:
+        return f"--- {self.name} ---\n" + self.log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def _wait(ok: Any, what: str, procs: list[Proc], timeout_s: float = 90) -> None:
+    end = time.time() + timeout_s
+    while time.time() < end:
+        for p in procs:
+            if p.p.poll() not in (None, 0):
+                raise AssertionError(f"{p.name} exited with {p.p.returncode} while waiting for {what}\n{p.tail()}")
+        try:
+            if ok():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(p.tail() for p in procs))
+
+
+def _traffic(base: str, bundle: Path, seconds: float) -> dict[str, int]:
+    """Reranks from the bundle's real users and queries (a fifth are unseen tail queries), with feedback."""
+    from loadtest.mix import RequestMix
+
+    mix = RequestMix(bundle, 10, seed=3, tail_share=0.2)
+    counts = {"rerank": 0, "feedback": 0}
+    end = time.time() + seconds
+    with httpx.Client(base_url=base, timeout=5) as c:
+        i = 0
+        while time.time() < end:
+            body = mix.body()
+            r = c.post("/rerank", json=body)
+            assert r.status_code == 200, r.text
+            resp = r.json()
+            counts["rerank"] += 1
+            ev = [{"type": "impression", "request_id": resp["request_id"], "user_id": body["user_id"], "arm": resp["arm"]}]
+            if i % 3 == 0:
+                top = resp["results"][0]["product_id"]
+                ev += [{"type": "click", "request_id": resp["request_id"], "user_id": body["user_id"], "arm": resp["arm"],
+                        "product_id": top},
+                       {"type": "dwell", "request_id": resp["request_id"], "user_id": body["user_id"], "arm": resp["arm"],
+                        "product_id": top, "dwell_s": 3.0 + (i % 5)}]
+            assert c.post("/feedback", json={"events": ev}).status_code == 200
+            counts["feedback"] += len(ev)
+            i += 1
+            time.sleep(0.01)
+    return counts
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None,
+                    reason="prometheus not installed (make setup installs Debian's prometheus as root)")
+def test_compose_commands_run_natively_and_every_dashboard_query_returns_data(bundle_dir: Path, tmp_path: Path) -> None:
+    ports = {"redis": free_port(), "reranker": free_port(), "prometheus": free_port()}
+    m = NativeMap(tmp_path, hosts={"redis": ports["redis"], "reranker": ports["reranker"]}, paths={"/app": REPO})
+    # an A/B experiment in the bundles volume, passed the way .env does
+    arms_env = {"HMPPS_ARMS_FILE": "/bundles/arms.yaml"}
+    cfg = compose(**arms_env)
+    svc = cfg["services"]
+    named: dict[str, Path] = {}
+    for name in svc:
+        m.mount(svc[name], named)
+    bundles = m.paths["/bundles"]
+    seeded = Path(m.path(svc["seed"]["environment"]["HMPPS_BUNDLE"]))
+    shutil.copytree(bundle_dir, seeded)  # the "mount one" path of the seed job
+    (bundles / "arms.yaml").write_text(yaml.safe_dump({"experiment": "native-stack", "salt": "t", "arms": [
+        {"name": "student", "weight": 50, "bundle": str(seeded.relative_to(bundles))},
+        {"name": "control", "weight": 50, "bundle": "passthrough"}]}))
+    env = base_env() | {"PATH": f"{Path(sys.executable).parent}:{base_env()['PATH']}", "HMPPS_CACHE": str(tmp_path / "cache")}
+    procs: list[Proc] = []
+    try:
+        # redis: the compose command, the mounted config with local bind/port/dir
+        conf = Path(m.path(svc["redis"]["command"][1]))
+        local_conf = tmp_path / "redis.conf"
+        local_conf.write_text(native_redis_conf(conf, ports["redis"], m.paths["/data"]))
+        assert svc["redis"]["command"][0] == "redis-server"
+        procs.append(Proc("redis", [redis_server_binary(), str(local_conf)], env, tmp_path / "redis.log"))
+        import redis as redis_py
+
+        rc = redis_py.Redis(port=ports["redis"])
+        _wait(lambda: rc.ping(), "redis", procs)
+        assert rc.config_get("appendonly")["appendonly"] == "yes"
+        assert rc.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+
+        # seed: one-shot, must exit 0 (service_completed_successfully)
+        seed = subprocess.run(m.command(svc["seed"]["command"]), env=env | m.environment(svc["seed"]["environment"]),
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert seed.returncode == 0, seed.stdout + seed.stderr
+        assert "published" in seed.stdout and rc.get("hmpps:live") is not None
+
+        # reranker: the compose command, listening where the port map points
+        cmd = m.command(svc["reranker"]["command"])
+        cmd[cmd.index("--host") + 1], cmd[cmd.index("--port") + 1] = "127.0.0.1", str(ports["reranker"])
+        cmd[0] = sys.executable if cmd[0] == "python" else cmd[0]
+        procs.append(Proc("reranker", cmd, env | m.environment(svc["reranker"]["environment"]), tmp_path / "reranker.log"))
+        base = f"http://127.0.0.1:{ports['reranker']}"
+        _wait(lambda: httpx.get(base + "/readyz").status_code == 200, "reranker /readyz", procs)
+        # the compose healthcheck command itself, pointed at the mapped port
+        hc = [sys.executable if a == "python" else a for a in svc["reranker"]["healthcheck"]["test"][1:]]
+        hc = [a.replace("127.0.0.1:8000", f"127.0.0.1:{ports['reranker']}") for a in hc]
+        assert subprocess.run(hc, capture_output=True).returncode == 0
+        assert {a["name"] for a in httpx.get(base + "/info").json()["arms"]} == {"student", "control"}
+
+        # prometheus: the compose flags with mapped paths; DNS discovery becomes a static target
+        prom_yml = _native_prometheus_yml(tmp_path, NativeMap(tmp_path, hosts={"reranker": ports["reranker"]},
+                                                              paths={"/etc/prometheus/rules": REPO / "docker/prometheus/rules"}),
+                                          ports["prometheus"])
+        m.paths["/etc/prometheus/prometheus.yml"] = prom_yml
+        flags = m.command(svc["prometheus"]["command"])
+        procs.append(Proc("prometheus", ["prometheus", *flags, f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
+                          env, tmp_path / "prometheus.log"))
+        prom = f"http://127.0.0.1:{ports['prometheus']}"
+        _wait(lambda: httpx.get(prom + "/-/ready").status_code == 200, "prometheus ready", procs)
+
+        counts = _traffic(base, seeded, 25.0)
+        assert counts["rerank"] > 200
+
+        def query(expr: str) -> list[dict[str, Any]]:
+            r = httpx.get(prom + "/api/v1/query", params={"query": expr.replace("$__rate_interval", "30s")})
+            assert r.status_code == 200, f"{expr}: {r.text}"
+            return r.json()["data"]["result"]  # type: ignore[no-any-return]
+
+        targets = httpx.get(prom + "/api/v1/targets").json()["data"]["activeTargets"]
+        assert {t["labels"]["job"]: t["health"] for t in targets}["hmpps-reranker"] == "up"
+        _wait(lambda: query("hmpps:srm_chi2:1h"), "recording rules", procs, 30)
+        for group in httpx.get(prom + "/api/v1/rules").json()["data"]["groups"]:
+            for rule in group["rules"]:
+                assert rule["health"] == "ok", rule
+
+        empty = []
+        for title, expr in _dashboard_exprs():
+            values = [float(s["value"][1]) for s in query(expr)]
+            if not any(math.isfinite(v) for v in values):
+                empty.append(f"{title}: {expr} -> {values}")
+        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+        latency = next(e for t, e in _dashboard_exprs() if t.startswith("Latency per arm"))
+        assert {s["metric"]["arm"] for s in query(latency)} == {"student", "control"}
+    finally:
+        for p in reversed(procs):
+            p.stop()
