@@ -56,9 +56,9 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
 
     from distill.cross_encoder import MAX_TOKENS, export, fine_tune, load_cross_encoder
     from distill.features import FeatureTables
-    from distill.student import Student, StudentConfig
+    from loadtest.peers import TorchStudent
     from service.bundle import OnnxScorer, load_bundle, session_options
-    from service.spec import INPUT_NAMES, FeatureSpec, build_inputs, yes_probability
+    from service.spec import build_inputs, yes_probability
     from training.artifacts import read_jsonl
     from training.dataset import load_dataset
     from training.metrics import paper_metrics, rerank
@@ -90,14 +90,7 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
 
     reqs = [inputs_for(s) for s in test]
     int8 = OnnxScorer(pipeline / "bundle" / manifest["models"]["student_int8"], threads)
-    ckpt = torch.load(pipeline / "distill" / "student.pt", weights_only=False)
-    student = Student(FeatureSpec(**ckpt["spec"]), StudentConfig(**ckpt["config"]))
-    student.load_state_dict(ckpt["state_dict"])
-    student.eval()
-
-    def eager(x: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            return student(*(torch.from_numpy(x[n]) for n in INPUT_NAMES)).numpy()
+    eager = TorchStudent(pipeline / "distill" / "student.pt", threads).logits  # the same class as the HTTP peer
 
     def quality(score_fn: Any, items: list[Any]) -> dict[str, Any]:
         ranked = [rerank([c["product_id"] for c in s["candidates"]], list(score_fn(x))) for s, x in zip(test, items, strict=True)]
