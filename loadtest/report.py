@@ -12,12 +12,24 @@ def load_sweep(paths: list[Path]) -> list[dict[str, Any]]:
     return sorted(reps, key=lambda r: r["target_rps"])
 
 
+def _fallbacks(r: dict[str, Any]) -> int:
+    return sum(v for k, v in r["fallback"].items() if k != "none")
+
+
+def _failures(r: dict[str, Any]) -> int:
+    """Non-2xx responses plus client-side errors (timeouts, refused connections)."""
+    return sum(v for k, v in r["status"].items() if not k.startswith("2")) + sum(r["errors"].values())
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def saturation(reps: list[dict[str, Any]], max_error_rate: float = 0.01, max_p99_ms: float = 100.0) -> float | None:
     """The highest offered rate that was served without errors or fallbacks above 1% and with p99 under 100 ms."""
     best = None
     for r in reps:
-        fallbacks = sum(v for k, v in r["fallback"].items() if k != "none")
-        bad = r["error_rate"] + fallbacks / max(1, r["requests"])
+        bad = r["error_rate"] + _fallbacks(r) / max(1, r["requests"])
         p99 = r["latency"]["p99_ms"]
         if bad <= max_error_rate and p99 is not None and p99 <= max_p99_ms:
             best = r["target_rps"]
@@ -36,11 +48,8 @@ def sweep_markdown(reps: list[dict[str, Any]]) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reps:
         lat = r["latency"]
-        bad = sum(v for k, v in r["status"].items() if not k.startswith("2")) + sum(r["errors"].values())
-        fb = sum(v for k, v in r["fallback"].items() if k != "none")
-        f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
-        lines.append(f"| {r['target_rps']:g} | {r['achieved_rps']} | {f(lat['p50_ms'])} | {f(lat['p90_ms'])} | "
-                     f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {_server(r)} | {bad} | {fb} |")
+        lines.append(f"| {r['target_rps']:g} | {r['achieved_rps']} | {_ms(lat['p50_ms'])} | {_ms(lat['p90_ms'])} | "
+                     f"{_ms(lat['p99_ms'])} | {_ms(lat['p99_9_ms'])} | {_server(r)} | {_failures(r)} | {_fallbacks(r)} |")
     sat = saturation(reps)
     lines += ["", f"Saturation (highest rate with <= 1% errors+fallbacks and p99 <= 100 ms): "
               f"{'not reached' if sat is None else f'{sat:g} req/s'}", ""]
@@ -79,16 +88,13 @@ def by_scorer(reps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def peers_markdown(reps: list[dict[str, Any]], reference: str = "student") -> str:
     """Side by side: each scorer at each rate, its saturation, and the p50 ratio to the reference at shared rates."""
     groups = by_scorer(reps)
-    f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     lines = ["| scorer | offered rps | achieved | p50 ms | p99 ms | p99.9 ms | service's own p50 / p99 ms | non-2xx + client errors | fail-open |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rs in groups.items():
         for r in rs:
             lat = r["latency"]
-            bad = sum(v for k, v in r["status"].items() if not k.startswith("2")) + sum(r["errors"].values())
-            fb = sum(v for k, v in r["fallback"].items() if k != "none")
-            lines.append(f"| {name} | {r['target_rps']:g} | {r['achieved_rps']} | {f(lat['p50_ms'])} | "
-                         f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {_server(r)} | {bad} | {fb} |")
+            lines.append(f"| {name} | {r['target_rps']:g} | {r['achieved_rps']} | {_ms(lat['p50_ms'])} | "
+                         f"{_ms(lat['p99_ms'])} | {_ms(lat['p99_9_ms'])} | {_server(r)} | {_failures(r)} | {_fallbacks(r)} |")
     lines += ["", "| scorer | saturation (<= 1% errors+fallbacks, p99 <= 100 ms) | p50 / reference p50 at shared rates |",
               "|---|---:|---|"]
     ref = {r["target_rps"]: r["latency"]["p50_ms"] for r in groups.get(reference, [])}

@@ -31,7 +31,7 @@ from service.bundle import LoadedBundle, load_bundle, verify_bundle
 from service.errors import Forbidden, HmppsError, InputError, Unauthorized, Unavailable, http_status
 from service.limits import LimitsMiddleware
 from service.redis_conn import RedisHandle, connect
-from service.rerank import RequestScorer, StudentScorer, handle_rerank, score_sync
+from service.rerank import STUDENT, RequestScorer, handle_rerank, score_sync
 from service.schemas import ErrorBody, FeedbackAccepted, FeedbackBatch, RerankRequest, RerankResponse
 from service.settings import Settings
 from service.store import FeatureStore, Fetched, RedisFeatureStore
@@ -193,7 +193,7 @@ def _set_runtime_info(runtime: Runtime) -> None:
 def create_app(settings: Settings | None = None, scorer: RequestScorer | None = None) -> FastAPI:
     """The service. ``scorer`` replaces the student for benchmarks of peers on the same path."""
     settings = settings or Settings()
-    request_scorer: RequestScorer = scorer or StudentScorer()
+    request_scorer: RequestScorer = scorer or STUDENT
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -94,6 +94,9 @@ class StudentScorer:
         return score_sync(bundle, query, fetched)
 
 
+STUDENT = StudentScorer()
+
+
 def order(scores: list[float | None]) -> list[int]:
     """Known candidates sorted by score (ties keep the caller's order) fill the slots that
     known candidates held; unknown ones stay exactly where the caller put them."""
@@ -119,7 +122,7 @@ async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: L
     if bundle is None:  # the passthrough (control) arm
         return _response(req, request_id, arm.name, PASSTHROUGH_VERSION, None, passthrough_results(req), t0, timings)
 
-    scorer = scorer or StudentScorer()
+    scorer = scorer or STUDENT
     ids = [c.product_id for c in req.candidates]
     fallback: str | None = None
     scored: Scored | None = None
