@@ -230,3 +230,28 @@ def test_config_layers_profile_then_file_then_flags(tmp_path):
     f.write_text("k_s1: five\n")
     with pytest.raises(InputError, match="k_s1 must be int"):
         load_teacher_config("tiny", f)
+
+
+def test_a_test_fraction_scores_a_sample_and_compares_on_the_same_queries(tmp_path):
+    from training.synthetic import SyntheticConfig, generate
+
+    data = tmp_path / "data"
+    generate(SyntheticConfig(users=50, products=60, seed=11, min_core=3), data)
+    fs = tmp_path / "fs"
+    assert runner.invoke(app, ["retrieve", "--data", str(data), "--model", "bm25", "--out", str(fs)]).exit_code == 0
+    res = runner.invoke(app, ["teacher", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "t0"),
+                              "--set", "test_fraction=0"])
+    assert res.exit_code == 2 and "test_fraction" in res.output
+    res = runner.invoke(app, ["teacher", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "t"),
+                              "--set", "test_fraction=0.2", "--set", "max_steps=2", "--set", "train_fraction=0.05",
+                              "--set", "score_train_fraction=0.02"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "t" / "teacher.json").read_text())
+    n_all = json.loads((fs / "metrics.json").read_text())["n"]
+    n = info["scored_queries"]["test_total"]
+    assert n == round(0.2 * n_all)
+    assert info["first_stage"]["metrics"]["n"] == n and info["first_stage"]["metrics_all_test"]["n"] == n_all
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["n"] == n
+    from training.teacher.trainer import training_fields
+
+    assert "test_fraction" not in training_fields({"test_fraction": 0.2}), "a resume may score a different sample"

@@ -52,6 +52,9 @@ class TeacherConfig:
     # inference
     score_batch: int = 16
     score_train_fraction: float = 1.0  # share of train queries scored for distillation
+    # share of test queries scored; below 1 every reported metric (first stage included) is over this
+    # seeded sample, so CPU runs of a real LLM finish in hours, not days
+    test_fraction: float = 1.0
     threads: int = 0  # 0: torch default
 
 

@@ -159,6 +159,15 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     test_rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
     if not train_rows or not test_rows:
         raise InputError(f"{first_stage} has no candidates for this dataset's train/test queries")
+    if not 0.0 < cfg.test_fraction <= 1.0:
+        raise InputError(f"teacher config test_fraction={cfg.test_fraction}: must be in (0, 1]")
+    if cfg.test_fraction < 1.0:
+        # every later comparison (pipeline report, distillation) reads the first stage from teacher.json
+        test_rows = sample_rows(test_rows, cfg.test_fraction, cfg.seed + 2)
+        fs_metrics = paper_metrics([fs.ids(r["query_id"]) for r in test_rows], [r["product_id"] for r in test_rows])
+        fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs_metrics, "metrics_all_test": fs.metrics}
+    else:
+        fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs.metrics}
     fit_rows = sample_rows(train_rows, cfg.train_fraction, cfg.seed)
 
     backbone = build_backbone(cfg)
@@ -194,7 +203,7 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     tokens = [n for s in scored for n in s["prompt_tokens"]]
     info = {
         "stage": "teacher", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
-        "first_stage": {"dir": str(first_stage), "model": fs.model, "metrics": fs.metrics},
+        "first_stage": fs_meta,
         "summaries": summ, "config": asdict(cfg), "train_queries": len(fit_rows),
         "scored_queries": {"test": len(test_hits), "test_total": len(test_rows), "train": len(score_train)},
         "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},

@@ -37,7 +37,7 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 
 
 # Runtime knobs that do not change what is trained; a resume may change them.
-_RUNTIME_FIELDS = ("threads", "score_batch")
+_RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction")
 
 
 def training_fields(config: dict[str, Any]) -> dict[str, Any]:
