@@ -97,17 +97,18 @@ def data_synthetic(
 @friendly_errors
 def retrieve(
     data: Path = typer.Option(..., "--data", help="dataset directory"),
-    model: str = typer.Option(..., "--model", help="hem | zam | bm25 | pop"),
+    model: str = typer.Option(..., "--model", help="hem | zam | qem | maps | bm25 | pop"),
     out: Path = typer.Option(..., "--out", help="output directory (candidates.jsonl, metrics.json, report.md)"),
     config: Path = typer.Option(None, "--config", help="YAML overriding the model's config dataclass"),
     seed: int = typer.Option(None, "--seed"),
     epochs: int = typer.Option(None, "--epochs", min=1),
     top_k: int = typer.Option(10, "--top-k", min=1, max=1000, help="candidates kept per query (K_p)"),
+    sets: list[str] = typer.Option(None, "--set", help="config override key=value (repeatable), e.g. moae=false"),
 ) -> None:
     """First stage: rank the catalogue per query and keep the top K_p candidates."""
     from training.first_stage.run import run_retrieval
 
-    overrides = {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
+    overrides = _parse_sets(sets) | {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
     metrics = run_retrieval(data, model, out, config_path=config, overrides=overrides, k=top_k)
     from training.report import metrics_table
 
@@ -152,7 +153,7 @@ def teacher(
 @friendly_errors
 def pipeline(
     data: Path = typer.Option(..., "--data", help="dataset directory"),
-    first_stage: str = typer.Option("hem", "--first-stage", help="hem | zam | bm25 | pop"),
+    first_stage: str = typer.Option("hem", "--first-stage", help="hem | zam | qem | maps | bm25 | pop"),
     out: Path = typer.Option(..., "--out", help="pipeline output directory (resumable)"),
     profile: str = typer.Option("tiny", "--profile", help="teacher profile: tiny | smol | gpu"),
     config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
@@ -452,17 +453,24 @@ def reliability(
 def metrics(
     runs: list[Path] = typer.Argument(..., help="stage output directories holding metrics.json"),
     baseline: str = typer.Option(None, "--baseline", help="run name to compute relative improvement against"),
+    protocol: str = typer.Option("hmpps", "--protocol",
+                                 help="hmpps: top-10 list metrics | sampled: MAPS's 1 target + 99 negatives (first stages)"),
 ) -> None:
     """Print one Markdown table of the paper's metrics for several runs."""
     from training.artifacts import read_json
-    from training.report import metrics_table
+    from training.report import METRIC_KEYS, SAMPLED_KEYS, metrics_table
 
+    if protocol not in ("hmpps", "sampled"):
+        raise typer.BadParameter(f"--protocol {protocol!r}: choose hmpps or sampled")
+    fname = "metrics.json" if protocol == "hmpps" else "sampled_metrics.json"
     rows = {}
     for run in runs:
-        rows[run.name] = read_json(run / "metrics.json")
+        if not (run / fname).exists():
+            raise typer.BadParameter(f"{run} holds no {fname}" + (" (only 'hmpps retrieve' writes it)" if protocol == "sampled" else ""))
+        rows[run.name] = read_json(run / fname)
     if baseline is not None and baseline not in rows:
         raise typer.BadParameter(f"--baseline {baseline!r} is not one of {', '.join(rows)}")
-    typer.echo(metrics_table(rows, baseline=baseline))
+    typer.echo(metrics_table(rows, baseline=baseline, keys=METRIC_KEYS if protocol == "hmpps" else SAMPLED_KEYS))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -7,6 +7,7 @@ Layout::
     DIR/interactions.jsonl  one purchase per line, chronological per user, with its
                             HEM query and split ("train"/"test")
     DIR/images/             product images, when the source has files (synthetic)
+    DIR/consultations.jsonl pre-search chats (user_id, timestamp, text), synthetic data only
     DIR/stats.json, stats.md
 
 A query instance is a purchase with a query: ``query_id`` names it, ``query``
@@ -58,6 +59,16 @@ class Dataset:
         """Product ids the user bought before this purchase, oldest first."""
         seq = self.by_user()[row["user_id"]]
         return [r["product_id"] for r in seq[: row["seq"]]]
+
+    def consultations(self) -> dict[str, list[dict[str, Any]]]:
+        """Pre-search chats per user (``consultations.jsonl``, synthetic data only), oldest first; {} if absent."""
+        path = self.root / "consultations.jsonl"
+        if not path.exists():
+            return {}
+        grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for c in read_jsonl(path):
+            grouped[c["user_id"]].append(c)
+        return {u: sorted(cs, key=lambda c: c["timestamp"]) for u, cs in grouped.items()}
 
     def image_path(self, product_id: str) -> Path | None:
         rel = self.products.get(product_id, {}).get("image")

@@ -8,14 +8,18 @@ from typing import Any
 METRIC_KEYS = ("MRR@8", "NDCG@4", "Recall@4", "Recall@1")
 
 
-def metrics_table(rows: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
-    """A Markdown table of the paper's metrics; with a baseline, a relative-improvement column per metric."""
-    head = "| model | " + " | ".join(METRIC_KEYS) + " | n |"
-    lines = [head, "|---|" + "---:|" * (len(METRIC_KEYS) + 1)]
+SAMPLED_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+
+
+def metrics_table(rows: dict[str, dict[str, Any]], baseline: str | None = None,
+                  keys: tuple[str, ...] = METRIC_KEYS) -> str:
+    """A Markdown table of the paper's metrics (or ``keys``); with a baseline, relative improvement per metric."""
+    head = "| model | " + " | ".join(keys) + " | n |"
+    lines = [head, "|---|" + "---:|" * (len(keys) + 1)]
     base = rows.get(baseline) if baseline else None
     for name, m in rows.items():
         cells = []
-        for k in METRIC_KEYS:
+        for k in keys:
             cell = f"{m[k]:.4f}"
             if base is not None and name != baseline and base[k] > 0:
                 cell += f" ({(m[k] / base[k] - 1) * 100:+.1f}%)"

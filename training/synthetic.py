@@ -82,6 +82,10 @@ class SyntheticConfig:
     w_style: float = 1.0
     w_quality: float = 0.5
     noise: float = 0.6
+    # consultations (MAPS): the share of purchases preceded by a chat that voices the buyer's motivation,
+    # and the chance that each voiced preference is a random one instead of the true one
+    consultation_rate: float = 0.5
+    consultation_noise: float = 0.2
 
 
 def _leaves() -> list[tuple[str, str, str]]:
@@ -224,6 +228,44 @@ def _purchases(rng: random.Random, cfg: SyntheticConfig, users: list[dict[str, A
     return out
 
 
+CONTEXTS = ("for my new flat", "as a gift for my sister", "for daily commuting", "for a weekend trip",
+            "to replace an old one", "for the office", "for a friend's birthday", "for the gym")
+
+
+def _consultations(cfg: SyntheticConfig, users: list[dict[str, Any]], products: list[dict[str, Any]],
+                   interactions: list[RawInteraction]) -> list[dict[str, Any]]:
+    """Chats a user has shortly before some purchases, voicing the latent motivation (MAPS Sec. 3).
+
+    Their own random stream, so turning them off or on leaves products and purchases unchanged.
+    Each names the need (the product type) and, each with probability 0.6, the brand, colour and style
+    the user prefers; ``consultation_noise`` of those mentions are random values instead.
+    """
+    rng = random.Random(cfg.seed * 7919 + 17)
+    by_user = {u["user_id"]: u for u in users}
+    by_id = {p["product_id"]: p for p in products}
+    brands, colours = sorted(BRANDS), sorted(COLOURS)
+    out = []
+    for r in interactions:
+        if rng.random() >= cfg.consultation_rate:
+            continue
+        u, p = by_user[r.user_id], by_id[r.product_id]
+
+        def voiced(true: str, pool: list[str] | tuple[str, ...]) -> str:
+            return rng.choice(list(pool)) if rng.random() < cfg.consultation_noise else true
+
+        parts = [f"Hi, I am looking for a {_singular(p['leaf']).lower()} {rng.choice(CONTEXTS)}."]
+        if rng.random() < 0.6:
+            parts.append(f"I have had good experiences with {voiced(u['brand'], brands)}.")
+        if rng.random() < 0.6:
+            parts.append(f"I prefer {voiced(u['colour'], colours)} things.")
+        if rng.random() < 0.6:
+            parts.append(f"Something with a {voiced(u['style'], STYLES)} look would be nice.")
+        reply = f"Sure, here are some {p['leaf'].lower()} that fit what you describe."
+        out.append({"user_id": r.user_id, "timestamp": r.timestamp - rng.randrange(600, 86400),
+                    "text": " ".join(parts), "reply": reply})
+    return out
+
+
 def generate(cfg: SyntheticConfig, out: str | Path) -> dict[str, Any]:
     """Generate raw records and images, then build the dataset like real data."""
     from tqdm import tqdm
@@ -254,9 +296,10 @@ def generate(cfg: SyntheticConfig, out: str | Path) -> dict[str, Any]:
                 },
             )
         write_jsonl(Path(stage) / "users_truth.jsonl", users)
+        write_jsonl(Path(stage) / "consultations.jsonl", _consultations(cfg, users, products, interactions))
         report = ParseReport("synthetic", "synthetic", lines=len(interactions), valid=len(interactions))
         return build_dataset(
             interactions, meta, out, name=f"synthetic-s{cfg.seed}", min_core=cfg.min_core,
             parse_reports=[report], params={"synthetic": asdict(cfg)}, image_root=Path(stage),
-            extra_files=["users_truth.jsonl"],
+            extra_files=["users_truth.jsonl", "consultations.jsonl"],
         )

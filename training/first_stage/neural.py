@@ -4,6 +4,7 @@ Both encode a query as f(q) = tanh(W · mean(word embeddings) + b) and score a
 product i by <M_uq, i>.
 
 * HEM: M_uq = λ·q + (1-λ)·u with a free user embedding u.
+* QEM: M_uq = q, the non-personalized query-item model (Ai et al., CIKM 2019).
 * ZAM: M_uq = q + u(q), where u(q) attends over the user's previous purchases
   with a zero vector in the softmax, so a user whose history does not fit the
   query falls back to the query alone:
@@ -83,7 +84,7 @@ class PersonalizedModel(nn.Module):
         if kind == "hem":
             self.users = nn.Embedding(n_users, d)
             nn.init.normal_(self.users.weight, std=0.1)
-        else:
+        elif kind == "zam":
             self.att = nn.Linear(d, d * cfg.zam_heads)
             self.att_v = nn.Parameter(torch.full((cfg.zam_heads,), 1.0 / cfg.zam_heads))
         self.n_items = n_items
@@ -91,6 +92,8 @@ class PersonalizedModel(nn.Module):
     def user_vec(self, users: torch.Tensor, q: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         if self.kind == "hem":
             return self.users(users)
+        if self.kind == "qem":
+            return torch.zeros_like(q)
         h = self.items(history)  # (B, L, d)
         keys = torch.tanh(self.att(q)).view(q.shape[0], self.cfg.zam_heads, -1)  # (B, H, d)
         s = torch.einsum("bld,bhd->blh", h, keys) @ self.att_v  # (B, L)
@@ -105,6 +108,8 @@ class PersonalizedModel(nn.Module):
         if self.kind == "hem":
             lam = self.cfg.hem_lambda
             return lam * q + (1 - lam) * u, u
+        if self.kind == "qem":
+            return q, u
         return q + u, u
 
     def score_all(self, m: torch.Tensor) -> torch.Tensor:
@@ -118,7 +123,7 @@ def _nsl(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 class NeuralRanker:
     def __init__(self, kind: str, catalog: Catalog, cfg: NeuralConfig):
-        if kind not in ("hem", "zam"):
+        if kind not in ("hem", "zam", "qem"):
             raise ValueError(kind)
         self.name, self.kind, self.catalog, self.cfg = kind, kind, catalog, cfg
 

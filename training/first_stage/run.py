@@ -14,16 +14,22 @@ from training.config import load_config
 from training.dataset import Dataset, load_dataset
 from training.errors import InputError
 from training.first_stage.base import Catalog, Ranker, split_validation
-from training.metrics import paper_metrics
+from training.metrics import paper_metrics, sampled_metrics
 from training.report import metrics_table
 
-MODELS = ("hem", "zam", "bm25", "pop")
+MODELS = ("hem", "zam", "qem", "maps", "bm25", "pop")
+NEURAL = ("hem", "zam", "qem", "maps")
 
 
 def make_ranker(model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any]) -> tuple[Ranker, Any]:
     from training.first_stage.lexical import BM25Config, BM25Ranker, PopConfig, PopRanker
 
-    if model in ("hem", "zam"):
+    if model == "maps":
+        from training.first_stage.maps import MapsConfig, MapsRanker
+
+        maps_cfg = load_config(MapsConfig, config_path, overrides)
+        return MapsRanker(catalog, maps_cfg), maps_cfg
+    if model in ("hem", "zam", "qem"):
         from training.first_stage.neural import NeuralConfig, NeuralRanker
 
         cfg = load_config(NeuralConfig, config_path, overrides)
@@ -34,6 +40,17 @@ def make_ranker(model: str, catalog: Catalog, config_path: Path | None, override
         return BM25Ranker(catalog, cfg), cfg
     cfg = load_config(PopConfig, config_path, overrides)
     return PopRanker(catalog, cfg), cfg
+
+
+SAMPLED_NEGATIVES = 99
+SAMPLED_SEED = 20250101  # fixed, so every model of a dataset sees the same negatives
+
+
+def sample_negatives(rng: np.random.Generator, n_items: int, target: int, n: int) -> np.ndarray:
+    """``n`` distinct products other than the target (all of them when the catalogue is smaller)."""
+    pool = n_items - 1
+    picks = rng.choice(pool, size=min(n, pool), replace=False)
+    return picks + (picks >= target)  # skip the target's index
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,10 +80,18 @@ def run_retrieval(data: Path, model: str, out: Path, *, config_path: Path | None
     fit_seconds = time.time() - t0
 
     candidates, ranked_test, targets_test = [], [], []
+    neg_rng = np.random.default_rng(SAMPLED_SEED)
+    pos_scores, neg_scores = [], []
     t1 = time.time()
     for start in range(0, len(queries), 1024):
         rows = queries[start : start + 1024]
-        idx, sc = top_k(ranker.score(rows), k)
+        full = ranker.score(rows)
+        for row, line in zip(rows, full, strict=True):  # MAPS protocol: 1 target + 99 sampled negatives
+            if row["split"] == "test":
+                target = catalog.index[row["product_id"]]
+                pos_scores.append(line[target])
+                neg_scores.append(line[sample_negatives(neg_rng, len(catalog.ids), target, SAMPLED_NEGATIVES)])
+        idx, sc = top_k(full, k)
         for row, ids, scores in zip(rows, idx, sc, strict=True):
             cands = [{"product_id": catalog.ids[i], "score": round(float(s), 6)} for i, s in zip(ids, scores, strict=True)]
             candidates.append({"query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"],
@@ -76,19 +101,22 @@ def run_retrieval(data: Path, model: str, out: Path, *, config_path: Path | None
                 targets_test.append(row["product_id"])
     score_seconds = time.time() - t1
     metrics = paper_metrics(ranked_test, targets_test)
+    sampled = sampled_metrics(np.array(pos_scores), np.array(neg_scores))
+    sampled["negatives"] = min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)
     hit = sum(t in r for r, t in zip(ranked_test, targets_test, strict=True)) / len(targets_test)
 
     with atomic_dir(out) as tmp:
         write_jsonl(tmp / "candidates.jsonl", candidates)
         write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "sampled_metrics.json", sampled)
         info = {
             "stage": "retrieve", "model": model, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
             "top_k": k, "config": asdict(cfg), "train_queries": len(fit_rows), "val_queries": len(val_rows),
             "test_queries": len(test_rows), "target_in_top_k": round(hit, 4),
-            "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2), "train_log": train_log,
+            "sampled_protocol": sampled, "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2), "train_log": train_log,
         }
         write_json(tmp / "retrieve.json", info)
-        if model in ("hem", "zam"):
+        if model in NEURAL:
             import torch
 
             torch.save(ranker.state(), tmp / "model.pt")  # type: ignore[attr-defined]
@@ -102,6 +130,9 @@ def _write_report(tmp: Path, ds: Dataset, model: str, metrics: dict[str, Any], i
         f"Dataset fingerprint `{ds.fingerprint}`; top-{info['top_k']} candidates for "
         f"{info['train_queries'] + info['val_queries']} train and {info['test_queries']} test queries.", "",
         metrics_table({model: metrics}), "",
+        f"MAPS protocol (1 target + {info['sampled_protocol']['negatives']} sampled negatives, ties against the "
+        "target): " + ", ".join(f"{k} {v:.4f}" for k, v in info["sampled_protocol"].items()
+                                if k.startswith(("HR", "NDCG"))), "",
         f"- test targets inside the top {info['top_k']}: {info['target_in_top_k']:.1%} (the ceiling for any reranker)",
         f"- fit {info['fit_seconds']} s, scoring {info['score_seconds']} s", "",
     ]
