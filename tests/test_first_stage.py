@@ -15,7 +15,7 @@ runner = CliRunner()
 def runs(synthetic_dir, tmp_path_factory):
     out = {}
     root = tmp_path_factory.mktemp("retrieve")
-    for model in ("pop", "bm25", "hem", "zam"):
+    for model in ("pop", "bm25", "hem", "zam", "qem"):
         res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", model, "--out", str(root / model), "--epochs", "15"])
         assert res.exit_code == 0, res.output
         out[model] = root / model
@@ -42,6 +42,10 @@ def test_metrics_json_keys_and_learned_models_beat_popularity(runs):
         assert metrics["n"] > 100
     assert m["hem"]["NDCG@4"] > m["pop"]["NDCG@4"]
     assert m["zam"]["NDCG@4"] > m["pop"]["NDCG@4"]
+    assert m["qem"]["NDCG@4"] > m["pop"]["NDCG@4"]
+    sampled = {k: json.loads((v / "sampled_metrics.json").read_text()) for k, v in runs.items()}
+    assert len({s["n"] for s in sampled.values()}) == 1, "every model is scored on the same test queries"
+    assert sampled["hem"]["NDCG@10"] > sampled["pop"]["NDCG@10"]
 
 
 def test_provenance_checkpoint_and_report(runs, synthetic_dir):
