@@ -93,6 +93,49 @@ def data_synthetic(
     print_stats(stats, out)
 
 
+@app.command("summarize")
+@friendly_errors
+def summarize(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    mode: str = typer.Option("perspective", "--mode", help="perspective | direct | reasoning | none"),
+    llm: str = typer.Option(None, "--llm", help="smollm2 | local:PATH | openai:URL:MODEL (not needed for --mode none)"),
+    out: Path = typer.Option(..., "--out", help="output directory (summaries.jsonl, perspectives.json, summarize.json, report.md)"),
+    cache: Path = typer.Option(None, "--cache", help="reply cache directory, shared by shards (default $HMPPS_CACHE/summaries)"),
+    shard: str = typer.Option(None, "--shard", help="I/N: summarize only the products of hash partition I of N"),
+    perspectives: Path = typer.Option(None, "--perspectives", help="reuse a perspectives.json (e.g. in every shard)"),
+    limit: int = typer.Option(None, "--limit", min=1, help="summarize only the first N products (a stated subset)"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, max=256, help="openai: requests in flight"),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="openai: seconds per request"),
+    retries: int = typer.Option(4, "--retries", min=0, max=20, help="openai: retries with backoff"),
+    threads: int = typer.Option(0, "--threads", min=0, help="local LLM: torch threads (0: default)"),
+    sets: list[str] = typer.Option(None, "--set", help="SummarizeConfig override, e.g. --set k_d=20 --set budget_words=40"),
+) -> None:
+    """Summarize product descriptions around search perspectives (HMPPS Sec. 4.2) with an LLM."""
+    from training.config import load_config
+    from training.summarize.llm import parse_llm_spec
+    from training.summarize.prompts import MODES
+    from training.summarize.run import SummarizeConfig, run_summarize
+    from training.teacher.lm import cache_root
+
+    if mode not in MODES:  # before any model is loaded
+        raise typer.BadParameter(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    cfg = load_config(SummarizeConfig, None, _parse_sets(sets) | {"mode": mode})
+    part = None
+    if shard is not None:
+        i, sep, n = shard.partition("/")
+        if not sep or not i.isdigit() or not n.isdigit():
+            raise typer.BadParameter(f"--shard {shard!r}: expected I/N, e.g. 0/4")
+        part = (int(i), int(n))
+    model = None
+    if mode != "none":
+        if not llm:
+            raise typer.BadParameter(f"--mode {mode} needs --llm (smollm2, local:PATH or openai:URL:MODEL)")
+        model = parse_llm_spec(llm, threads=threads, concurrency=concurrency, timeout_s=timeout, retries=retries)
+    run_summarize(data, model, out, cfg, cache_dir=cache or cache_root() / "summaries", shard=part,
+                  perspectives_file=perspectives, limit=limit)
+    typer.echo((out / "report.md").read_text().split("## Before and after")[0].rstrip())
+
+
 @app.command("retrieve")
 @friendly_errors
 def retrieve(
