@@ -220,9 +220,10 @@ def ablate(
     out: Path = typer.Option(..., "--out", help="ablation output directory"),
     profile: str = typer.Option("tiny", "--profile", help="teacher profile"),
     config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
-    groups: str = typer.Option("modality,history,fraction", "--groups", help="comma-separated: modality,history,fraction"),
+    groups: str = typer.Option("modality,history,fraction", "--groups",
+                               help="comma-separated: modality,history,fraction (empty with --summaries: only Table 5)"),
     fractions: str = typer.Option("0.05,0.1,0.2", "--fractions", help="training fractions for the fraction group"),
-    summaries: Path = typer.Option(None, "--summaries", help="add the none-vs-summaries rows (Table 5)"),
+    summaries: list[Path] = typer.Option(None, "--summaries", help="a summarize output; repeat for each mode (Table 5 rows)"),
     sets: list[str] = typer.Option(None, "--set", help="override a teacher config field"),
 ) -> None:
     """The paper's ablations: modality (Table 4), history (Fig. 3), training fraction (Fig. 4a)."""

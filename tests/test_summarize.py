@@ -359,3 +359,23 @@ def test_smollm2_summarizes_products_for_real(synthetic_dir, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "s" / "summaries.jsonl").read_text().splitlines()]
     assert all(len(r["summary"].split()) <= 20 and r["status"] in {"ok", "unfaithful", "empty or too short",
                                                                    "repetition loop"} for r in rows)
+
+
+def test_ablate_adds_a_table5_row_per_summarize_run(tmp_path):
+    from training.synthetic import SyntheticConfig, generate
+
+    data = tmp_path / "data"
+    generate(SyntheticConfig(users=50, products=60, seed=11, min_core=3), data)
+    ds = load_dataset(data)
+    for mode in ("direct", "perspective"):
+        run_summarize(data, EchoLLM(ds), tmp_path / mode, SummarizeConfig(mode=mode, perspective_samples=5),
+                      cache_dir=tmp_path / "c")
+    assert runner.invoke(app, ["retrieve", "--data", str(data), "--model", "bm25", "--out", str(tmp_path / "fs")]).exit_code == 0
+    res = runner.invoke(app, ["ablate", "--data", str(data), "--candidates", str(tmp_path / "fs"), "--out", str(tmp_path / "ab"),
+                              "--groups", "", "--summaries", str(tmp_path / "direct"), "--summaries", str(tmp_path / "perspective"),
+                              "--set", "train_fraction=0.05", "--set", "test_fraction=0.3"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "ab" / "ablate.json").read_text())
+    assert set(rows) == {"descriptions: none", "descriptions: direct", "descriptions: perspective"}
+    assert rows["descriptions: perspective"]["WC_p_avg"] < rows["descriptions: none"]["WC_p_avg"]
+    assert rows["descriptions: perspective"]["prompt_tokens"] < rows["descriptions: none"]["prompt_tokens"]

@@ -9,8 +9,8 @@ Fig. 3, history:
   history selected with the one-stage-random model's embeddings), two-stage selected
   (the one-stage random model trained further on selected history)
 Fig. 4a, training fraction: the one-stage random model at several fractions
-Table 5, summaries (when ``--summaries`` is given): none vs perspective summaries,
-  two-stage, reported with description word counts
+Table 5, summaries (when ``--summaries`` is given, once per summarize run): the raw descriptions
+  ("none") vs each run's mode, one-stage random history, reported with description word counts
 
 "one-stage random" and "text+vision / finetuned" are the same model and are
 trained once. All rows score the same test queries with the same first stage.
@@ -28,7 +28,7 @@ import numpy as np
 
 from training.artifacts import write_json
 from training.dataset import Dataset, load_dataset
-from training.metrics import PAPER_KEYS
+from training.metrics import PAPER_KEYS, paper_metrics
 from training.teacher.backbone import build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory
@@ -51,6 +51,9 @@ class Ablation:
         self.ds, self.fs, self.cfg, self.out = ds, fs, cfg, out
         self.train_rows = [r for r in ds.queries("train") if r["query_id"] in fs.rows]
         test_rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
+        if cfg.test_fraction < 1.0:  # the same seeded sample as the teacher's, for every row
+            test_rows = sample_rows(test_rows, cfg.test_fraction, cfg.seed + 2)
+            fs.metrics = paper_metrics([fs.ids(r["query_id"]) for r in test_rows], [r["product_id"] for r in test_rows])
         self.n_test = len(test_rows)
         self.test_hits = [r for r in test_rows if r["product_id"] in fs.ids(r["query_id"])]
         self.rows: dict[str, dict[str, Any]] = {}
@@ -80,7 +83,7 @@ class Ablation:
 
 
 def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, groups: tuple[str, ...] = GROUPS,
-               fractions: tuple[float, ...] = (0.05, 0.1, 0.2), summaries: Path | None = None) -> dict[str, Any]:
+               fractions: tuple[float, ...] = (0.05, 0.1, 0.2), summaries: list[Path] | None = None) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(data)
@@ -94,7 +97,8 @@ def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, gro
             ab.evaluate(label, build_backbone(c), c, "random", None)
         bb_text, extra = ab.train("text-finetuned", text_cfg, "random")
         ab.evaluate("text / finetuned", bb_text, text_cfg, "random", None, extra)
-    bb_rand, extra_rand = ab.train("one-stage-random", vis_cfg, "random")
+    if {"modality", "history", "fraction"} & set(groups):
+        bb_rand, extra_rand = ab.train("one-stage-random", vis_cfg, "random")
     if "modality" in groups:
         ab.evaluate("text+vision / finetuned", bb_rand, vis_cfg, "random", None, extra_rand)
     if "history" in groups:
@@ -112,13 +116,15 @@ def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, gro
             c = replace(vis_cfg, train_fraction=frac)
             bb, extra = (bb_rand, extra_rand) if frac == cfg.train_fraction else ab.train(f"fraction-{frac}", c, "random")
             ab.evaluate(f"fraction {frac:g}", bb, c, "random", None, extra)
-    if summaries is not None:
-        for label, summ in (("descriptions: none", None), ("descriptions: summaries", summaries)):
+    if summaries:
+        for summ in [None, *summaries]:
             ds_s = load_dataset(data)
             info = apply_summaries(ds_s, summ)
+            mode = info["mode"] if info else "none"
+            label = f"descriptions: {mode}"
             sub = Ablation(ds_s, fs, cfg, out)
             sub.rows = ab.rows
-            bb, extra = sub.train(f"summ-{'none' if summ is None else 'summ'}", vis_cfg, "random")
+            bb, extra = sub.train(f"summ-{mode}", vis_cfg, "random")
             words = [len((p.get("summary") or p["description"]).split()) for p in ds_s.products.values()]
             sub.evaluate(label, bb, vis_cfg, "random", None, {**extra, "summaries": info,
                                                              "WC_p_avg": round(float(np.mean(words)), 1),
@@ -133,7 +139,7 @@ def render_report(ds: Dataset, fs: FirstStage, cfg: TeacherConfig, rows: dict[st
     head = "| variant | " + " | ".join(PAPER_KEYS) + " | prompt tokens | train queries | train s |"
     sep = "|---|" + "---:|" * (len(PAPER_KEYS) + 3)
     lines = [f"# Teacher ablations on {ds.name}", "",
-             f"First stage `{fs.model}` (NDCG@4 {fs.metrics['NDCG@4']:.4f}); backbone `{cfg.lm}`"
+             f"First stage `{fs.model}` (NDCG@4 {fs.metrics['NDCG@4']:.4f} over {fs.metrics['n']} test queries); backbone `{cfg.lm}`"
              "; config:", "",
              "```", ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "```", "", head, sep,
              f"| first stage ({fs.model}) | " + " | ".join(f"{fs.metrics[k]:.4f}" for k in PAPER_KEYS) + " | | | |"]
