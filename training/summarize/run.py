@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -253,11 +252,13 @@ def run_summarize(data: Path, llm: LLM | None, out: Path, cfg: SummarizeConfig, 
         "perspectives": persp, "seconds": round(time.time() - t0, 1), **report,
     }
     with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "summaries.jsonl", ({"product_id": p, "summary": summaries[p], "status": reasons[p]} for p in ids))
+        write_jsonl(tmp / "summaries.jsonl", ({"product_id": p, "summary": summaries[p], "status": reasons[p]}
+                                              | ({"rejected_llm_summary": parsed[p]} if reasons[p] != "ok" and p in parsed else {})
+                                              for p in ids))
         if persp is not None:
             write_json(tmp / "perspectives.json", persp)
         write_json(tmp / "summarize.json", info)
-        (tmp / "report.md").write_text(_report(info, ds, ids, summaries))
+        (tmp / "report.md").write_text(_report(info, ds, ids, summaries, parsed, reasons))
     return info
 
 
@@ -305,13 +306,16 @@ def _measure(ds: Dataset, ids: list[str], summaries: dict[str, str], reasons: di
     return out
 
 
-def _samples(ds: Dataset, ids: list[str], summaries: dict[str, str], n: int = 3) -> Iterator[tuple[str, str, str]]:
-    step = max(1, len(ids) // n)
-    for pid in ids[::step][:n]:
-        yield pid, " ".join((ds.products[pid].get("description") or "").split()[:80]), summaries[pid]
+def _samples(ds: Dataset, ids: list[str], reasons: dict[str, str], n: int = 3) -> list[str]:
+    """Up to ``n`` products, spread over the catalogue: accepted summaries first, then fallbacks."""
+    step = max(1, len(ids) // (4 * n))
+    spread = ids[::step]
+    ok = [p for p in spread if reasons.get(p) == "ok"]
+    return (ok + [p for p in spread if p not in ok])[:n]
 
 
-def _report(info: dict[str, Any], ds: Dataset, ids: list[str], summaries: dict[str, str]) -> str:
+def _report(info: dict[str, Any], ds: Dataset, ids: list[str], summaries: dict[str, str],
+            parsed: dict[str, str], reasons: dict[str, str]) -> str:
     w = info["words"]
     lines = [
         f"# Summaries of {ds.name}: {info['mode']}", "",
@@ -348,6 +352,10 @@ def _report(info: dict[str, Any], ds: Dataset, ids: list[str], summaries: dict[s
                   "| perspective | count |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in p["counts"].items()]
     lines += ["", "## Before and after", ""]
-    for pid, before, after in _samples(ds, ids, summaries):
-        lines += [f"**{pid}**", "", f"- before: {before}", f"- after: {after}", ""]
+    for pid in _samples(ds, ids, reasons):
+        before = " ".join((ds.products[pid].get("description") or "").split()[:80])
+        lines += [f"**{pid}** ({reasons[pid]})", "", f"- before: {before}"]
+        if reasons[pid] != "ok" and pid in parsed:
+            lines.append(f"- the LLM wrote (rejected): {parsed[pid]}")
+        lines += [f"- after: {summaries[pid]}", ""]
     return "\n".join(lines) + "\n"
