@@ -308,10 +308,10 @@ def _measure(ds: Dataset, ids: list[str], summaries: dict[str, str], reasons: di
 
 def _samples(ds: Dataset, ids: list[str], reasons: dict[str, str], n: int = 3) -> list[str]:
     """Up to ``n`` products, spread over the catalogue: accepted summaries first, then fallbacks."""
-    step = max(1, len(ids) // (4 * n))
-    spread = ids[::step]
-    ok = [p for p in spread if reasons.get(p) == "ok"]
-    return (ok + [p for p in spread if p not in ok])[:n]
+    ok = [p for p in ids if reasons.get(p) == "ok"]
+    ok = ok[:: max(1, len(ok) // n)]
+    rest = [p for p in ids[:: max(1, len(ids) // n)] if p not in ok]
+    return (ok + rest)[:n]
 
 
 def _report(info: dict[str, Any], ds: Dataset, ids: list[str], summaries: dict[str, str],
