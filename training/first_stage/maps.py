@@ -29,7 +29,6 @@ Early stopping keeps the epoch with the best validation NDCG@4, as HEM/ZAM do.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections import Counter
@@ -43,6 +42,7 @@ from tqdm import tqdm
 
 from training.dataset import Dataset
 from training.first_stage.base import Catalog
+from training.first_stage.epochs import EarlyStopping, nsl
 from training.metrics import paper_metrics
 from training.text import content_terms
 
@@ -242,9 +242,6 @@ class MapsModel(nn.Module):
         return self._first(self.item_enc, q_m, ihist, ihist_mask) + e_u
 
 
-def _nsl(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    return -(nn.functional.logsigmoid(pos) + nn.functional.logsigmoid(-neg).sum(-1)).mean()
-
 
 def product_text(p: dict[str, Any]) -> str:
     return ". ".join(s for s in (p.get("title"), p.get("brand"), " > ".join(p.get("category") or []),
@@ -397,9 +394,9 @@ class MapsRanker:
         item_p = item_p**0.75 / (item_p**0.75).sum()
         use_align = cfg.general_align and len(self.pairs) > 1
 
-        best, best_state, bad, log = -1.0, None, 0, []
+        stopper = EarlyStopping(cfg.patience)
         bar = tqdm(range(cfg.epochs), desc="maps epochs", unit="ep")
-        for epoch in bar:
+        for _ in bar:
             self.model.train()
             t0, total, order = time.time(), 0.0, rng.permutation(len(train))
             for start in range(0, len(order), cfg.batch_size):
@@ -410,7 +407,7 @@ class MapsRanker:
                 cand = torch.cat([target.unsqueeze(1), neg], 1)  # (B, 1 + negatives)
                 e_i = self._item_vecs(cand, q_ctx.repeat_interleave(cand.shape[1], 0))
                 scores = torch.einsum("bd,bkd->bk", M, e_i)
-                loss = _nsl(scores[:, 0], scores[:, 1:])
+                loss = nsl(scores[:, 0], scores[:, 1:])
                 if use_align:
                     loss = loss + cfg.align_weight * self._alignment_loss(rng)
                 opt.zero_grad()
@@ -418,23 +415,15 @@ class MapsRanker:
                 opt.step()
                 total += loss.item() * len(rows)
             val_m = self.evaluate(val) if val else {"NDCG@4": 0.0}
-            log.append({"epoch": epoch + 1, "loss": round(total / max(1, len(train)), 4),
-                        "val_NDCG@4": round(val_m["NDCG@4"], 4), "seconds": round(time.time() - t0, 2)})
-            bar.set_postfix(loss=log[-1]["loss"], val_ndcg4=log[-1]["val_NDCG@4"])
-            if val_m["NDCG@4"] > best:
-                best, best_state, bad = val_m["NDCG@4"], copy.deepcopy(self.model.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        best_epoch = max(log, key=lambda x: x["val_NDCG@4"])["epoch"] if log else 0
-        return {"epochs": log, "best_epoch": best_epoch, "best_val_NDCG@4": round(best, 4),
-                "lm": "all-MiniLM-L6-v2 (frozen)", "prepare_seconds": round(prep_seconds, 2),
-                "alignment": {"words": len(self.words), "pairs": int(len(self.pairs)), "gamma": cfg.gamma},
-                "consultations": len(self.chats), "mix": [round(float(x), 4) for x in self.model.mix.detach()],
-                "config": asdict(cfg)}
+            stop = stopper.epoch(self.model, total / max(1, len(train)), val_m["NDCG@4"], time.time() - t0)
+            bar.set_postfix(loss=stopper.log[-1]["loss"], val_ndcg4=stopper.log[-1]["val_NDCG@4"])
+            if stop:
+                break
+        return stopper.finish(self.model) | {
+            "lm": "all-MiniLM-L6-v2 (frozen)", "prepare_seconds": round(prep_seconds, 2),
+            "alignment": {"words": len(self.words), "pairs": int(len(self.pairs)), "gamma": cfg.gamma},
+            "consultations": len(self.chats), "mix": [round(float(x), 4) for x in self.model.mix.detach()],
+            "config": asdict(cfg)}
 
     @torch.no_grad()
     def score(self, rows: list[dict[str, Any]]) -> np.ndarray:

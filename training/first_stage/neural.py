@@ -23,7 +23,6 @@ best validation NDCG@4 over the full catalogue.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from training.dataset import Dataset
 from training.first_stage.base import Catalog, Vocab
+from training.first_stage.epochs import EarlyStopping, nsl
 from training.metrics import paper_metrics
 from training.text import content_terms
 
@@ -116,10 +116,6 @@ class PersonalizedModel(nn.Module):
         return m @ self.items.weight[: self.n_items].T
 
 
-def _nsl(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Negative-sampling loss: -log σ(pos) - Σ log σ(-neg)."""
-    return -(nn.functional.logsigmoid(pos) + nn.functional.logsigmoid(-neg).sum(-1)).mean()
-
 
 class NeuralRanker:
     def __init__(self, kind: str, catalog: Catalog, cfg: NeuralConfig):
@@ -157,9 +153,9 @@ class NeuralRanker:
         item_words = [np.array([self.vocab.index[t] for t in terms if t in self.vocab.index] or [1])
                       for terms in self.catalog.product_terms]
 
-        best, best_state, bad, log = -1.0, None, 0, []
+        stopper = EarlyStopping(cfg.patience)
         epochs = tqdm(range(cfg.epochs), desc=f"{self.kind} epochs", unit="ep")
-        for epoch in epochs:
+        for _ in epochs:
             self.model.train()
             t0, total, order = time.time(), 0.0, rng.permutation(len(train))
             for start in range(0, len(order), cfg.batch_size):
@@ -169,33 +165,25 @@ class NeuralRanker:
                 m, u = self.model.personal(users, q, hist)
                 neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
                 item_t = self.model.items(target)
-                loss = _nsl((m * item_t).sum(-1), torch.einsum("bd,bkd->bk", m, self.model.items(neg)))
+                loss = nsl((m * item_t).sum(-1), torch.einsum("bd,bkd->bk", m, self.model.items(neg)))
                 # P(w | i) and, for HEM, P(w | u) over the purchased product's words
                 w_pos = torch.from_numpy(np.stack([rng.choice(item_words[t], size=cfg.words_per_item) for t in target.tolist()]))
                 w_neg = torch.from_numpy(rng.choice(len(self.vocab), size=(len(rows), cfg.words_per_item, cfg.word_negatives), p=word_p))
                 for ent in ([item_t, u] if self.kind == "hem" else [item_t]):
                     pos = torch.einsum("bd,bwd->bw", ent, self.model.word_out(w_pos))
                     negs = torch.einsum("bd,bwkd->bwk", ent, self.model.word_out(w_neg))
-                    loss = loss + cfg.word_loss_weight * _nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
+                    loss = loss + cfg.word_loss_weight * nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(rows)
             val_m = self.evaluate(val) if val else {"NDCG@4": 0.0}
-            log.append({"epoch": epoch + 1, "loss": round(total / max(1, len(train)), 4),
-                        "val_NDCG@4": round(val_m["NDCG@4"], 4), "seconds": round(time.time() - t0, 2)})
-            epochs.set_postfix(loss=log[-1]["loss"], val_ndcg4=log[-1]["val_NDCG@4"])
-            if val_m["NDCG@4"] > best:
-                best, best_state, bad = val_m["NDCG@4"], copy.deepcopy(self.model.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-        best_epoch = max(log, key=lambda x: x["val_NDCG@4"])["epoch"] if log else 0
-        return {"epochs": log, "best_epoch": best_epoch, "best_val_NDCG@4": round(best, 4),
-                "vocabulary": len(self.vocab), "config": asdict(cfg)}
+            stop = stopper.epoch(self.model, total / max(1, len(train)), val_m["NDCG@4"], time.time() - t0)
+            epochs.set_postfix(loss=stopper.log[-1]["loss"], val_ndcg4=stopper.log[-1]["val_NDCG@4"])
+            if stop:
+                break
+        return stopper.finish(self.model) | {
+            "vocabulary": len(self.vocab), "config": asdict(cfg)}
 
     @torch.no_grad()
     def score(self, rows: list[dict[str, Any]]) -> np.ndarray:

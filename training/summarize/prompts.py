@@ -40,37 +40,30 @@ Query: {query}
 Description: {description}
 Perspectives:"""
 
+_REASON_THEN_SUMMARY = """\
+First reason in one sentence about which facts matter, then write the summary.
+Answer in two lines, "Reasoning: ..." and "Summary: ...".
+
+Example
+Title: {demo_title}
+Description: {demo_description}
+Reasoning: {demo_reasoning}
+Summary: {demo_summary}
+
+Now the real one
+Title: {title}
+Description: {description}"""
+
 SUMMARY_PERSPECTIVE = """\
 Summarize the product description for a product search engine in at most {budget} words.
 Keep only facts about these perspectives: {perspectives}.
 Leave out shipping, returns, store notices, formatting code and lists of search keywords. Do not add facts.
-First reason in one sentence about which facts matter, then write the summary.
-Answer in two lines, "Reasoning: ..." and "Summary: ...".
+""" + _REASON_THEN_SUMMARY
 
-Example
-Title: {demo_title}
-Description: {demo_description}
-Reasoning: {demo_reasoning}
-Summary: {demo_summary}
-
-Now the real one
-Title: {title}
-Description: {description}"""
-
+# Table 5's "reasoning-based" prompt: the same reasoning request and demonstration, no perspectives
 SUMMARY_REASONING = """\
 Summarize the product description for a product search engine in at most {budget} words.
-First reason in one sentence about which facts matter, then write the summary.
-Answer in two lines, "Reasoning: ..." and "Summary: ...".
-
-Example
-Title: {demo_title}
-Description: {demo_description}
-Reasoning: {demo_reasoning}
-Summary: {demo_summary}
-
-Now the real one
-Title: {title}
-Description: {description}"""
+""" + _REASON_THEN_SUMMARY
 
 SUMMARY_DIRECT = """\
 Summarize this product description in at most {budget} words.
