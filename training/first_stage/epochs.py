@@ -22,10 +22,12 @@ class EarlyStopping:
         self.best_state: dict[str, Any] | None = None
         self.log: list[dict[str, Any]] = []
 
-    def epoch(self, model: nn.Module, loss: float, val_ndcg4: float, seconds: float) -> bool:
-        """Record one epoch; True when training should stop."""
+    def epoch(self, model: nn.Module, loss: float, val_ndcg4: float, seconds: float, bar: Any = None) -> bool:
+        """Record one epoch (and show it on a tqdm ``bar``); True when training should stop."""
         self.log.append({"epoch": len(self.log) + 1, "loss": round(loss, 4), "val_NDCG@4": round(val_ndcg4, 4),
                          "seconds": round(seconds, 2)})
+        if bar is not None:
+            bar.set_postfix(loss=self.log[-1]["loss"], val_ndcg4=self.log[-1]["val_NDCG@4"])
         if val_ndcg4 > self.best:
             self.best, self.best_state, self.bad = val_ndcg4, copy.deepcopy(model.state_dict()), 0
             return False

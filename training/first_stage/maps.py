@@ -414,10 +414,8 @@ class MapsRanker:
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(rows)
-            val_m = self.evaluate(val) if val else {"NDCG@4": 0.0}
-            stop = stopper.epoch(self.model, total / max(1, len(train)), val_m["NDCG@4"], time.time() - t0)
-            bar.set_postfix(loss=stopper.log[-1]["loss"], val_ndcg4=stopper.log[-1]["val_NDCG@4"])
-            if stop:
+            val_ndcg4 = self.evaluate(val)["NDCG@4"] if val else 0.0
+            if stopper.epoch(self.model, total / max(1, len(train)), val_ndcg4, time.time() - t0, bar):
                 break
         return stopper.finish(self.model) | {
             "lm": "all-MiniLM-L6-v2 (frozen)", "prepare_seconds": round(prep_seconds, 2),

@@ -177,10 +177,8 @@ class NeuralRanker:
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(rows)
-            val_m = self.evaluate(val) if val else {"NDCG@4": 0.0}
-            stop = stopper.epoch(self.model, total / max(1, len(train)), val_m["NDCG@4"], time.time() - t0)
-            epochs.set_postfix(loss=stopper.log[-1]["loss"], val_ndcg4=stopper.log[-1]["val_NDCG@4"])
-            if stop:
+            val_ndcg4 = self.evaluate(val)["NDCG@4"] if val else 0.0
+            if stopper.epoch(self.model, total / max(1, len(train)), val_ndcg4, time.time() - t0, epochs):
                 break
         return stopper.finish(self.model) | {
             "vocabulary": len(self.vocab), "config": asdict(cfg)}

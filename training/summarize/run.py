@@ -71,9 +71,11 @@ class ReplyCache:
                 except (ValueError, KeyError, TypeError):
                     continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            with path.open("a") as f:
-                f.write("\n")  # end a torn line, or the next reply would be glued onto it and lost
+        if path.exists() and path.stat().st_size:
+            with path.open("rb+") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")  # end a torn line, or the next reply would be glued onto it and lost
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -204,6 +206,7 @@ def run_summarize(data: Path, llm: LLM | None, out: Path, cfg: SummarizeConfig, 
 
     summaries: dict[str, str] = {}
     parsed: dict[str, str] = {}  # what the LLM said, before the faithfulness guard
+    checks: dict[str, tuple[int, int, float]] = {}  # its (unsupported, checked, support), computed once
     reasons: dict[str, str] = {}
     gen_seconds, generated = 0.0, 0
     if cfg.mode == "none":
@@ -227,7 +230,9 @@ def run_summarize(data: Path, llm: LLM | None, out: Path, cfg: SummarizeConfig, 
             text, reason = parse_summary(replies[k], cfg.budget_words, reasoning=cfg.mode != "direct")
             if text is not None:
                 parsed[pid] = text
-                if hallucinations(text, p, brands)[0] or support(text, p) < cfg.min_support:
+                bad, checked = hallucinations(text, p, brands)
+                checks[pid] = (bad, checked, support(text, p))
+                if bad or checks[pid][2] < cfg.min_support:
                     text, reason = None, "unfaithful"
             if not (p.get("description") or "").strip():
                 text, reason = None, "no description"
@@ -235,13 +240,11 @@ def run_summarize(data: Path, llm: LLM | None, out: Path, cfg: SummarizeConfig, 
             reasons[pid] = reason
 
     report = _measure(ds, ids, summaries, reasons, cfg)
-    if parsed:
-        brands = known_brands(ds.products)
-        counts = [hallucinations(parsed[p], ds.products[p], brands) for p in parsed]
-        bad, checked = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if checks:
+        bad, checked = sum(c[0] for c in checks.values()), sum(c[1] for c in checks.values())
         report["hallucination_before_guard"] = {
             "unsupported": bad, "checked": checked, "share": round(bad / checked, 4) if checked else 0.0,
-            "mean_support": round(float(np.mean([support(parsed[p], ds.products[p]) for p in parsed])), 4)}
+            "mean_support": round(float(np.mean([c[2] for c in checks.values()])), 4)}
     complete = shard is None and not limit
     info = {
         "stage": "summarize", "mode": cfg.mode, "llm": model, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
