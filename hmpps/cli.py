@@ -246,6 +246,26 @@ def ablate(
     typer.echo((out / "report.md").read_text())
 
 
+@app.command("headroom")
+@friendly_errors
+def headroom(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    test_fraction: float = typer.Option(1.0, "--test-fraction",
+                                        help="score the same seeded test sample as a teacher with this test_fraction"),
+    seed: int = typer.Option(0, "--seed", help="the teacher's seed (with --test-fraction)"),
+    out: Path = typer.Option(None, "--out", help="also write headroom.json and report.md here"),
+) -> None:
+    """What a personalised reranker could gain over the first stage: model-free reference rerankers."""
+    from training.headroom import headroom as run_headroom
+    from training.headroom import headroom_table, write_headroom
+
+    result = run_headroom(data, candidates, test_fraction, seed)
+    if out is not None:
+        write_headroom(result, out)
+    typer.echo(headroom_table(result))
+
+
 @app.command("distill")
 @friendly_errors
 def distill(

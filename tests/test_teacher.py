@@ -103,9 +103,10 @@ def test_budget_trims_descriptions_before_history_and_never_cuts_the_candidate(d
 
 
 def test_lora_keeps_the_base_frozen_and_moves_adapters_vision_and_projector(ds, cfg, synthetic_dir, tmp_path):
+    from training.candidates import load_first_stage
     from training.first_stage.run import run_retrieval
     from training.teacher.examples import ExampleFactory
-    from training.teacher.run import load_first_stage, train_stage
+    from training.teacher.run import train_stage
 
     run_retrieval(synthetic_dir, "bm25", tmp_path / "fs")
     fs = load_first_stage(tmp_path / "fs", ds)
@@ -125,9 +126,9 @@ def test_lora_keeps_the_base_frozen_and_moves_adapters_vision_and_projector(ds, 
 
 
 def test_training_resumes_from_its_checkpoint(ds, synthetic_dir, tmp_path):
+    from training.candidates import load_first_stage
     from training.first_stage.run import run_retrieval
     from training.teacher.examples import ExampleFactory
-    from training.teacher.run import load_first_stage
     from training.teacher.trainer import train
 
     cfg = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 3})

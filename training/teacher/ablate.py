@@ -27,18 +27,16 @@ from typing import Any
 import numpy as np
 
 from training.artifacts import write_json
+from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.metrics import PAPER_KEYS, paper_metrics
 from training.teacher.backbone import build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory
 from training.teacher.run import (
-    FirstStage,
     apply_summaries,
     compute_embeddings,
-    load_first_stage,
     reranked_metrics,
-    sample_rows,
     score_rows,
     train_stage,
 )
@@ -50,9 +48,8 @@ class Ablation:
     def __init__(self, ds: Dataset, fs: FirstStage, cfg: TeacherConfig, out: Path):
         self.ds, self.fs, self.cfg, self.out = ds, fs, cfg, out
         self.train_rows = [r for r in ds.queries("train") if r["query_id"] in fs.rows]
-        test_rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
-        if cfg.test_fraction < 1.0:  # the same seeded sample as the teacher's, for every row
-            test_rows = sample_rows(test_rows, cfg.test_fraction, cfg.seed + 2)
+        test_rows = scored_test_rows(ds, fs, cfg.test_fraction, cfg.seed)  # the teacher's sample, for every row
+        if cfg.test_fraction < 1.0:
             fs.metrics = paper_metrics([fs.ids(r["query_id"]) for r in test_rows], [r["product_id"] for r in test_rows])
         self.n_test = len(test_rows)
         self.test_hits = [r for r in test_rows if r["product_id"] in fs.ids(r["query_id"])]

@@ -13,7 +13,7 @@ config matches, and ``metrics.json`` is written last.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from training.artifacts import read_json, read_jsonl, require_same_dataset, write_json, write_jsonl
+from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.errors import InputError
 from training.metrics import paper_metrics, rerank
@@ -29,27 +30,6 @@ from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
 from training.teacher.trainer import train, training_fields
-
-
-@dataclass
-class FirstStage:
-    dir: Path
-    rows: dict[str, dict[str, Any]]  # query_id -> candidates line
-    model: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def ids(self, qid: str) -> list[str]:
-        return [c["product_id"] for c in self.rows[qid]["candidates"]]
-
-
-def load_first_stage(path: Path, ds: Dataset) -> FirstStage:
-    info_path = Path(path) / "retrieve.json"
-    if not info_path.exists():
-        raise InputError(f"{path} is not a first-stage output (retrieve.json missing); run 'hmpps retrieve' first")
-    info = read_json(info_path)
-    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"first-stage candidates in {path}")
-    rows = {r["query_id"]: r for r in read_jsonl(Path(path) / "candidates.jsonl")}
-    return FirstStage(Path(path), rows, info["model"], read_json(Path(path) / "metrics.json"))
 
 
 def apply_summaries(ds: Dataset, summaries_dir: Path | None) -> dict[str, Any] | None:
@@ -64,14 +44,6 @@ def apply_summaries(ds: Dataset, summaries_dir: Path | None) -> dict[str, Any] |
             ds.products[row["product_id"]]["summary"] = row["summary"]
             n += 1
     return {"dir": str(summaries_dir), "mode": info.get("mode"), "products": n}
-
-
-def sample_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
-    if fraction >= 1.0:
-        return list(rows)
-    rng = np.random.default_rng(seed)
-    n = max(1, int(round(fraction * len(rows))))
-    return [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
 
 
 def compute_embeddings(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, batch: int = 32) -> Embeddings:
@@ -156,14 +128,13 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     fs = load_first_stage(first_stage, ds)
     summ = apply_summaries(ds, summaries)
     train_rows = [ds_row for ds_row in ds.queries("train") if ds_row["query_id"] in fs.rows]
-    test_rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
-    if not train_rows or not test_rows:
-        raise InputError(f"{first_stage} has no candidates for this dataset's train/test queries")
     if not 0.0 < cfg.test_fraction <= 1.0:
         raise InputError(f"teacher config test_fraction={cfg.test_fraction}: must be in (0, 1]")
+    test_rows = scored_test_rows(ds, fs, cfg.test_fraction, cfg.seed)
+    if not train_rows or not test_rows:
+        raise InputError(f"{first_stage} has no candidates for this dataset's train/test queries")
     if cfg.test_fraction < 1.0:
         # every later comparison (pipeline report, distillation) reads the first stage from teacher.json
-        test_rows = sample_rows(test_rows, cfg.test_fraction, cfg.seed + 2)
         fs_metrics = paper_metrics([fs.ids(r["query_id"]) for r in test_rows], [r["product_id"] for r in test_rows])
         fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs_metrics, "metrics_all_test": fs.metrics}
     else:

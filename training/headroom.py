@@ -1,0 +1,165 @@
+"""How much a personalised reranker could gain over a first stage: model-free reference rerankers.
+
+A teacher that misses its target leaves one question: is the signal not in
+the data, or did the model fail to learn it? These rerankers answer it
+without training anything. Each reorders the first stage's top-K_p with one
+rule (a stable sort, so ties keep the first stage's order) and is scored by
+the same HMPPS protocol on the same test queries as the teacher.
+
+Any dataset:
+- ``already bought last``: candidates the user bought before the query go to
+  the end. Shows how much a reranker gains just by reading the history for
+  repeats (and how much it loses where people do buy again).
+
+Synthetic data only, from the generator's ground truth (``extra.truth``,
+``users_truth.jsonl``):
+- ``history preferences (text)``: the user's brand, colour and style guessed
+  as the most frequent value among their history items where the text states
+  it; candidates scored by the generator's utility weights on matches. The
+  ceiling of a reranker that reads only text.
+- ``history preferences (text + image)``: the same with every attribute,
+  including the brands shown only in the picture: what vision can add.
+- ``true preferences``: the user's real preferences (an upper bound no model
+  can reach from the history alone).
+The three preference rows also put already-bought candidates last.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.artifacts import atomic_dir, read_jsonl, write_json
+from training.candidates import load_first_stage, scored_test_rows
+from training.dataset import Dataset, load_dataset
+from training.metrics import PAPER_KEYS, paper_metrics, relative_gain
+from training.synthetic import SyntheticConfig
+
+ATTRIBUTES = ("brand", "colour", "style")
+
+Scorer = Callable[[dict[str, Any], list[str], list[str]], list[float]]  # (row, history, candidates) -> scores
+
+
+def _truth(ds: Dataset, pid: str) -> dict[str, Any] | None:
+    p = ds.products.get(pid, {})
+    extra = p.get("extra") or p.get("raw", {}).get("extra") or {}
+    truth = extra.get("truth")
+    return truth if isinstance(truth, dict) else None
+
+
+def _weights() -> dict[str, float]:
+    cfg = SyntheticConfig()
+    return {"brand": cfg.w_brand, "colour": cfg.w_colour, "style": cfg.w_style}
+
+
+def _bought_last(history: list[str], candidates: list[str]) -> list[float]:
+    seen = set(history)
+    return [-100.0 if p in seen else 0.0 for p in candidates]
+
+
+def _guessed_preferences(ds: Dataset, history: list[str], text_only: bool) -> dict[str, str]:
+    prefs = {}
+    for k in ATTRIBUTES:
+        values = [t[k] for t in map(lambda h: _truth(ds, h), history)
+                  if t is not None and (not text_only or t.get(f"{k}_in_text"))]
+        if values:
+            prefs[k] = Counter(values).most_common(1)[0][0]
+    return prefs
+
+
+def _preference_scorer(ds: Dataset, text_only: bool) -> Scorer:
+    w = _weights()
+
+    def score(row: dict[str, Any], history: list[str], candidates: list[str]) -> list[float]:
+        prefs = _guessed_preferences(ds, history, text_only)
+        out = []
+        for p, base in zip(candidates, _bought_last(history, candidates), strict=True):
+            t = _truth(ds, p) or {}
+            visible = [k for k in ATTRIBUTES if not text_only or t.get(f"{k}_in_text")]
+            out.append(base + sum(w[k] for k in visible if k in prefs and t.get(k) == prefs[k]))
+        return out
+
+    return score
+
+
+def _true_scorer(ds: Dataset, users: dict[str, dict[str, Any]]) -> Scorer:
+    cfg = SyntheticConfig()
+
+    def score(row: dict[str, Any], history: list[str], candidates: list[str]) -> list[float]:
+        u = users.get(row["user_id"], {})
+        out = []
+        for p, base in zip(candidates, _bought_last(history, candidates), strict=True):
+            t = _truth(ds, p) or {}
+            out.append(base + cfg.w_brand * (t.get("brand") == u.get("brand"))
+                       + cfg.w_brand2 * (t.get("brand") == u.get("brand2"))
+                       + cfg.w_colour * (t.get("colour") == u.get("colour"))
+                       + cfg.w_style * (t.get("style") == u.get("style")))
+        return out
+
+    return score
+
+
+def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Reference rerankers over one first stage's candidates; the same test sample as a teacher with this
+    ``test_fraction`` and ``seed``."""
+    ds = load_dataset(data)
+    fs = load_first_stage(first_stage, ds)
+    rows = scored_test_rows(ds, fs, test_fraction, seed)
+    scorers: dict[str, Scorer | None] = {
+        f"first stage ({fs.model})": None,
+        "already bought last": lambda row, hist, cands: _bought_last(hist, cands),
+    }
+    users_path = Path(data) / "users_truth.jsonl"
+    synthetic = users_path.exists() and any(_truth(ds, p) for p in list(ds.products)[:20])
+    if synthetic:
+        users = {u["user_id"]: u for u in read_jsonl(users_path)}
+        scorers["history preferences (text)"] = _preference_scorer(ds, text_only=True)
+        scorers["history preferences (text + image)"] = _preference_scorer(ds, text_only=False)
+        scorers["true preferences"] = _true_scorer(ds, users)
+    targets = [r["product_id"] for r in rows]
+    histories = [ds.history(r) for r in rows]
+    results: dict[str, dict[str, Any]] = {}
+    for name, scorer in scorers.items():
+        lists = []
+        for row, hist in zip(rows, histories, strict=True):
+            cands = fs.ids(row["query_id"])
+            if scorer is not None:
+                scores = scorer(row, hist, cands)
+                order = sorted(range(len(cands)), key=lambda i: -scores[i])  # stable: ties keep the first stage's order
+                cands = [cands[i] for i in order]
+            lists.append(cands)
+        results[name] = paper_metrics(lists, targets)
+    n_cands = sum(len(fs.ids(r["query_id"])) for r in rows)
+    bought = sum(p in set(h) for r, h in zip(rows, histories, strict=True) for p in fs.ids(r["query_id"]))
+    stats = {
+        "test_queries": len(rows),
+        "candidates_already_bought": bought / max(1, n_cands),
+        "targets_already_bought": sum(t in set(h) for t, h in zip(targets, histories, strict=True)) / max(1, len(rows)),
+        "synthetic_truth": synthetic,
+    }
+    return {"dataset": ds.name, "first_stage": str(first_stage), "test_fraction": test_fraction, "seed": seed,
+            "stats": stats, "metrics": results}
+
+
+def headroom_table(result: dict[str, Any]) -> str:
+    metrics = result["metrics"]
+    base = next(iter(metrics.values()))
+    lines = ["| reranker | " + " | ".join(PAPER_KEYS) + " | Rel.Impr NDCG@4 |", "|---|" + "---:|" * (len(PAPER_KEYS) + 1)]
+    for name, m in metrics.items():
+        cells = " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS)
+        lines.append(f"| {name} | {cells} | {100 * relative_gain(m, base):+.1f}% |")
+    s = result["stats"]
+    lines += ["", f"{s['test_queries']} test queries; {100 * s['candidates_already_bought']:.1f}% of the candidates "
+              f"and {100 * s['targets_already_bought']:.1f}% of the targets were bought before the query."]
+    return "\n".join(lines)
+
+
+def write_headroom(result: dict[str, Any], out: Path) -> None:
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "headroom.json", result)
+        (tmp / "report.md").write_text(
+            f"# Headroom over the first stage: {result['dataset']}\n\n"
+            f"Model-free reference rerankers (see `training/headroom.py`) over `{result['first_stage']}`, "
+            f"test_fraction {result['test_fraction']}, seed {result['seed']}.\n\n{headroom_table(result)}\n")
