@@ -98,6 +98,8 @@ def test_summary_parser_trims_to_the_budget_and_direct_needs_no_label():
     ("- brand\n- colour\n- material", ["brand", "colour", "material"]),
     ("1. topic\n2) audience\n3. publishers", ["topic", "audience", "publisher"]),
     ("Perspectives: brand, a very long phrase that is no perspective at all, colour", ["brand", "colour"]),
+    # list glue seen in real SmolLM2 replies is peeled off, and a lone conjunction is no perspective
+    ("Perspectives: quality, and price, including its brand, materials used, and", ["quality", "price", "brand", "material"]),
     ("", []),
     (None, []),
 ])

@@ -6,16 +6,25 @@ import json
 import re
 from collections import Counter
 
-_ARTICLES = re.compile(r"^(the|a|an|its|product)\s+")
+# list glue an LLM leaves around a perspective ("and price", "including its brand", "materials used")
+_LEADING = re.compile(r"^(?:the|a|an|its|their|product|and|or|also|including|include|incl|such as|like|with|plus|e g)\s+")
+_TRAILING = re.compile(r"\s+(?:used|etc|and|or)$")
+_FUNCTION_WORDS = {"and", "or", "also", "including", "include", "such", "as", "like", "with", "plus", "etc", "the", "a",
+                   "an", "its", "their", "of", "for", "to", "in", "on", "is", "are"}
 _CUT_MARKERS = ("now the real one", "title:", "description:", "query:", "perspectives:", "reasoning:")
 
 
 def normalize_perspective(p: str) -> str | None:
     """Lower case, no punctuation or leading article, simple plural -> singular; None when not a short phrase."""
-    p = re.sub(r"[^a-z0-9 &-]+", " ", p.lower())
-    p = _ARTICLES.sub("", re.sub(r"\s+", " ", p).strip())
+    p = re.sub(r"\s+", " ", re.sub(r"[^a-z0-9 &-]+", " ", p.lower())).strip()
+    while True:  # peel glue until stable: "and also the price" -> "price"
+        peeled = _TRAILING.sub("", _LEADING.sub("", p))
+        if peeled == p:
+            break
+        p = peeled
     words = p.split()
-    if not words or len(words) > 4 or p in {"none", "n a", "perspective", "perspectives"}:
+    if (not words or len(words) > 4 or p in {"none", "n a", "perspective", "perspectives"}
+            or all(w in _FUNCTION_WORDS for w in words)):
         return None
     last = words[-1]
     if len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
