@@ -64,6 +64,37 @@ def test_shared_prefix_kv_cache_gives_the_same_scores_as_full_prompts(ds, backbo
     assert torch.allclose(shared, one_by_one, atol=1e-5)
 
 
+def test_training_through_a_shared_prefix_gives_the_plain_loss_and_gradients(ds, cfg):
+    bb = build_backbone(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero, which would hide the adapters' A gradients
+        for n, p in bb.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    bb.eval()  # no dropout, so both paths see the same network
+    prompts = _prompts(ds, bb, n=5)
+    target = torch.tensor([0, 1, 1, 1, 1])
+    trainable = [(n, p) for n, p in bb.named_parameters() if p.requires_grad]
+
+    def loss_and_grads(logits):
+        loss = torch.nn.functional.cross_entropy(logits[:, [bb.yes_id, bb.no_id]], target)
+        grads = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
+        return loss.detach(), grads
+
+    plain_loss, plain = loss_and_grads(bb([p.segments for p in prompts]))
+    shared_loss, shared = loss_and_grads(bb([p.suffix for p in prompts], prefix=prompts[0].prefix))
+    assert torch.allclose(plain_loss, shared_loss, atol=1e-5)
+    checked = 0
+    for (name, _), a, b in zip(trainable, plain, shared, strict=True):
+        if a is None:
+            assert b is None, name
+            continue
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3), name
+        checked += int(a.abs().sum() > 0)
+    # the history's image tokens only reach the loss through the prefix's cache
+    assert checked > 10 and any(n.startswith("vision.") for n, _ in trainable)
+
+
 def test_images_are_spliced_into_the_input_embeddings(ds, backbone, cfg):
     prompt = _prompts(ds, backbone, n=1)[0]
     slots = [s for s in prompt.segments if isinstance(s, ImageSlot)]

@@ -5,10 +5,11 @@ encoder (from scratch here), and a projector whose outputs replace the
 placeholder positions of each image in the LM's input embeddings.
 
 The teacher needs four things from a backbone:
-- ``forward(seqs)``: the LM logits at the decision position, (B, V). Training
-  applies the yes/no LM loss of Eq. 2 on them.
-- ``score(prompts)``: P(yes) by Eq. 3, a 2-way softmax over the yes/no logits.
-  Prompts with the same prefix share one prefix forward pass and its KV cache.
+- ``forward(seqs, prefix=None)``: the LM logits at the decision position of
+  ``prefix + seq``, (B, V). Training applies the yes/no LM loss of Eq. 2 on
+  them. A backbone may compute a shared prefix once and reuse its KV cache.
+- ``score(prompts)``: P(yes) by Eq. 3, a 2-way softmax over the yes/no logits,
+  sharing the prefix of prompts that have the same one.
 - ``embed(seqs)``: the mean of the last hidden states over all tokens (Eq. 4-5).
 - ``count_tokens`` and ``prompt_builder`` for budgeted prompts.
 """
@@ -30,7 +31,7 @@ class Backbone(Protocol):
     yes_id: int
     no_id: int
 
-    def __call__(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor: ...
+    def __call__(self, seqs: Sequence[Sequence[Segment]], prefix: Sequence[Segment] | None = None) -> torch.Tensor: ...
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]: ...
     def embed(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor: ...
     def count_tokens(self, segments: Sequence[Segment]) -> int: ...
@@ -158,9 +159,22 @@ class ComposedBackbone(TrainableStateMixin):
         return {"inputs_embeds": embeds, "attention_mask": mask.to(device), "position_ids": position_ids.to(device)}
 
     # -- the three uses ------------------------------------------------------------
-    def forward(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor:
-        """LM logits at the decision position (the last one), (B, V)."""
-        out = self.lm(**self.encode(seqs), logits_to_keep=1, use_cache=False)
+    def forward(self, seqs: Sequence[Sequence[Segment]], prefix: Sequence[Segment] | None = None) -> torch.Tensor:
+        """LM logits at the decision position (the last one) of ``prefix + seq`` for each seq, (B, V).
+
+        A shared prefix is computed once and its KV cache repeated for every seq; in training the
+        gradient flows back through that cache, so this equals the plain forward at a fraction of the cost.
+        """
+        if prefix is None or len(seqs) < 2:
+            full = [list(prefix or []) + list(s) for s in seqs]
+            return self.lm(**self.encode(full), logits_to_keep=1, use_cache=False).logits[:, -1, :]
+        pre = self.encode([prefix])
+        cache = self.lm(**pre, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(seqs))
+        suf = self.encode(seqs, position_offset=pre["inputs_embeds"].shape[1])
+        mask = torch.cat([pre["attention_mask"].expand(len(seqs), -1), suf["attention_mask"]], dim=1)
+        out = self.lm(inputs_embeds=suf["inputs_embeds"], attention_mask=mask, position_ids=suf["position_ids"],
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
     def yes_no(self, logits: torch.Tensor) -> torch.Tensor:
@@ -176,23 +190,9 @@ class ComposedBackbone(TrainableStateMixin):
         for idx in groups.values():
             for start in range(0, len(idx), self.cfg.score_batch):
                 chunk = idx[start: start + self.cfg.score_batch]
-                if len(chunk) > 1:
-                    logits = self._score_shared_prefix(prompts[chunk[0]].prefix, [prompts[i].suffix for i in chunk])
-                else:
-                    logits = self.forward([prompts[chunk[0]].segments])
+                logits = self.forward([prompts[i].suffix for i in chunk], prefix=prompts[chunk[0]].prefix)
                 yes_no[chunk] = self.yes_no(logits).float().cpu()
         return torch.softmax(yes_no, dim=-1)[:, 0], yes_no[:, 0] - yes_no[:, 1]
-
-    def _score_shared_prefix(self, prefix: Sequence[Segment], suffixes: Sequence[Sequence[Segment]]) -> torch.Tensor:
-        pre = self.encode([prefix])
-        out = self.lm(**pre, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(len(suffixes))
-        suf = self.encode(suffixes, position_offset=pre["inputs_embeds"].shape[1])
-        mask = torch.cat([pre["attention_mask"].expand(len(suffixes), -1), suf["attention_mask"]], dim=1)
-        out = self.lm(inputs_embeds=suf["inputs_embeds"], attention_mask=mask, position_ids=suf["position_ids"],
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
 
     @torch.no_grad()
     def embed(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor:

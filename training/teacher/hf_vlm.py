@@ -69,8 +69,9 @@ class HFVLMBackbone(TrainableStateMixin):
         device = next(self.lm.parameters()).device
         return {k: v.to(device) for k, v in enc.items()}
 
-    def forward(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor:
-        return self.lm(**self._inputs(seqs), logits_to_keep=1, use_cache=False).logits[:, -1, :]
+    def forward(self, seqs: Sequence[Sequence[Segment]], prefix: Sequence[Segment] | None = None) -> torch.Tensor:
+        full = [list(prefix or []) + list(s) for s in seqs]  # no KV sharing here, see the module docstring
+        return self.lm(**self._inputs(full), logits_to_keep=1, use_cache=False).logits[:, -1, :]
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,7 +86,10 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
                 break
             g = groups[gi]
             with accelerator.accumulate(model):
-                logits = model([p.segments for p in g.prompts])
+                if len({tuple(p.prefix) for p in g.prompts}) == 1:  # one history for all: compute it once
+                    logits = model([p.suffix for p in g.prompts], prefix=g.prompts[0].prefix)
+                else:
+                    logits = model([p.segments for p in g.prompts])
                 if cfg.loss == "yes_no":
                     logits = logits[:, [backbone.yes_id, backbone.no_id]]
                     target = torch.tensor([0 if y else 1 for y in g.labels], device=logits.device)
