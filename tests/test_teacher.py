@@ -95,6 +95,18 @@ def test_training_through_a_shared_prefix_gives_the_plain_loss_and_gradients(ds,
     assert checked > 10 and any(n.startswith("vision.") for n, _ in trainable)
 
 
+def test_training_groups_prompts_by_prefix_and_keeps_their_order(ds, backbone):
+    from training.teacher.trainer import decision_logits
+
+    a = _prompts(ds, backbone, n=3, history=3)
+    b = _prompts(ds, backbone, n=2, history=2)  # another history: another prefix
+    mixed = [a[0], b[0], a[1], b[1], a[2]]
+    with torch.no_grad():
+        grouped = decision_logits(backbone, mixed)
+        plain = backbone([p.segments for p in mixed])
+    assert torch.allclose(grouped, plain, atol=1e-4)
+
+
 def test_images_are_spliced_into_the_input_embeddings(ds, backbone, cfg):
     prompt = _prompts(ds, backbone, n=1)[0]
     slots = [s for s in prompt.segments if isinstance(s, ImageSlot)]

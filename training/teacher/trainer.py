@@ -10,7 +10,7 @@ resumes from it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from training.errors import ArtifactMismatch
 from training.teacher.backbone import ComposedBackbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Group
+from training.teacher.prompt import Prompt, Segment
 
 
 def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Optimizer:
@@ -44,6 +45,22 @@ def training_fields(config: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint must agree on; fields added since it was saved take their defaults."""
     full = asdict(TeacherConfig()) | config
     return {k: v for k, v in full.items() if k not in _RUNTIME_FIELDS}
+
+
+def decision_logits(model: Any, prompts: Sequence[Prompt]) -> torch.Tensor:
+    """Decision-position logits of each prompt, (B, V), in order. Prompts with the same prefix (one
+    history for several candidates) share one prefix pass; the gradient flows back through it."""
+    by_prefix: dict[tuple[Segment, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prefix.setdefault(tuple(p.prefix), []).append(i)
+    if len(by_prefix) == len(prompts):  # nothing shared: one batched pass over the whole prompts
+        return model([p.segments for p in prompts])
+    order, parts = [], []
+    for prefix, idx in by_prefix.items():
+        parts.append(model([prompts[i].suffix for i in idx], prefix=list(prefix)))
+        order += idx
+    logits = torch.cat(parts)
+    return logits[torch.argsort(torch.tensor(order, device=logits.device))]
 
 
 def _save_checkpoint(path: Path, backbone: ComposedBackbone, opt: torch.optim.Optimizer, step: int,
@@ -86,10 +103,7 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
                 break
             g = groups[gi]
             with accelerator.accumulate(model):
-                if len({tuple(p.prefix) for p in g.prompts}) == 1:  # one history for all: compute it once
-                    logits = model([p.suffix for p in g.prompts], prefix=g.prompts[0].prefix)
-                else:
-                    logits = model([p.segments for p in g.prompts])
+                logits = decision_logits(model, g.prompts)
                 if cfg.loss == "yes_no":
                     logits = logits[:, [backbone.yes_id, backbone.no_id]]
                     target = torch.tensor([0 if y else 1 for y in g.labels], device=logits.device)
