@@ -186,7 +186,11 @@ def test_training_resumes_from_its_checkpoint(ds, synthetic_dir, tmp_path):
     cfg5 = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 3})
     log2 = train(build_backbone(cfg5), groups, cfg5, tmp_path / "ckpt", "stage1")
     assert log2["steps"] == 3 and log2["groups"] == 3, "a finished run resumes at its last step and does no more"
-    other = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 4})
+    longer = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 0, "epochs": 2})
+    log3 = train(build_backbone(longer), groups, longer, tmp_path / "ckpt", "stage1")
+    assert log3["steps"] == 2 * len(rows) and log3["groups"] == 2 * len(rows), "a longer schedule continues, not restarts"
+    assert log3["loss_curve"][0]["epoch"] == 1 and log3["loss_curve"][-1]["epoch"] == 2
+    other = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 3, "lr": 0.01})
     from training.errors import ArtifactMismatch
 
     with pytest.raises(ArtifactMismatch):
@@ -299,3 +303,10 @@ def test_a_test_fraction_scores_a_sample_and_compares_on_the_same_queries(tmp_pa
     from training.teacher.trainer import training_fields
 
     assert "test_fraction" not in training_fields({"test_fraction": 0.2}), "a resume may score a different sample"
+    from training.teacher.trainer import stage_epochs
+
+    assert training_fields({"stage2_epochs": 3, "k_s2": 4}, "stage1") == training_fields({}, "stage1"), \
+        "stage-2 knobs keep a trained stage 1"
+    assert training_fields({"stage2_epochs": 3}, "stage2") != training_fields({}, "stage2")
+    cfg3 = load_teacher_config("tiny", overrides={"stage2_epochs": 3})
+    assert (stage_epochs(cfg3, "stage1"), stage_epochs(cfg3, "stage2")) == (1, 3)

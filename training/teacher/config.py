@@ -45,6 +45,7 @@ class TeacherConfig:
     loss: str = "lm"
     vision_lr: float = 1e-3
     epochs: int = 1
+    stage2_epochs: int = 0  # 0: the same as epochs
     grad_accum: int = 1
     max_steps: int = 0  # 0: no cap
     checkpoint_every: int = 200

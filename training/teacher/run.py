@@ -74,7 +74,7 @@ def load_embeddings(path: Path) -> Embeddings:
 def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
                 cfg: TeacherConfig, mode: str, out: Path, stage: str) -> dict[str, Any]:
     done = out / "trained.json"
-    if done.exists() and training_fields(read_json(done).get("config", {})) == training_fields(asdict(cfg)):
+    if done.exists() and training_fields(read_json(done).get("config", {}), stage) == training_fields(asdict(cfg), stage):
         state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
         backbone.load_trainable_state(state["trainable"])
         return read_json(done)["log"]

@@ -39,12 +39,21 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 
 # Runtime knobs that do not change what is trained; a resume may change them.
 _RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction")
+# Fields stage 1 never reads: changing them keeps a trained stage 1 (and its embeddings).
+_STAGE2_ONLY = ("k_s2", "stage2_epochs")
+# How long to train: a checkpoint that agrees on everything else continues to a longer schedule.
+_SCHEDULE = ("epochs", "stage2_epochs", "max_steps")
 
 
-def training_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must agree on; fields added since it was saved take their defaults."""
+def training_fields(config: dict[str, Any], stage: str | None = None, schedule: bool = True) -> dict[str, Any]:
+    """What a trained stage must agree on; fields added since it was saved take their defaults."""
     full = asdict(TeacherConfig()) | config
-    return {k: v for k, v in full.items() if k not in _RUNTIME_FIELDS}
+    skip = _RUNTIME_FIELDS + (_STAGE2_ONLY if stage == "stage1" else ()) + (() if schedule else _SCHEDULE)
+    return {k: v for k, v in full.items() if k not in skip}
+
+
+def stage_epochs(cfg: TeacherConfig, stage: str) -> int:
+    return cfg.stage2_epochs if stage == "stage2" and cfg.stage2_epochs > 0 else cfg.epochs
 
 
 def decision_logits(model: Any, prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -81,7 +90,8 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
     step = 0
     if (ckpt_dir / "state.pt").exists():
         info = read_json(ckpt_dir / "checkpoint.json")
-        if training_fields(info["config"]) != training_fields(asdict(cfg)) or info["stage"] != stage:
+        if (training_fields(info["config"], stage, schedule=False) != training_fields(asdict(cfg), stage, schedule=False)
+                or info["stage"] != stage):
             raise ArtifactMismatch(f"{ckpt_dir} holds a checkpoint of another config or stage; remove it or use a new --out")
         state = torch.load(ckpt_dir / "state.pt", weights_only=False)
         backbone.load_trainable_state(state["trainable"])
@@ -90,7 +100,7 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
     log: list[dict[str, Any]] = []
     t0 = time.time()
     groups_done = step * cfg.grad_accum
-    for epoch in range(cfg.epochs):
+    for epoch in range(stage_epochs(cfg, stage)):
         groups = groups_for_epoch(epoch)[accelerator.process_index:: accelerator.num_processes]
         if groups_done >= len(groups) * (epoch + 1):
             continue  # finished before the resume
