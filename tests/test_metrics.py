@@ -59,3 +59,18 @@ def test_gain_helpers():
     base, teacher, student = {"NDCG@4": 0.2}, {"NDCG@4": 0.3}, {"NDCG@4": 0.29}
     assert relative_gain(teacher, base) == pytest.approx(0.5)
     assert kept_gain(student, teacher, base) == pytest.approx(0.9)
+
+
+def test_within_query_auc_by_hand():
+    from training.metrics import pairwise_auc
+
+    rows = [
+        # target beats 2 of 3 others: 2/3
+        {"candidates": [{"s": 0.9, "label": 0}, {"s": 0.5, "label": 1}, {"s": 0.1, "label": 0}, {"s": 0.2, "label": 0}]},
+        # a tie counts half: 0.5 + 1 over 2 pairs
+        {"candidates": [{"s": 0.3, "label": 1}, {"s": 0.3, "label": 0}, {"s": 0.0, "label": 0}]},
+        # pairs never cross queries: this query's low target loses only to its own candidate
+        {"candidates": [{"s": -5.0, "label": 1}, {"s": -4.0, "label": 0}]},
+    ]
+    assert pairwise_auc(rows, "s") == pytest.approx((2 + 1.5 + 0) / (3 + 2 + 1))
+    assert math.isnan(pairwise_auc([], "s"))

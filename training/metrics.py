@@ -88,6 +88,21 @@ def sampled_metrics(pos_scores: np.ndarray, neg_scores: np.ndarray, ks: Sequence
     return out
 
 
+def pairwise_auc(scored: Sequence[dict[str, Any]], key: str) -> float:
+    """Within-query AUC: the share of (target, other candidate) pairs of a query where the target scores
+    higher, ties counting half, pooled over queries. It says how well a scorer separates the target from
+    the rest of its list with no rank cut-off, so it shows learning that NDCG@4 can hide."""
+    wins = pairs = 0.0
+    for row in scored:
+        cands = row["candidates"]
+        pos = [c[key] for c in cands if c["label"]]
+        neg = [c[key] for c in cands if not c["label"]]
+        for p in pos:
+            wins += sum(1.0 if p > n else 0.5 if p == n else 0.0 for n in neg)
+            pairs += len(neg)
+    return wins / pairs if pairs else float("nan")
+
+
 def relative_gain(new: dict[str, Any], base: dict[str, Any], key: str = "NDCG@4") -> float:
     """Relative improvement of ``new`` over ``base`` on one metric (0.1 = +10%)."""
     return new[key] / base[key] - 1.0 if base[key] > 0 else float("nan")

@@ -80,6 +80,9 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         f"K_s1={info['config']['k_s1']}, K_s2={info['config']['k_s2']}, "
         f"{info['config']['random_negatives']} random + {info['config']['hard_negatives']} hard negatives",
         f"- prompt tokens: mean {info['prompt_tokens']['mean']}, max {info['prompt_tokens']['max']}",
+        *([f"- within-query AUC on the scored test queries (target vs the other candidates): {fs_name} "
+           f"{info['within_query_auc']['first_stage']:.4f}, teacher {info['within_query_auc']['teacher']:.4f}"]
+          if "within_query_auc" in info else []),
         f"- summaries: {info['summaries']['mode'] if info['summaries'] else 'none (raw descriptions)'}",
         "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()),
         f"- pipeline total: {time.time() - t0:.1f} s", "",

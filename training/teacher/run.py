@@ -25,7 +25,7 @@ from training.artifacts import read_json, read_jsonl, require_same_dataset, writ
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.errors import InputError
-from training.metrics import paper_metrics, rerank
+from training.metrics import pairwise_auc, paper_metrics, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
@@ -178,6 +178,8 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
         "summaries": summ, "config": asdict(cfg), "train_queries": len(fit_rows),
         "scored_queries": {"test": len(test_hits), "test_total": len(test_rows), "train": len(score_train)},
         "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},
+        "within_query_auc": {k: round(pairwise_auc([s for s in scored if s["split"] == "test"], f"{k}_score"), 4)
+                             for k in ("first_stage", "teacher")},
         "logs": {"stage1": log1, "stage2": log2},
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
         "complete": True,
