@@ -74,3 +74,17 @@ def test_within_query_auc_by_hand():
     ]
     assert pairwise_auc(rows, "s") == pytest.approx((2 + 1.5 + 0) / (3 + 2 + 1))
     assert math.isnan(pairwise_auc([], "s"))
+
+
+def test_paired_bootstrap_by_hand():
+    from training.metrics import paired_bootstrap
+
+    base = [["x", "t"], ["t", "x"], ["x", "y"]]
+    better = [["t", "x"], ["t", "x"], ["x", "y"]]  # query 1 moves the target from rank 2 to 1; the others tie
+    r = paired_bootstrap(better, base, ["t", "t", "t"], resamples=2000)
+    gain = 1 - 1 / math.log2(3)
+    assert r["diff"] == pytest.approx(gain / 3) and (r["wins"], r["losses"], r["n"]) == (1, 0, 3)
+    lo, hi = r["ci95"]
+    assert 0.0 <= lo < r["diff"] < hi <= gain, "resampling one winning query in three spans 0 to the full gain"
+    same = paired_bootstrap(base, base, ["t", "t", "t"], resamples=100)
+    assert same["diff"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["wins"] == same["losses"] == 0

@@ -80,6 +80,10 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         f"K_s1={info['config']['k_s1']}, K_s2={info['config']['k_s2']}, "
         f"{info['config']['random_negatives']} random + {info['config']['hard_negatives']} hard negatives",
         f"- prompt tokens: mean {info['prompt_tokens']['mean']}, max {info['prompt_tokens']['max']}",
+        *([f"- NDCG@4, teacher minus {fs_name}, per query: {info['versus_first_stage']['diff']:+.4f} (paired bootstrap "
+           f"95% interval [{info['versus_first_stage']['ci95'][0]:+.4f}, {info['versus_first_stage']['ci95'][1]:+.4f}]); "
+           f"the teacher ranks the target higher on {info['versus_first_stage']['wins']} queries and lower on "
+           f"{info['versus_first_stage']['losses']}"] if "versus_first_stage" in info else []),
         *([f"- within-query AUC on the scored test queries (target vs the other candidates): {fs_name} "
            f"{info['within_query_auc']['first_stage']:.4f}, teacher {info['within_query_auc']['teacher']:.4f}"]
           if "within_query_auc" in info else []),

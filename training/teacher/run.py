@@ -25,7 +25,7 @@ from training.artifacts import read_json, read_jsonl, require_same_dataset, writ
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.errors import InputError
-from training.metrics import pairwise_auc, paper_metrics, rerank
+from training.metrics import paired_bootstrap, pairwise_auc, paper_metrics, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
@@ -119,6 +119,16 @@ def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teac
     return paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)
 
 
+def versus_first_stage(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
+    """Paired bootstrap of NDCG@4 (reranked - first stage) over all ``n_test`` test queries (misses tie at 0)."""
+    test = [s for s in scored if s["split"] == "test"]
+    base = [[c["product_id"] for c in s["candidates"]] for s in test]
+    ranked = [rerank(ids, [c[key] for c in s["candidates"]]) for ids, s in zip(base, test, strict=True)]
+    missing = n_test - len(test)
+    targets = [s["target"] for s in test] + ["\0miss"] * missing
+    return paired_bootstrap(ranked + [[]] * missing, base + [[]] * missing, targets)
+
+
 def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None) -> dict[str, Any]:
     """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json, report.md."""
     t0 = time.time()
@@ -178,6 +188,7 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
         "summaries": summ, "config": asdict(cfg), "train_queries": len(fit_rows),
         "scored_queries": {"test": len(test_hits), "test_total": len(test_rows), "train": len(score_train)},
         "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},
+        "versus_first_stage": versus_first_stage(scored, n_test=len(test_rows)),
         "within_query_auc": {k: round(pairwise_auc([s for s in scored if s["split"] == "test"], f"{k}_score"), 4)
                              for k in ("first_stage", "teacher")},
         "logs": {"stage1": log1, "stage2": log2},
