@@ -138,9 +138,7 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     fs = load_first_stage(first_stage, ds)
     summ = apply_summaries(ds, summaries)
     train_rows = [ds_row for ds_row in ds.queries("train") if ds_row["query_id"] in fs.rows]
-    if not 0.0 < cfg.test_fraction <= 1.0:
-        raise InputError(f"teacher config test_fraction={cfg.test_fraction}: must be in (0, 1]")
-    test_rows = scored_test_rows(ds, fs, cfg.test_fraction, cfg.seed)
+    test_rows = scored_test_rows(ds, fs, cfg.test_fraction, cfg.seed)  # validates test_fraction
     if not train_rows or not test_rows:
         raise InputError(f"{first_stage} has no candidates for this dataset's train/test queries")
     if cfg.test_fraction < 1.0:
