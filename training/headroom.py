@@ -43,9 +43,7 @@ Scorer = Callable[[dict[str, Any], list[str], list[str]], list[float]]  # (row, 
 
 
 def _truth(ds: Dataset, pid: str) -> dict[str, Any] | None:
-    p = ds.products.get(pid, {})
-    extra = p.get("extra") or p.get("raw", {}).get("extra") or {}
-    truth = extra.get("truth")
+    truth = (ds.products.get(pid, {}).get("extra") or {}).get("truth")
     return truth if isinstance(truth, dict) else None
 
 
@@ -62,8 +60,8 @@ def _bought_last(history: list[str], candidates: list[str]) -> list[float]:
 def _guessed_preferences(ds: Dataset, history: list[str], text_only: bool) -> dict[str, str]:
     prefs = {}
     for k in ATTRIBUTES:
-        values = [t[k] for t in map(lambda h: _truth(ds, h), history)
-                  if t is not None and (not text_only or t.get(f"{k}_in_text"))]
+        truths = [t for t in (_truth(ds, h) for h in history) if t is not None]
+        values = [t[k] for t in truths if not text_only or t.get(f"{k}_in_text")]
         if values:
             prefs[k] = Counter(values).most_common(1)[0][0]
     return prefs

@@ -60,6 +60,7 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     tg = teacher["metrics"]["NDCG@4"] - fs_metrics["NDCG@4"]
     info = teacher["info"]
     fs_name = first_stage_model.upper()
+    vs, auc = info.get("versus_first_stage"), info.get("within_query_auc")  # absent in runs from older versions
     lines = [
         f"# HMPPS pipeline on {ds.name}", "",
         f"First stage `{first_stage_model}`, teacher backbone `{info['config']['lm']}` (vision: {info['config']['vision']}), "
@@ -80,13 +81,11 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         f"K_s1={info['config']['k_s1']}, K_s2={info['config']['k_s2']}, "
         f"{info['config']['random_negatives']} random + {info['config']['hard_negatives']} hard negatives",
         f"- prompt tokens: mean {info['prompt_tokens']['mean']}, max {info['prompt_tokens']['max']}",
-        *([f"- NDCG@4, teacher minus {fs_name}, per query: {info['versus_first_stage']['diff']:+.4f} (paired bootstrap "
-           f"95% interval [{info['versus_first_stage']['ci95'][0]:+.4f}, {info['versus_first_stage']['ci95'][1]:+.4f}]); "
-           f"the teacher ranks the target higher on {info['versus_first_stage']['wins']} queries and lower on "
-           f"{info['versus_first_stage']['losses']}"] if "versus_first_stage" in info else []),
+        *([f"- NDCG@4, teacher minus {fs_name}, per query: {vs['diff']:+.4f} (paired bootstrap 95% interval "
+           f"[{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]); the teacher ranks the target higher on {vs['wins']} "
+           f"queries and lower on {vs['losses']}"] if vs else []),
         *([f"- within-query AUC on the scored test queries (target vs the other candidates): {fs_name} "
-           f"{info['within_query_auc']['first_stage']:.4f}, teacher {info['within_query_auc']['teacher']:.4f}"]
-          if "within_query_auc" in info else []),
+           f"{auc['first_stage']:.4f}, teacher {auc['teacher']:.4f}"] if auc else []),
         f"- summaries: {info['summaries']['mode'] if info['summaries'] else 'none (raw descriptions)'}",
         "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()),
         f"- pipeline total: {time.time() - t0:.1f} s", "",

@@ -242,7 +242,6 @@ class MapsModel(nn.Module):
         return self._first(self.item_enc, q_m, ihist, ihist_mask) + e_u
 
 
-
 def product_text(p: dict[str, Any]) -> str:
     return ". ".join(s for s in (p.get("title"), p.get("brand"), " > ".join(p.get("category") or []),
                                  " ".join((p.get("description") or "").split()[:60])) if s)

@@ -116,7 +116,6 @@ class PersonalizedModel(nn.Module):
         return m @ self.items.weight[: self.n_items].T
 
 
-
 class NeuralRanker:
     def __init__(self, kind: str, catalog: Catalog, cfg: NeuralConfig):
         if kind not in ("hem", "zam", "qem"):

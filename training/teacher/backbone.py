@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from training.teacher.config import TeacherConfig
-from training.teacher.prompt import INSTRUCTION, ImageSlot, Prompt, PromptBuilder, Segment
+from training.teacher.prompt import INSTRUCTION, ImageSlot, Prompt, PromptBuilder, Segment, group_by_prefix
 from training.teacher.vision import SmallCNN, load_image
 
 
@@ -184,10 +184,7 @@ class ComposedBackbone(TrainableStateMixin):
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """(P(yes), logit_yes - logit_no) per prompt, by Eq. 3."""
         yes_no = torch.zeros((len(prompts), 2))
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(tuple(p.prefix), []).append(i)
-        for idx in groups.values():
+        for idx in group_by_prefix(prompts).values():
             for start in range(0, len(idx), self.cfg.score_batch):
                 chunk = idx[start: start + self.cfg.score_batch]
                 logits = self.forward([prompts[i].suffix for i in chunk], prefix=prompts[chunk[0]].prefix)

@@ -125,6 +125,14 @@ class PromptBuilder:
         return out
 
 
+def group_by_prefix(prompts: Sequence[Prompt]) -> dict[tuple[Segment, ...], list[int]]:
+    """Indices of prompts with the same prefix (one history for several candidates), in first-seen order."""
+    groups: dict[tuple[Segment, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p.prefix), []).append(i)
+    return groups
+
+
 def _merge(segments: list[Segment]) -> list[Segment]:
     """Join adjacent text segments (fewer tokenizer calls, stable token boundaries)."""
     out: list[Segment] = []

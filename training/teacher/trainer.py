@@ -23,7 +23,7 @@ from training.errors import ArtifactMismatch
 from training.teacher.backbone import ComposedBackbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Group
-from training.teacher.prompt import Prompt, Segment
+from training.teacher.prompt import Prompt, group_by_prefix
 
 
 def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Optimizer:
@@ -59,9 +59,7 @@ def stage_epochs(cfg: TeacherConfig, stage: str) -> int:
 def decision_logits(model: Any, prompts: Sequence[Prompt]) -> torch.Tensor:
     """Decision-position logits of each prompt, (B, V), in order. Prompts with the same prefix (one
     history for several candidates) share one prefix pass; the gradient flows back through it."""
-    by_prefix: dict[tuple[Segment, ...], list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_prefix.setdefault(tuple(p.prefix), []).append(i)
+    by_prefix = group_by_prefix(prompts)
     if len(by_prefix) == len(prompts):  # nothing shared: one batched pass over the whole prompts
         return model([p.segments for p in prompts])
     order, parts = [], []
