@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def bm25(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reference_rerankers_on_synthetic_truth(synthetic_dir, bm25):
     result = headroom(synthetic_dir, bm25)
     m = result["metrics"]
-    assert list(m) == ["first stage (bm25)", "already bought last", "history preferences (text)",
+    assert list(m) == ["first stage (bm25)", "random order (expected)", "already bought last", "history preferences (text)",
                        "history preferences (text + image)", "true preferences"]
     ds = load_dataset(synthetic_dir)
     fs = load_first_stage(bm25, ds)
@@ -41,6 +42,10 @@ def test_reference_rerankers_on_synthetic_truth(synthetic_dir, bm25):
     # the generator never sells a product twice to one user: demoting repeats cannot lose a target
     assert result["stats"]["targets_already_bought"] == 0.0
     assert m["already bought last"]["NDCG@4"] >= m["first stage (bm25)"]["NDCG@4"]
+    # chance level over the same lists: the mean over each list's ranks, computed here the long way
+    ndcg = [sum(1 / math.log2(i + 2) for i in range(min(4, len(ids)))) / len(ids) if t in ids else 0.0
+            for ids, t in ((fs.ids(r["query_id"]), r["product_id"]) for r in rows)]
+    assert m["random order (expected)"]["NDCG@4"] == pytest.approx(sum(ndcg) / len(rows))
     # the latent preferences decide purchases, so knowing them must beat guessing them from text
     assert m["true preferences"]["NDCG@4"] > m["history preferences (text)"]["NDCG@4"] > m["first stage (bm25)"]["NDCG@4"]
 

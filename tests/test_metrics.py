@@ -76,6 +76,26 @@ def test_within_query_auc_by_hand():
     assert math.isnan(pairwise_auc([], "s"))
 
 
+def test_random_order_by_hand():
+    from training.metrics import random_order
+
+    lists = [["a", "b"], ["c", "d", "e", "f", "g"], ["x"]]
+    targets = ["a", "g", "absent"]
+    out = random_order(lists, targets, observed=(1 + 1 + 0) / 3, rounds=20_000, seed=3)
+    ndcg2 = (1 + 1 / math.log2(3)) / 2
+    ndcg5 = (1 + 1 / math.log2(3) + 1 / math.log2(4) + 1 / math.log2(5)) / 5  # rank 5 is past the cut-off
+    assert out["expected"]["NDCG@4"] == pytest.approx((ndcg2 + ndcg5) / 3)
+    assert out["expected"]["Recall@1"] == pytest.approx((1 / 2 + 1 / 5) / 3)
+    assert out["expected"]["Recall@4"] == pytest.approx((1 + 4 / 5) / 3)
+    assert out["expected"]["n"] == 3
+    # both targets first is the only way to reach the observed mean: 1/2 * 1/5 of the shuffles
+    assert out["p_value"] == pytest.approx(0.1, abs=0.01)
+    assert out["expected"]["NDCG@4"] < out["p95"] <= 2 / 3
+    assert random_order(lists, targets, observed=0.0)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="2 ranked lists but 3 targets"):
+        random_order(lists[:2], targets)
+
+
 def test_paired_bootstrap_by_hand():
     from training.metrics import paired_bootstrap
 

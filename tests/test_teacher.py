@@ -300,6 +300,11 @@ def test_a_test_fraction_scores_a_sample_and_compares_on_the_same_queries(tmp_pa
     assert n == round(0.2 * n_all)
     assert info["first_stage"]["metrics"]["n"] == n and info["first_stage"]["metrics_all_test"]["n"] == n_all
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["n"] == n
+    teacher_metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    chance = info["versus_random_order"]
+    # the chance level covers the same sampled queries, and the teacher's own NDCG@4 is what it is tested on
+    assert chance["expected"]["n"] == n and chance["observed"] == pytest.approx(teacher_metrics["NDCG@4"])
+    assert 0.0 <= chance["p_value"] <= 1.0 and chance["expected"]["NDCG@4"] <= chance["p95"]
     from training.teacher.trainer import training_fields
 
     assert "test_fraction" not in training_fields({"test_fraction": 0.2}), "a resume may score a different sample"

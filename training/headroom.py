@@ -7,6 +7,8 @@ rule (a stable sort, so ties keep the first stage's order) and is scored by
 the same HMPPS protocol on the same test queries as the teacher.
 
 Any dataset:
+- ``random order (expected)``: each list shuffled at random, in expectation.
+  The chance level; a first stage near it has little order to improve on.
 - ``already bought last``: candidates the user bought before the query go to
   the end. Shows how much a reranker gains just by reading the history for
   repeats (and how much it loses where people do buy again).
@@ -34,7 +36,7 @@ from typing import Any
 from training.artifacts import atomic_dir, read_jsonl, write_json
 from training.candidates import load_first_stage, scored_test_rows
 from training.dataset import Dataset, load_dataset
-from training.metrics import PAPER_KEYS, paper_metrics, relative_gain
+from training.metrics import PAPER_KEYS, paper_metrics, random_order, relative_gain
 from training.synthetic import SyntheticConfig
 
 ATTRIBUTES = ("brand", "colour", "style")
@@ -129,6 +131,8 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
                 cands = [cands[i] for i in order]
             lists.append(cands)
         results[name] = paper_metrics(lists, targets)
+        if scorer is None:  # chance level, right under the first stage it shuffles
+            results["random order (expected)"] = random_order(lists, targets, rounds=0)["expected"]
     n_cands = sum(len(fs.ids(r["query_id"])) for r in rows)
     bought = sum(p in set(h) for r, h in zip(rows, histories, strict=True) for p in fs.ids(r["query_id"]))
     stats = {

@@ -107,6 +107,42 @@ def paired_bootstrap(reranked: Sequence[Sequence[str]], base: Sequence[Sequence[
             "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()), "n": len(diff), "resamples": resamples}
 
 
+def random_order(ranked_lists: Sequence[Sequence[str]], targets: Sequence[str], observed: float | None = None,
+                 key: str = "NDCG@4", rounds: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """What shuffling each list at random would score: the chance level a reranker has to beat.
+
+    ``expected`` holds every paper metric's exact expectation (the target equally likely at each rank of
+    its list; a query whose target is absent scores 0, as always). ``rounds`` seeded shuffles of all
+    lists give the spread of the mean ``key``: its 95th percentile and, for an ``observed`` mean, the
+    share of shuffles reaching it (a one-sided permutation p-value). A first stage whose order carries
+    little signal sits near chance, so a gain over it says little unless it also clears this.
+    """
+    if len(ranked_lists) != len(targets):
+        raise ValueError(f"{len(ranked_lists)} ranked lists but {len(targets)} targets")
+    sizes = np.array([len(r) if t in r else 0 for r, t in zip(ranked_lists, targets, strict=True)])
+    n = len(sizes)
+    expected: dict[str, Any] = dict.fromkeys(PAPER_KEYS, 0.0)
+    for size in sizes[sizes > 0]:
+        for k, v in _mean_over_ranks(int(size)).items():
+            expected[k] += v / n
+    expected["n"] = n
+    out: dict[str, Any] = {"metric": key, "expected": expected, "rounds": rounds}
+    if not n or rounds <= 0:  # rounds=0: the expectation alone
+        return out | {"p95": float("nan"), "p_value": float("nan") if observed is not None else None}
+    rng = np.random.default_rng(seed)
+    table = np.array([0.0] + [query_metrics(r)[key] for r in range(1, int(sizes.max()) + 1)])
+    ranks = np.floor(rng.random((rounds, n)) * sizes).astype(int) + 1  # uniform in 1..size per query
+    means = table[np.where(sizes > 0, ranks, 0)].mean(axis=1)  # index 0 scores 0: target not in the list
+    out["p95"] = float(np.percentile(means, 95))
+    out["p_value"] = float((means >= observed - 1e-12).mean()) if observed is not None else None
+    return out
+
+
+def _mean_over_ranks(size: int) -> dict[str, float]:
+    per_rank = [query_metrics(r) for r in range(1, size + 1)]
+    return {k: sum(m[k] for m in per_rank) / size for k in PAPER_KEYS}
+
+
 def pairwise_auc(scored: Sequence[dict[str, Any]], key: str) -> float:
     """Within-query AUC: the share of (target, other candidate) pairs of a query where the target scores
     higher, ties counting half, pooled over queries. It says how well a scorer separates the target from

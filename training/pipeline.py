@@ -60,7 +60,8 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     tg = teacher["metrics"]["NDCG@4"] - fs_metrics["NDCG@4"]
     info = teacher["info"]
     fs_name = first_stage_model.upper()
-    vs, auc = info.get("versus_first_stage"), info.get("within_query_auc")  # absent in runs from older versions
+    # absent in runs from older versions
+    vs, auc, chance = info.get("versus_first_stage"), info.get("within_query_auc"), info.get("versus_random_order")
     lines = [
         f"# HMPPS pipeline on {ds.name}", "",
         f"First stage `{first_stage_model}`, teacher backbone `{info['config']['lm']}` (vision: {info['config']['vision']}), "
@@ -86,6 +87,9 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
            f"queries and lower on {vs['losses']}"] if vs else []),
         *([f"- within-query AUC on the scored test queries (target vs the other candidates): {fs_name} "
            f"{auc['first_stage']:.4f}, teacher {auc['teacher']:.4f}"] if auc else []),
+        *([f"- chance level: shuffling each top 10 at random scores NDCG@4 {chance['expected']['NDCG@4']:.4f} on "
+           f"average (95th percentile of {chance['rounds']} shuffles {chance['p95']:.4f}); the teacher's "
+           f"{chance['observed']:.4f} is reached by {100 * chance['p_value']:.1f}% of the shuffles"] if chance else []),
         f"- summaries: {info['summaries']['mode'] if info['summaries'] else 'none (raw descriptions)'}",
         "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()),
         f"- pipeline total: {time.time() - t0:.1f} s", "",

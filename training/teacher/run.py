@@ -25,7 +25,7 @@ from training.artifacts import read_json, read_jsonl, require_same_dataset, writ
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.errors import InputError
-from training.metrics import paired_bootstrap, pairwise_auc, paper_metrics, rerank
+from training.metrics import paired_bootstrap, pairwise_auc, paper_metrics, random_order, rerank
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
@@ -129,6 +129,16 @@ def versus_first_stage(scored: list[dict[str, Any]], n_test: int, key: str = "te
     return paired_bootstrap(ranked + [[]] * missing, base + [[]] * missing, targets)
 
 
+def versus_random_order(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
+    """The reranked NDCG@4 against random shuffles of the same lists, over all ``n_test`` test queries."""
+    test = [s for s in scored if s["split"] == "test"]
+    ranked = [rerank([c["product_id"] for c in s["candidates"]], [c[key] for c in s["candidates"]]) for s in test]
+    targets = [s["target"] for s in test]
+    missing = n_test - len(test)
+    observed = paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)["NDCG@4"]
+    return random_order(ranked + [[]] * missing, targets + ["\0miss"] * missing, observed=observed) | {"observed": observed}
+
+
 def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None) -> dict[str, Any]:
     """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json, report.md."""
     t0 = time.time()
@@ -187,6 +197,7 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
         "scored_queries": {"test": len(test_hits), "test_total": len(test_rows), "train": len(score_train)},
         "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},
         "versus_first_stage": versus_first_stage(scored, n_test=len(test_rows)),
+        "versus_random_order": versus_random_order(scored, n_test=len(test_rows)),
         "within_query_auc": {k: round(pairwise_auc([s for s in scored if s["split"] == "test"], f"{k}_score"), 4)
                              for k in ("first_stage", "teacher")},
         "logs": {"stage1": log1, "stage2": log2},
