@@ -59,7 +59,7 @@ def test_prompt_version_follows_the_demo_and_mode():
 def test_each_dataset_finds_its_demo():
     from training.summarize.prompts import demo_path
 
-    assert demo_path("Magazine_Subscriptions").name == "magazine_subscriptions.yaml"
+    assert demo_path("Magazine_Subscriptions").name == "magazine.yaml"
     assert demo_path("synthetic-s7").name == "synthetic.yaml"
     assert demo_path("Office_Products").name == "default.yaml"
 

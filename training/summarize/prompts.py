@@ -78,9 +78,10 @@ def _slug(name: str) -> str:
 
 
 def demo_path(dataset_name: str) -> Path:
-    """The dataset's demonstration file: its own, its family's (synthetic-s3 -> synthetic), or the default."""
+    """The dataset's demonstration file: its own, its family's (synthetic-s3 -> synthetic,
+    Magazine_Subscriptions -> magazine), or the default."""
     slug = _slug(dataset_name)
-    for cand in (slug, re.sub(r"_s\d+$", "", slug), "default"):
+    for cand in (slug, re.sub(r"_s\d+$", "", slug), slug.split("_")[0], "default"):
         if (DEMOS_DIR / f"{cand}.yaml").exists():
             return DEMOS_DIR / f"{cand}.yaml"
     raise InputError(f"no demonstration file in {DEMOS_DIR}")  # pragma: no cover - default.yaml ships
