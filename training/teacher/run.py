@@ -119,24 +119,28 @@ def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teac
     return paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)
 
 
-def versus_first_stage(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
-    """Paired bootstrap of NDCG@4 (reranked - first stage) over all ``n_test`` test queries (misses tie at 0)."""
+def _test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
+    """(reranked, first-stage order, targets) over all ``n_test`` test queries; the unscored ones (target
+    outside the top 10) are empty lists, a miss for every model."""
     test = [s for s in scored if s["split"] == "test"]
+    missing = n_test - len(test)
     base = [[c["product_id"] for c in s["candidates"]] for s in test]
     ranked = [rerank(ids, [c[key] for c in s["candidates"]]) for ids, s in zip(base, test, strict=True)]
-    missing = n_test - len(test)
     targets = [s["target"] for s in test] + ["\0miss"] * missing
-    return paired_bootstrap(ranked + [[]] * missing, base + [[]] * missing, targets)
+    return ranked + [[]] * missing, base + [[]] * missing, targets
+
+
+def versus_first_stage(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
+    """Paired bootstrap of NDCG@4 (reranked - first stage) over all ``n_test`` test queries (misses tie at 0)."""
+    ranked, base, targets = _test_lists(scored, n_test, key)
+    return paired_bootstrap(ranked, base, targets)
 
 
 def versus_random_order(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
     """The reranked NDCG@4 against random shuffles of the same lists, over all ``n_test`` test queries."""
-    test = [s for s in scored if s["split"] == "test"]
-    ranked = [rerank([c["product_id"] for c in s["candidates"]], [c[key] for c in s["candidates"]]) for s in test]
-    targets = [s["target"] for s in test]
-    missing = n_test - len(test)
-    observed = paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)["NDCG@4"]
-    return random_order(ranked + [[]] * missing, targets + ["\0miss"] * missing, observed=observed) | {"observed": observed}
+    ranked, _, targets = _test_lists(scored, n_test, key)
+    observed = paper_metrics(ranked, targets)["NDCG@4"]
+    return random_order(ranked, targets, observed=observed) | {"observed": observed}
 
 
 def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None) -> dict[str, Any]:
