@@ -110,15 +110,6 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
     return out
 
 
-def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
-    """Paper metrics over all ``n_test`` test queries; unscored ones (target outside the top 10) are misses."""
-    test = [s for s in scored if s["split"] == "test"]
-    ranked = [rerank([c["product_id"] for c in s["candidates"]], [c[key] for c in s["candidates"]]) for s in test]
-    targets = [s["target"] for s in test]
-    missing = n_test - len(test)
-    return paper_metrics(ranked + [[]] * missing, targets + ["\0miss"] * missing)
-
-
 def _test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
     """(reranked, first-stage order, targets) over all ``n_test`` test queries; the unscored ones (target
     outside the top 10) are empty lists, a miss for every model."""
@@ -128,6 +119,12 @@ def _test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[li
     ranked = [rerank(ids, [c[key] for c in s["candidates"]]) for ids, s in zip(base, test, strict=True)]
     targets = [s["target"] for s in test] + ["\0miss"] * missing
     return ranked + [[]] * missing, base + [[]] * missing, targets
+
+
+def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
+    """Paper metrics over all ``n_test`` test queries; unscored ones (target outside the top 10) are misses."""
+    ranked, _, targets = _test_lists(scored, n_test, key)
+    return paper_metrics(ranked, targets)
 
 
 def versus_first_stage(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
