@@ -28,6 +28,20 @@ def table1(rows: list[tuple[str, dict[str, Any]]], base_name: str, new_name: str
     return "\n".join(lines)
 
 
+def _align_line(log: dict[str, Any]) -> str:
+    curve = log.get("loss_curve") or []
+    line = (f"- vision alignment (captioning, LM frozen): {log['products']} product images, {log.get('epochs', 0)} epochs, "
+            f"caption loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}" if curve
+            else f"- vision alignment: {log.get('note', 'none')}")
+    before, after = log.get("probe_before"), log.get("probe_after")
+    if before and after and after["calibrated"]["picture_only"] is not None:
+        line += (f"; brand read from the picture alone (calibrated), on the {after['products']['picture_only']} "
+                 f"products whose text has none: {after['calibrated']['picture_only']:.1%} "
+                 f"(before alignment {before['calibrated']['picture_only']:.1%}, chance {after['chance']:.1%}), "
+                 f"on those whose text names it: {after['calibrated']['brand_in_text']:.1%}")
+    return line
+
+
 def _pct(x: float | None, teacher_gain: float) -> str:
     # a share of a loss is not a share kept: only meaningful when the teacher beats the first stage
     if x is None or teacher_gain <= 0:
@@ -90,6 +104,7 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         *([f"- chance level: shuffling each top 10 at random scores NDCG@4 {chance['expected']['NDCG@4']:.4f} on "
            f"average (95th percentile of {chance['rounds']} shuffles {chance['p95']:.4f}); the teacher's "
            f"{chance['observed']:.4f} is reached by {100 * chance['p_value']:.1f}% of the shuffles"] if chance else []),
+        *([_align_line(info["align"])] if info.get("align") else []),
         f"- summaries: {info['summaries']['mode'] if info['summaries'] else 'none (raw descriptions)'}",
         "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()),
         f"- pipeline total: {time.time() - t0:.1f} s", "",

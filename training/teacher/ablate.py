@@ -30,6 +30,7 @@ from training.artifacts import write_json
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.metrics import PAPER_KEYS, paper_metrics
+from training.teacher.align import align_vision
 from training.teacher.backbone import build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory
@@ -68,9 +69,15 @@ class Ablation:
         write_json(self.out / "ablate.json", self.rows)
         return m
 
+    def fresh(self, cfg: TeacherConfig) -> Any:
+        """A new backbone; with vision and ``align_epochs``, its tower aligned once and shared by every row."""
+        backbone = build_backbone(cfg)
+        align_vision(backbone, self.ds, cfg, self.out / "models" / "align")
+        return backbone
+
     def train(self, name: str, cfg: TeacherConfig, mode: str, emb: Embeddings | None = None, backbone: Any = None,
               stage: str = "stage1") -> tuple[Any, dict[str, Any]]:
-        backbone = backbone if backbone is not None else build_backbone(cfg)
+        backbone = backbone if backbone is not None else self.fresh(cfg)
         rows = sample_rows(self.train_rows, cfg.train_fraction, cfg.seed)
         factory = ExampleFactory(self.ds, cfg, backbone.prompt_builder(), emb)
         t = time.time()
@@ -91,7 +98,7 @@ def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, gro
 
     if "modality" in groups:
         for label, c in (("text / zero-shot", text_cfg), ("text+vision / zero-shot", vis_cfg)):
-            ab.evaluate(label, build_backbone(c), c, "random", None)
+            ab.evaluate(label, ab.fresh(c), c, "random", None)
         bb_text, extra = ab.train("text-finetuned", text_cfg, "random")
         ab.evaluate("text / finetuned", bb_text, text_cfg, "random", None, extra)
     if {"modality", "history", "fraction"} & set(groups):

@@ -51,10 +51,15 @@ def single_token(tokenizer: Any, words: Sequence[str]) -> int:
 
 
 class TrainableStateMixin(nn.Module):
-    """Checkpoint only what training changes (adapters, vision tower, projector)."""
+    """Checkpoint only what training changes (adapters, vision tower, projector).
+
+    The vision tower and projector are always kept, trainable or not: after feature alignment the
+    tower is frozen, and a checkpoint must still carry the aligned weights.
+    """
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.named_parameters() if v.requires_grad}
+        return {k: v.detach().cpu().clone() for k, v in self.named_parameters()
+                if v.requires_grad or k.startswith(("vision.", "projector."))}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         missing = [k for k, v in self.named_parameters() if v.requires_grad and k not in state]

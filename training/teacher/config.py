@@ -24,6 +24,11 @@ class TeacherConfig:
     vision: str = "cnn"  # cnn | none (text only)
     image_size: int = 64
     image_tokens: int = 4
+    # LLaVA-style feature alignment before stage 1 (training/teacher/align.py): epochs of captioning each
+    # product image with its catalog brand and title, LM frozen; the CNN is then frozen. 0: none.
+    align_epochs: int = 0
+    align_batch: int = 16
+    align_lr: float = 3e-3
     chat_template: bool = False
     # prompt (Fig. 6)
     max_prompt_tokens: int = 512

@@ -1,5 +1,6 @@
 """The two-stage HMPPS teacher (paper Sec. 4.3) end to end.
 
+align:   (optional) caption-train the from-scratch vision tower, LM frozen (align.py)
 stage 1: train on K_s1 random history items
 embed:   mean-pooled stage-1 embeddings of every product and query (Eq. 4-5)
 stage 2: continue from stage 1 with the two-step selected history (Eq. 6)
@@ -26,6 +27,7 @@ from training.candidates import FirstStage, load_first_stage, sample_rows, score
 from training.dataset import Dataset, load_dataset
 from training.errors import InputError
 from training.metrics import paired_bootstrap, pairwise_auc, paper_metrics, random_order, rerank
+from training.teacher.align import align_vision
 from training.teacher.backbone import ComposedBackbone, build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
@@ -165,6 +167,10 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     timings: dict[str, float] = {}
 
     t = time.time()
+    align_log = align_vision(backbone, ds, cfg, out / "align")
+    timings["align"] = time.time() - t
+
+    t = time.time()
     log1 = train_stage(backbone, ExampleFactory(ds, cfg, builder), fs, fit_rows, cfg, "random", out / "stage1", "stage1")
     timings["stage1_train"] = time.time() - t
 
@@ -201,6 +207,7 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
         "versus_random_order": versus_random_order(scored, n_test=len(test_rows)),
         "within_query_auc": {k: round(pairwise_auc([s for s in scored if s["split"] == "test"], f"{k}_score"), 4)
                              for k in ("first_stage", "teacher")},
+        "align": align_log,
         "logs": {"stage1": log1, "stage2": log2},
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
         "complete": True,

@@ -1,0 +1,129 @@
+"""LLaVA-style vision alignment (training/teacher/align.py) on the tiny random LM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.dataset import load_dataset
+from training.teacher.align import IMAGE_CUE, _continuation_logprob, align_vision, caption, probe_brands
+from training.teacher.backbone import build_backbone
+from training.teacher.config import load_teacher_config
+from training.teacher.prompt import ImageSlot
+
+
+@pytest.fixture(scope="module")
+def ds(synthetic_dir):
+    return load_dataset(synthetic_dir)
+
+
+def _cfg(**kw):
+    return load_teacher_config("tiny", overrides={"lora_r": 4, "align_epochs": 1, "align_batch": 32, **kw})
+
+
+def test_caption_is_the_catalog_brand_and_title():
+    assert caption({"title": "Acme Red Mug", "brand": "Acme"}) == "Brand: Acme. Title: Acme Red Mug."
+    assert caption({"title": "Red Mug", "brand": ""}) == "Title: Red Mug."
+    assert caption({"title": None, "brand": None}) == ""
+
+
+def test_continuation_logprob_equals_a_manual_sum(ds):
+    bb = build_backbone(_cfg())
+    bb.eval()
+    pid = sorted(ds.products)[0]
+    prompt = [IMAGE_CUE, ImageSlot(str(ds.image_path(pid))), "\n"]
+    text = caption(ds.products[pid])
+    with torch.no_grad():
+        got = _continuation_logprob(bb, [prompt, prompt], [text, "Brand: X."])
+        enc = bb.encode([[*prompt, text]])
+        logp = torch.log_softmax(bb.lm(**enc, use_cache=False).logits[0].float(), -1)
+    ids = bb.ids(text)
+    n = logp.shape[0]
+    manual = sum(logp[n - len(ids) - 1 + i, t] for i, t in enumerate(ids))
+    assert torch.allclose(got[0], manual, atol=1e-4)
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_alignment_moves_only_the_vision_path_then_freezes_the_tower_and_resumes(ds, tmp_path, monkeypatch):
+    import training.teacher.align as align
+
+    monkeypatch.setattr(align, "probe_brands", lambda bb, ds: {"probed": True})  # tested on its own below
+    cfg = _cfg()
+    bb = build_backbone(cfg)
+    before = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    log = align_vision(bb, ds, cfg, tmp_path / "align")
+    after = dict(bb.named_parameters())
+    moved = {n for n, v in before.items() if not torch.equal(v, after[n])}
+    assert moved and all(n.startswith(("vision.", "projector.")) for n in moved)
+    assert any(n.startswith("vision.") for n in moved) and any(n.startswith("projector.") for n in moved)
+    assert not any(p.requires_grad for p in bb.vision.parameters()), "the aligned tower is frozen"
+    assert all(p.requires_grad for p in bb.projector.parameters())
+    assert any(p.requires_grad for n, p in bb.named_parameters() if "lora_" in n), "adapters are trainable again"
+    assert {k for k in bb.trainable_state() if k.startswith("vision.")}, "checkpoints keep the frozen tower"
+    assert len(log["loss_curve"]) == 1 and log["products"] == sum(1 for p in ds.products.values() if p.get("image"))
+
+    assert log["probe_before"] == log["probe_after"] == {"probed": True}
+
+    again = build_backbone(cfg)  # a fresh process: the saved alignment is loaded, not retrained
+    assert align_vision(again, ds, cfg, tmp_path / "align") == log
+    assert all(torch.equal(after[n], p) for n, p in again.named_parameters() if n.startswith(("vision.", "projector.")))
+    other = _cfg(align_epochs=2)  # another schedule does not reuse it
+    assert len(align_vision(build_backbone(other), ds, other, tmp_path / "align")["loss_curve"]) == 2
+
+
+def test_no_alignment_when_off_or_text_only(ds, tmp_path):
+    for cfg in (_cfg(align_epochs=0), _cfg(vision="none")):
+        assert align_vision(build_backbone(cfg), ds, cfg, tmp_path / "a") is None
+    assert not (tmp_path / "a").exists()
+
+
+def test_probe_reads_a_brand_that_the_pictures_carry(ds, monkeypatch):
+    """A backbone whose log-probabilities favour each product's true brand scores 1.0; one that favours a
+    single brand for every picture scores that brand's share raw, and chance-like once calibrated."""
+    import training.teacher.align as align
+
+    truth = {str(ds.image_path(pid)): p["extra"]["truth"]["brand"] for pid, p in ds.products.items()}
+
+    def fake(bias):
+        def logprob(_bb, prompts, texts):
+            return torch.tensor([(2.0 if t == f"Brand: {truth[p[1].path]}." else 0.0) + bias(t)
+                                 for p, t in zip(prompts, texts, strict=True)])
+        return logprob
+
+    bb = build_backbone(_cfg())
+    real = probe_brands(bb, ds)  # the generator records the true brand of every product
+    assert real["products"]["picture_only"] + real["products"]["brand_in_text"] == len(ds.products)
+    assert real["products"]["picture_only"] == sum(1 for p in ds.products.values() if not p["brand"])
+    assert all(0 <= real[k][s] <= 1 for k in ("raw", "calibrated") for s in ("brand_in_text", "picture_only"))
+    monkeypatch.setattr(align, "_continuation_logprob", fake(lambda t: 0.0))
+    good = probe_brands(bb, ds)
+    assert good["raw"] == good["calibrated"] == {"brand_in_text": 1.0, "picture_only": 1.0}
+    monkeypatch.setattr(align, "_continuation_logprob", fake(lambda t: 5.0 if t == "Brand: Acme." else 0.0))
+    biased = probe_brands(bb, ds)
+    acme = sum(b == "Acme" for b in truth.values()) / len(truth)
+    assert biased["raw"]["picture_only"] < 0.5 and biased["calibrated"]["picture_only"] == 1.0
+    assert abs((biased["raw"]["brand_in_text"] * good["products"]["brand_in_text"]
+                + biased["raw"]["picture_only"] * good["products"]["picture_only"]) / len(truth) - acme) < 1e-3
+
+
+def test_probe_needs_true_brands(ds):
+    bb = build_backbone(_cfg())
+    plain = load_dataset(ds.root)
+    for p in plain.products.values():
+        p.pop("extra", None)
+    assert probe_brands(bb, plain) is None
+
+
+def test_pipeline_report_line_states_the_probe():
+    from training.pipeline import _align_line
+
+    probe = lambda pic, txt: {"chance": 0.1, "products": {"picture_only": 61, "brand_in_text": 81},  # noqa: E731
+                              "raw": {"picture_only": 0.1, "brand_in_text": 0.1},
+                              "calibrated": {"picture_only": pic, "brand_in_text": txt}}
+    line = _align_line({"products": 142, "epochs": 20, "loss_curve": [{"loss": 4.885}, {"loss": 2.614}],
+                        "probe_before": probe(0.1148, 0.0988), "probe_after": probe(0.1311, 0.3333)})
+    assert "142 product images, 20 epochs, caption loss 4.885 -> 2.614" in line
+    assert "61 products whose text has none: 13.1% (before alignment 11.5%, chance 10.0%)" in line
+    assert line.endswith("names it: 33.3%")
+    assert "nothing to align" in _align_line({"products": 0, "note": "no product has both an image and catalog "
+                                                                     "text; nothing to align"})

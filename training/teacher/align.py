@@ -1,0 +1,174 @@
+"""LLaVA-style feature alignment of the from-scratch vision tower, before stage 1.
+
+A pretrained VLM arrives with a vision tower whose tokens the LM can already
+read; the composed backbone's CNN starts from random weights. LLaVA's first
+training stage fixes that by captioning: the LM stays frozen and the vision
+tower and projector learn to make image tokens from which the LM predicts the
+image's caption. The caption here is the product's own catalog text, its brand
+(when the catalog has one) and title, so no labels beyond the catalog are used.
+
+What this buys on the synthetic data: about half of the brands appear only as
+a logo in the picture. The tower learns logo -> brand word from the products
+whose text names the brand, and the probe below measures whether that carries
+over to the products whose text does not (their captions never name it).
+
+After alignment the CNN is frozen for the teacher stages (LLaVA keeps its
+vision encoder frozen too); the projector keeps training with the adapters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.artifacts import atomic_dir, read_json, write_json
+from training.dataset import Dataset
+from training.teacher.backbone import ComposedBackbone
+from training.teacher.config import TeacherConfig
+from training.teacher.prompt import ImageSlot, Segment
+
+IMAGE_CUE = "Product image: "
+# the fields that alignment reads: a change to any of them invalidates a saved alignment
+_ALIGN_FIELDS = ("lm", "tokenizer", "tiny_hidden", "tiny_layers", "tiny_heads", "vision", "image_size",
+                 "image_tokens", "align_epochs", "align_batch", "align_lr", "seed")
+
+
+def caption(p: dict[str, Any]) -> str:
+    """What the catalog says a product's picture shows: its brand (if known) and title."""
+    title = (p.get("title") or "").strip()
+    brand = (p.get("brand") or "").strip()
+    return (f"Brand: {brand}. " if brand else "") + (f"Title: {title}." if title else "")
+
+
+def _vision_params(backbone: ComposedBackbone) -> list[torch.nn.Parameter]:
+    assert backbone.vision is not None and backbone.projector is not None
+    return [*backbone.vision.parameters(), *backbone.projector.parameters()]
+
+
+def _continuation_logprob(backbone: ComposedBackbone, prompts: list[list[Segment]], texts: list[str]) -> torch.Tensor:
+    """Sum of log P(text tokens | prompt) per row; the text is the last segment, so with left padding
+    its tokens are the last ones of every row."""
+    lengths = [len(backbone.ids(t)) for t in texts]
+    enc = backbone.encode([[*p, t] for p, t in zip(prompts, texts, strict=True)])
+    k = max(lengths) + 1
+    logits = backbone.lm(**enc, use_cache=False, logits_to_keep=k).logits.float()  # (B, k, V)
+    logp = torch.log_softmax(logits, dim=-1)
+    out = []
+    for b, (t, n) in enumerate(zip(texts, lengths, strict=True)):
+        ids = torch.tensor(backbone.ids(t), device=logp.device)
+        pred = logp[b, k - n - 1: k - 1]  # position i predicts token i + 1
+        out.append(pred.gather(1, ids[:, None]).sum())
+    return torch.stack(out)
+
+
+def _captioned(ds: Dataset) -> list[tuple[str, str, str]]:
+    rows = []
+    for pid in sorted(ds.products):
+        path = ds.image_path(pid)
+        text = caption(ds.products[pid])
+        if path is not None and path.is_file() and text:
+            rows.append((pid, str(path), text))
+    return rows
+
+
+@torch.no_grad()
+def probe_brands(backbone: ComposedBackbone, ds: Dataset, batch: int = 32) -> dict[str, Any] | None:
+    """Brand read from the picture alone: argmax over the catalog's brands of log P("Brand: b." | image).
+
+    Scored where the true brand is known from the generator (``extra.truth.brand``), split into products
+    whose catalog names the brand (trained on) and those whose does not (the picture is the only clue).
+    ``calibrated`` subtracts each brand's mean log-probability over all pictures first, so a brand
+    the LM finds likely a priori (a short or common word) does not win on every picture.
+    None when the dataset records no true brands.
+    """
+    brands = sorted({(p.get("brand") or "").strip() for p in ds.products.values()} - {""})
+    items = [(str(ds.image_path(pid)), p["extra"]["truth"]["brand"], bool(p.get("brand")))
+             for pid, p in sorted(ds.products.items())
+             if (p.get("extra") or {}).get("truth", {}).get("brand") in brands
+             and ds.image_path(pid) is not None and ds.image_path(pid).is_file()]  # type: ignore[union-attr]
+    if not items or len(brands) < 2:
+        return None
+    backbone.eval()
+    per = max(1, batch // len(brands))
+    rows = []
+    for start in range(0, len(items), per):
+        chunk = items[start: start + per]
+        prompts = [[IMAGE_CUE, ImageSlot(path), "\n"] for path, _, _ in chunk for _ in brands]
+        texts = [f"Brand: {b}." for _ in chunk for b in brands]
+        rows.append(_continuation_logprob(backbone, prompts, texts).view(len(chunk), len(brands)).cpu())
+    lp = torch.cat(rows)
+    truth = torch.tensor([brands.index(b) for _, b, _ in items])
+    in_text = torch.tensor([t for _, _, t in items])
+    out: dict[str, Any] = {"brands": len(brands), "chance": round(1 / len(brands), 4),
+                           "products": {"brand_in_text": int(in_text.sum()), "picture_only": int((~in_text).sum())}}
+    for name, scores in (("raw", lp), ("calibrated", lp - lp.mean(0, keepdim=True))):
+        hit = scores.argmax(1) == truth
+        out[name] = {"brand_in_text": round(float(hit[in_text].float().mean()), 4) if in_text.any() else None,
+                     "picture_only": round(float(hit[~in_text].float().mean()), 4) if (~in_text).any() else None}
+    return out
+
+
+def align_vision(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, out: Path) -> dict[str, Any] | None:
+    """Caption-train the vision tower and projector (LM frozen), then freeze the tower.
+
+    Resumable: a finished alignment in ``out`` with the same fields is loaded instead of retrained.
+    Returns the alignment log, or None when the config asks for none.
+    """
+    if cfg.align_epochs <= 0 or getattr(backbone, "vision", None) is None:
+        return None
+    fields = {k: v for k, v in asdict(cfg).items() if k in _ALIGN_FIELDS}
+    done = out / "align.json"
+    if done.exists() and read_json(done).get("fields") == fields:
+        state = torch.load(out / "state.pt", weights_only=True)
+        with torch.no_grad():
+            for p, v in zip(_vision_params(backbone), state, strict=True):
+                p.copy_(v)
+        backbone.vision.requires_grad_(False)
+        return read_json(done)["log"]
+
+    rows = _captioned(ds)
+    if not rows:
+        backbone.vision.requires_grad_(False)
+        return {"products": 0, "note": "no product has both an image and catalog text; nothing to align"}
+    t0 = time.time()
+    probe_before = probe_brands(backbone, ds)
+    params = _vision_params(backbone)
+    frozen = [p for p in backbone.parameters() if p.requires_grad and all(p is not q for q in params)]
+    for p in frozen:  # the LM and its (still zero) adapters stay as they are
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + 7)
+    backbone.train()
+    curve = []
+    bar = tqdm(range(cfg.align_epochs), desc="aligning vision (captions)", unit="epoch")
+    for epoch in bar:
+        losses = []
+        order = rng.permutation(len(rows))
+        for start in range(0, len(rows), cfg.align_batch):
+            chunk = [rows[i] for i in order[start: start + cfg.align_batch]]
+            texts = [text for _, _, text in chunk]
+            prompts = [[IMAGE_CUE, ImageSlot(path), "\n"] for _, path, _ in chunk]
+            n_tokens = sum(len(backbone.ids(t)) for t in texts)
+            loss = -_continuation_logprob(backbone, prompts, texts).sum() / n_tokens
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curve.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.time() - t0, 1)})
+        bar.set_postfix(loss=curve[-1]["loss"])
+    for p in frozen:
+        p.requires_grad_(True)
+    backbone.vision.requires_grad_(False)
+    log = {"products": len(rows), "epochs": cfg.align_epochs, "loss_curve": curve,
+           "probe_before": probe_before, "probe_after": probe_brands(backbone, ds),
+           "seconds": round(time.time() - t0, 1)}
+    with atomic_dir(out) as tmp:
+        torch.save([p.detach().cpu().clone() for p in params], tmp / "state.pt")
+        write_json(tmp / "align.json", {"fields": fields, "log": log})
+    return log
