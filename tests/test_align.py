@@ -127,3 +127,17 @@ def test_pipeline_report_line_states_the_probe():
     assert line.endswith("names it: 33.3%")
     assert "nothing to align" in _align_line({"products": 0, "note": "no product has both an image and catalog "
                                                                      "text; nothing to align"})
+
+
+def test_matching_term_is_logged_and_changes_the_tower(ds, tmp_path, monkeypatch):
+    import training.teacher.align as align
+
+    monkeypatch.setattr(align, "probe_brands", lambda bb, ds: None)
+    plain_cfg, contrast_cfg = _cfg(), _cfg(align_contrast=1.0)
+    plain, contrast = build_backbone(plain_cfg), build_backbone(contrast_cfg)
+    log_plain = align_vision(plain, ds, plain_cfg, tmp_path / "plain")
+    log_contrast = align_vision(contrast, ds, contrast_cfg, tmp_path / "contrast")
+    assert "contrast" not in log_plain["loss_curve"][0]
+    assert log_contrast["loss_curve"][0]["contrast"] > 0  # softplus is positive
+    # same seed, same data order: only the matching term separates the two towers
+    assert not torch.equal(plain.vision.net[0].weight, contrast.vision.net[0].weight)

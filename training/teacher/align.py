@@ -7,6 +7,12 @@ tower and projector learn to make image tokens from which the LM predicts the
 image's caption. The caption here is the product's own catalog text, its brand
 (when the catalog has one) and title, so no labels beyond the catalog are used.
 
+``align_contrast`` adds a matching term: each caption must be likelier after its
+own picture than after another product's (a logistic loss on the two
+log-likelihoods). Plain captioning can lower its loss with image tokens that
+act as one soft prompt for the caption format, the same for every picture;
+the matching term rewards only what tells pictures apart.
+
 What this buys on the synthetic data: about half of the brands appear only as
 a logo in the picture. The tower learns logo -> brand word from the products
 whose text names the brand, and the probe below measures whether that carries
@@ -36,7 +42,7 @@ from training.teacher.prompt import ImageSlot, Segment
 IMAGE_CUE = "Product image: "
 # the fields that alignment reads: a change to any of them invalidates a saved alignment
 _ALIGN_FIELDS = ("lm", "tokenizer", "tiny_hidden", "tiny_layers", "tiny_heads", "vision", "image_size",
-                 "image_tokens", "align_epochs", "align_batch", "align_lr", "seed")
+                 "image_tokens", "align_epochs", "align_batch", "align_lr", "align_contrast", "seed")
 
 
 def caption(p: dict[str, Any]) -> str:
@@ -148,19 +154,30 @@ def align_vision(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, ou
     curve = []
     bar = tqdm(range(cfg.align_epochs), desc="aligning vision (captions)", unit="epoch")
     for epoch in bar:
-        losses = []
+        losses, contrasts = [], []
         order = rng.permutation(len(rows))
         for start in range(0, len(rows), cfg.align_batch):
             chunk = [rows[i] for i in order[start: start + cfg.align_batch]]
             texts = [text for _, _, text in chunk]
             prompts = [[IMAGE_CUE, ImageSlot(path), "\n"] for _, path, _ in chunk]
             n_tokens = sum(len(backbone.ids(t)) for t in texts)
-            loss = -_continuation_logprob(backbone, prompts, texts).sum() / n_tokens
+            if cfg.align_contrast > 0 and len(chunk) > 1:
+                # each caption once more after another product's picture (a derangement): the soft-prompt
+                # part of the image tokens helps both equally, only what is specific to a picture separates them
+                mismatched = prompts[1:] + prompts[:1]
+                lp = _continuation_logprob(backbone, prompts + mismatched, texts + texts)
+                pos, neg = lp[: len(chunk)], lp[len(chunk):]
+                contrast = torch.nn.functional.softplus(neg - pos).mean()
+                loss = -pos.sum() / n_tokens + cfg.align_contrast * contrast
+                contrasts.append(contrast.item())
+            else:
+                loss = -_continuation_logprob(backbone, prompts, texts).sum() / n_tokens
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        curve.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.time() - t0, 1)})
+        curve.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.time() - t0, 1),
+                      **({"contrast": round(float(np.mean(contrasts)), 4)} if contrasts else {})})
         bar.set_postfix(loss=curve[-1]["loss"])
     for p in frozen:
         p.requires_grad_(True)
