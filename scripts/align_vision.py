@@ -76,7 +76,8 @@ def main() -> None:
     assert log is not None
     print(json.dumps({k: v for k, v in log.items() if k != "loss_curve"}, indent=1))
     for row in log["loss_curve"]:
-        print(f"epoch {row['epoch']:3d}  caption loss {row['loss']:.4f}  {row['seconds']:.0f} s")
+        term = f"  (matching term {row['contrast']:.4f})" if "contrast" in row else ""
+        print(f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}{term}  {row['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
