@@ -73,13 +73,14 @@ def _continuation_logprob(backbone: ComposedBackbone, prompts: list[list[Segment
     return torch.stack(out)
 
 
-def _captioned(ds: Dataset) -> list[tuple[str, str, str]]:
+def _captioned(ds: Dataset) -> list[tuple[str, str]]:
+    """(image path, caption) of every product that has both."""
     rows = []
     for pid in sorted(ds.products):
         path = ds.image_path(pid)
         text = caption(ds.products[pid])
         if path is not None and path.is_file() and text:
-            rows.append((pid, str(path), text))
+            rows.append((str(path), text))
     return rows
 
 
@@ -145,7 +146,8 @@ def align_vision(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, ou
     t0 = time.time()
     probe_before = probe_brands(backbone, ds)
     params = _vision_params(backbone)
-    frozen = [p for p in backbone.parameters() if p.requires_grad and all(p is not q for q in params)]
+    own = {id(p) for p in params}
+    frozen = [p for p in backbone.parameters() if p.requires_grad and id(p) not in own]
     for p in frozen:  # the LM and its (still zero) adapters stay as they are
         p.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.align_lr, weight_decay=0.0)
@@ -158,8 +160,8 @@ def align_vision(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, ou
         order = rng.permutation(len(rows))
         for start in range(0, len(rows), cfg.align_batch):
             chunk = [rows[i] for i in order[start: start + cfg.align_batch]]
-            texts = [text for _, _, text in chunk]
-            prompts = [[IMAGE_CUE, ImageSlot(path), "\n"] for _, path, _ in chunk]
+            texts = [text for _, text in chunk]
+            prompts = [[IMAGE_CUE, ImageSlot(path), "\n"] for path, _ in chunk]
             n_tokens = sum(len(backbone.ids(t)) for t in texts)
             if cfg.align_contrast > 0 and len(chunk) > 1:
                 # each caption once more after another product's picture (a derangement): the soft-prompt

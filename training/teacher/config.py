@@ -28,7 +28,7 @@ class TeacherConfig:
     # product image with its catalog brand and title, LM frozen; the CNN is then frozen. 0: none.
     align_epochs: int = 0
     align_batch: int = 16
-    align_lr: float = 3e-3
+    align_lr: float = 1e-3
     align_contrast: float = 0.0  # weight of the own-picture-vs-another matching term (align.py); 0: captions only
     chat_template: bool = False
     # prompt (Fig. 6)
