@@ -73,15 +73,15 @@ def _continuation_logprob(backbone: ComposedBackbone, prompts: list[list[Segment
     return torch.stack(out)
 
 
+def _image(ds: Dataset, pid: str) -> str | None:
+    path = ds.image_path(pid)
+    return str(path) if path is not None and path.is_file() else None
+
+
 def _captioned(ds: Dataset) -> list[tuple[str, str]]:
     """(image path, caption) of every product that has both."""
-    rows = []
-    for pid in sorted(ds.products):
-        path = ds.image_path(pid)
-        text = caption(ds.products[pid])
-        if path is not None and path.is_file() and text:
-            rows.append((str(path), text))
-    return rows
+    rows = [(_image(ds, pid), caption(ds.products[pid])) for pid in sorted(ds.products)]
+    return [(path, text) for path, text in rows if path and text]
 
 
 @torch.no_grad()
@@ -95,10 +95,9 @@ def probe_brands(backbone: ComposedBackbone, ds: Dataset, batch: int = 32) -> di
     None when the dataset records no true brands.
     """
     brands = sorted({(p.get("brand") or "").strip() for p in ds.products.values()} - {""})
-    items = [(str(ds.image_path(pid)), p["extra"]["truth"]["brand"], bool(p.get("brand")))
+    items = [(path, p["extra"]["truth"]["brand"], bool(p.get("brand")))
              for pid, p in sorted(ds.products.items())
-             if (p.get("extra") or {}).get("truth", {}).get("brand") in brands
-             and ds.image_path(pid) is not None and ds.image_path(pid).is_file()]  # type: ignore[union-attr]
+             if (p.get("extra") or {}).get("truth", {}).get("brand") in brands and (path := _image(ds, pid))]
     if not items or len(brands) < 2:
         return None
     backbone.eval()
@@ -130,14 +129,14 @@ def align_vision(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, ou
     if cfg.align_epochs <= 0 or getattr(backbone, "vision", None) is None:
         return None
     fields = {k: v for k, v in asdict(cfg).items() if k in _ALIGN_FIELDS}
-    done = out / "align.json"
-    if done.exists() and read_json(done).get("fields") == fields:
+    saved = read_json(out / "align.json") if (out / "align.json").exists() else {}
+    if saved.get("fields") == fields:
         state = torch.load(out / "state.pt", weights_only=True)
         with torch.no_grad():
             for p, v in zip(_vision_params(backbone), state, strict=True):
                 p.copy_(v)
         backbone.vision.requires_grad_(False)
-        return read_json(done)["log"]
+        return saved["log"]
 
     rows = _captioned(ds)
     if not rows:
