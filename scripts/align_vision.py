@@ -9,9 +9,11 @@ would load: copy it to ``<teacher out>/align``), and prints the caption-loss
 curve and the brand probe before and after.
 
 ``--supervised`` instead answers whether the CNN can read the logos at all: it
-trains the same tower with a linear head on the catalog brands of the products
-whose text names one (cross-entropy, 300 full-batch AdamW steps at 1e-3) and
-prints its accuracy on the picture-only products, against their true brands.
+trains a fresh tower alone with a linear head on the catalog brands of the
+products whose text names one (``train_tower_on_brands``, 300 AdamW steps at
+``align_lr``) and prints its accuracy on the picture-only products, against
+their true brands. ``--set align_tower_steps=N`` runs that same training as the
+first part of the alignment, before the projector is captioned.
 """
 
 from __future__ import annotations
@@ -24,35 +26,18 @@ import yaml
 
 from training.dataset import load_dataset
 from training.errors import InputError
-from training.teacher.align import align_vision
+from training.teacher.align import align_vision, train_tower_on_brands
 from training.teacher.backbone import build_backbone
 from training.teacher.config import load_teacher_config
 
 
-def supervised_brands(ds, cfg, steps: int = 300) -> dict[str, float | int]:
+def supervised_brands(ds, cfg, steps: int = 300) -> dict:
     import torch
 
-    from training.teacher.vision import SmallCNN, load_image
+    from training.teacher.vision import SmallCNN
 
     torch.manual_seed(cfg.seed)
-    rows = [(ds.image_path(pid), p["brand"], p["extra"]["truth"]["brand"]) for pid, p in sorted(ds.products.items())
-            if ds.image_path(pid) is not None and (p.get("extra") or {}).get("truth")]
-    brands = sorted({truth for _, _, truth in rows})
-    x = torch.stack([load_image(str(path), cfg.image_size) for path, _, _ in rows])
-    y = torch.tensor([brands.index(truth) for _, _, truth in rows])
-    known = torch.tensor([bool(text) for _, text, _ in rows])
-    cnn = SmallCNN(cfg.image_tokens)
-    head = torch.nn.Linear(cnn.width * cfg.image_tokens, len(brands))
-    opt = torch.optim.AdamW([*cnn.parameters(), *head.parameters()], lr=1e-3)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(head(cnn(x[known]).flatten(1)), y[known])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        acc = (head(cnn(x[~known]).flatten(1)).argmax(1) == y[~known]).float().mean().item()
-    return {"trained_on": int(known.sum()), "picture_only": int((~known).sum()), "final_loss": round(loss.item(), 4),
-            "picture_only_accuracy": round(acc, 4), "chance": round(1 / len(brands), 4)}
+    return train_tower_on_brands(SmallCNN(cfg.image_tokens), ds, cfg, steps)
 
 
 def main() -> None:
@@ -70,8 +55,8 @@ def main() -> None:
         return
     if not args.out:
         raise SystemExit("--out is required")
-    if cfg.align_epochs <= 0 or cfg.vision != "cnn":
-        raise SystemExit(str(InputError("set align_epochs > 0 with vision: cnn")))
+    if (cfg.align_epochs <= 0 and cfg.align_tower_steps <= 0) or cfg.vision != "cnn":
+        raise SystemExit(str(InputError("set align_epochs > 0 or align_tower_steps > 0 with vision: cnn")))
     log = align_vision(build_backbone(cfg), load_dataset(args.data), cfg, Path(args.out))
     assert log is not None
     print(json.dumps({k: v for k, v in log.items() if k != "loss_curve"}, indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -25,6 +27,14 @@ def test_caption_is_the_catalog_brand_and_title():
     assert caption({"title": "Acme Red Mug", "brand": "Acme"}) == "Brand: Acme. Title: Acme Red Mug."
     assert caption({"title": "Red Mug", "brand": ""}) == "Title: Red Mug."
     assert caption({"title": None, "brand": None}) == ""
+    assert caption({"title": "Acme Red Mug", "brand": "Acme"}, "brand") == "Brand: Acme."
+    assert caption({"title": "Red Mug", "brand": ""}, "brand") == ""  # nothing to say: not captioned
+    with pytest.raises(ValueError, match="align_caption"):
+        caption({"title": "Red Mug"}, "colour")
+    from training.errors import InputError
+
+    with pytest.raises(InputError, match="align_caption='colour'"):
+        _cfg(align_caption="colour")
 
 
 def test_continuation_logprob_equals_a_manual_sum(ds):
@@ -141,3 +151,55 @@ def test_matching_term_is_logged_and_changes_the_tower(ds, tmp_path, monkeypatch
     assert log_contrast["loss_curve"][0]["contrast"] > 0  # softplus is positive
     # same seed, same data order: only the matching term separates the two towers
     assert not torch.equal(plain.vision.net[0].weight, contrast.vision.net[0].weight)
+
+
+def test_tower_learns_catalog_brands_then_captioning_moves_only_the_projector(ds, tmp_path, monkeypatch):
+    import training.teacher.align as align
+
+    monkeypatch.setattr(align, "probe_brands", lambda bb, ds: None)
+    seen = {}
+    real = align.train_tower_on_brands
+
+    def spy(cnn, d, cfg, steps):
+        log = real(cnn, d, cfg, steps)
+        seen["vision"] = {n: p.detach().clone() for n, p in cnn.named_parameters()}
+        return log
+
+    monkeypatch.setattr(align, "train_tower_on_brands", spy)
+    cfg = _cfg(align_tower_steps=40)
+    bb = build_backbone(cfg)
+    start = {n: p.detach().clone() for n, p in bb.named_parameters()}
+    log = align_vision(bb, ds, cfg, tmp_path / "align")
+    tower = log["tower"]
+    brands = {p["brand"] for p in ds.products.values() if p["brand"]}
+    assert tower["trained_on"] == sum(1 for p in ds.products.values() if p["brand"] and p.get("image"))
+    assert tower["brands"] == len(brands) and tower["final_loss"] < math.log(len(brands))  # it learned something
+    assert tower["head_picture_only"]["products"] == sum(1 for p in ds.products.values() if not p["brand"])
+    vision = dict(bb.vision.named_parameters())
+    assert any(not torch.equal(start[f"vision.{n}"], p) for n, p in vision.items()), "the tower trained on brands"
+    assert all(torch.equal(seen["vision"][n], p) for n, p in vision.items()), "captioning left the tower alone"
+    assert any(not torch.equal(start[n], p) for n, p in bb.named_parameters() if n.startswith("projector."))
+    assert not any(p.requires_grad for p in bb.vision.parameters())
+
+    from training.pipeline import _align_line
+    assert f"tower first trained on {tower['trained_on']} catalog brand labels (40 steps" in _align_line(log)
+
+
+def test_tower_labels_are_catalog_fields_only(ds):
+    """Without the generator's truth the tower still trains (on catalog brands) and reports no hidden accuracy;
+    with fewer than two catalog brands it says so instead of training."""
+    from training.teacher.align import train_tower_on_brands
+    from training.teacher.vision import SmallCNN
+
+    cfg = _cfg()
+    plain = load_dataset(ds.root)
+    for p in plain.products.values():
+        p.pop("extra", None)
+    log = train_tower_on_brands(SmallCNN(cfg.image_tokens), plain, cfg, steps=5)
+    assert log["steps"] == 5 and "head_picture_only" not in log
+    for p in plain.products.values():
+        p["brand"] = "Acme" if p["brand"] else ""
+    cnn = SmallCNN(cfg.image_tokens)
+    before = [p.detach().clone() for p in cnn.parameters()]
+    assert "fewer than two catalog brands" in train_tower_on_brands(cnn, plain, cfg, steps=5)["note"]
+    assert all(torch.equal(a, b) for a, b in zip(before, cnn.parameters(), strict=True))

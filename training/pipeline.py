@@ -32,7 +32,13 @@ def _align_line(log: dict[str, Any]) -> str:
     curve = log.get("loss_curve") or []
     line = (f"- vision alignment (captioning, LM frozen): {log['products']} product images, {log.get('epochs', 0)} epochs, "
             f"caption loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}" if curve
-            else f"- vision alignment: {log.get('note', 'none')}")
+            else f"- vision alignment: {log.get('note', 'no captioning')}")
+    if tower := log.get("tower"):
+        line += (f"; tower first trained on {tower['trained_on']} catalog brand labels ({tower['steps']} steps, "
+                 f"loss {tower['final_loss']:.3f}"
+                 + (f", its head names {tower['head_picture_only']['accuracy']:.1%} of the picture-only brands"
+                    if "head_picture_only" in tower else "") + "), then frozen"
+                 if "steps" in tower else f"; {tower['note']}")
     before, after = log.get("probe_before"), log.get("probe_after")
     if before and after and after["calibrated"]["picture_only"] is not None:
         line += (f"; brand read from the picture alone (calibrated), on the {after['products']['picture_only']} "

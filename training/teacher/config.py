@@ -30,6 +30,10 @@ class TeacherConfig:
     align_batch: int = 16
     align_lr: float = 1e-3
     align_contrast: float = 0.0  # weight of the own-picture-vs-another matching term (align.py); 0: captions only
+    # before captioning: steps training the CNN with a linear head on the catalog's brand field (the products
+    # whose text names one); the CNN is then frozen and captioning trains only the projector. 0: none.
+    align_tower_steps: int = 0
+    align_caption: str = "brand_title"  # brand_title | brand: caption only the brand (what the tower was trained on)
     chat_template: bool = False
     # prompt (Fig. 6)
     max_prompt_tokens: int = 512
@@ -81,4 +85,6 @@ def load_teacher_config(profile: str | None = None, config_path: Path | None = N
     cfg = load_config(TeacherConfig, None, values)
     if cfg.loss not in ("lm", "yes_no"):
         raise InputError(f"teacher config loss={cfg.loss!r}: choose lm or yes_no")
+    if cfg.align_caption not in ("brand_title", "brand"):
+        raise InputError(f"teacher config align_caption={cfg.align_caption!r}: choose brand_title or brand")
     return cfg
