@@ -13,11 +13,10 @@ favourite-brand preference is printed too (``training/teacher/compare.py``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from training.errors import InputError
-from training.teacher.compare import brand_preference, load_scored, versus
+from training.teacher.compare import brand_preference, load_scored, synthetic_truth, versus
 
 
 def main() -> None:
@@ -27,12 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     try:
         runs = [(run, *load_scored(run)) for run in args.runs]
-        users, products = {}, {}
-        if (args.data / "users_truth.jsonl").is_file():
-            with open(args.data / "users_truth.jsonl") as f:
-                users = {u["user_id"]: u for u in map(json.loads, f)}
-            with open(args.data / "products.jsonl") as f:
-                products = {p["product_id"]: p for p in map(json.loads, f)}
+        truth = synthetic_truth(args.data)
         ref, ref_rows, ref_n = runs[0]
         print(f"reference: {ref}")
         for run, rows, n in runs:
@@ -41,8 +35,8 @@ def main() -> None:
                 d = versus(rows, n, ref_rows, ref_n)
                 line += (f" NDCG@4 minus the reference {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}],"
                          f" {d['wins']} wins / {d['losses']} losses over {d['n']} queries;")
-            if users:
-                pref = brand_preference(rows, products, users)
+            if truth:
+                pref = brand_preference(rows, truth[1], truth[0])
                 line += " favourite brand " + ", ".join(f"{k.replace('_', ' ')} {v['mean']:+.4f} ({v['candidates']})"
                                                         for k, v in pref.items() if v["mean"] is not None)
             print(line)

@@ -8,15 +8,7 @@ import shutil
 import pytest
 
 from training.errors import InputError
-from training.teacher.compare import brand_preference, load_scored, versus
-
-
-def _truth(synthetic_dir):
-    with open(synthetic_dir / "users_truth.jsonl") as f:
-        users = {u["user_id"]: u for u in map(json.loads, f)}
-    with open(synthetic_dir / "products.jsonl") as f:
-        products = {p["product_id"]: p for p in map(json.loads, f)}
-    return users, products
+from training.teacher.compare import brand_preference, load_scored, synthetic_truth, versus
 
 
 def test_a_run_against_itself_and_against_a_reordered_copy(tiny_pipeline, tmp_path):
@@ -40,7 +32,7 @@ def test_a_run_against_itself_and_against_a_reordered_copy(tiny_pipeline, tmp_pa
 
 
 def test_brand_preference_finds_a_teacher_that_favours_the_users_brand(tiny_pipeline, synthetic_dir):
-    users, products = _truth(synthetic_dir)
+    users, products = synthetic_truth(synthetic_dir)
     rows, _ = load_scored(tiny_pipeline)
     crafted = json.loads(json.dumps(rows))
     favourite = 0
@@ -56,3 +48,4 @@ def test_brand_preference_finds_a_teacher_that_favours_the_users_brand(tiny_pipe
         for c in s["candidates"]:
             c["teacher_logit"] = 1.0 - c["teacher_logit"]
     assert all(v["mean"] < 0 for v in brand_preference(crafted, products, users).values() if v["candidates"])
+    assert synthetic_truth(tiny_pipeline) is None  # no generator records: no preference to check

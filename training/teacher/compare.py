@@ -10,16 +10,16 @@ learn before it can beat a text-only one (docs/results.md).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.artifacts import read_json
+from training.artifacts import read_json, read_jsonl
+from training.dataset import load_dataset
 from training.errors import InputError
 from training.metrics import paired_bootstrap
-from training.teacher.run import _test_lists
+from training.teacher.run import test_lists
 
 
 def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:
@@ -29,14 +29,21 @@ def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:
         if not (teacher / name).is_file():
             raise InputError(f"{run}: no teacher/{name}; pass a finished `hmpps pipeline` output directory")
     info = read_json(teacher / "teacher.json")
-    with open(teacher / "scores.jsonl") as f:
-        return [json.loads(line) for line in f], int(info["scored_queries"]["test_total"])
+    return read_jsonl(teacher / "scores.jsonl"), int(info["scored_queries"]["test_total"])
+
+
+def synthetic_truth(data: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(users by id, products by id) of a synthetic dataset, from the generator's records; None on real data."""
+    users_path = Path(data) / "users_truth.jsonl"
+    if not users_path.exists():
+        return None
+    return {u["user_id"]: u for u in read_jsonl(users_path)}, load_dataset(data).products
 
 
 def versus(rows: list[dict[str, Any]], n: int, ref_rows: list[dict[str, Any]], ref_n: int) -> dict[str, Any]:
     """Paired bootstrap of NDCG@4, one run minus a reference, over the test queries both scored."""
-    ranked, _, targets = _test_lists(rows, n, "teacher_score")
-    ref_ranked, _, ref_targets = _test_lists(ref_rows, ref_n, "teacher_score")
+    ranked, _, targets = test_lists(rows, n, "teacher_score")
+    ref_ranked, _, ref_targets = test_lists(ref_rows, ref_n, "teacher_score")
     if targets != ref_targets:
         raise InputError("the runs were scored on different test queries; compare runs of one test sample")
     return paired_bootstrap(ranked, ref_ranked, targets)
