@@ -47,7 +47,7 @@ from tqdm import tqdm
 from training.artifacts import atomic_dir, read_json, write_json
 from training.dataset import Dataset
 from training.teacher.backbone import ComposedBackbone
-from training.teacher.config import TeacherConfig
+from training.teacher.config import CAPTION_FIELDS, TeacherConfig
 from training.teacher.prompt import ImageSlot, Segment
 from training.teacher.vision import SmallCNN, load_image
 
@@ -60,7 +60,7 @@ _ALIGN_FIELDS = ("lm", "tokenizer", "tiny_hidden", "tiny_layers", "tiny_heads", 
 
 def caption(p: dict[str, Any], fields: str = "brand_title") -> str:
     """What the catalog says a product's picture shows: its brand (if known) and, with ``brand_title``, its title."""
-    if fields not in ("brand_title", "brand"):
+    if fields not in CAPTION_FIELDS:
         raise ValueError(f"align_caption must be 'brand_title' or 'brand', got {fields!r}")
     title = (p.get("title") or "").strip() if fields == "brand_title" else ""
     brand = (p.get("brand") or "").strip()

@@ -12,6 +12,9 @@ from training.errors import InputError
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
 
+CAPTION_FIELDS = ("brand_title", "brand")  # what an alignment caption names (align.py: caption)
+
+
 @dataclass
 class TeacherConfig:
     # backbone
@@ -85,6 +88,6 @@ def load_teacher_config(profile: str | None = None, config_path: Path | None = N
     cfg = load_config(TeacherConfig, None, values)
     if cfg.loss not in ("lm", "yes_no"):
         raise InputError(f"teacher config loss={cfg.loss!r}: choose lm or yes_no")
-    if cfg.align_caption not in ("brand_title", "brand"):
+    if cfg.align_caption not in CAPTION_FIELDS:
         raise InputError(f"teacher config align_caption={cfg.align_caption!r}: choose brand_title or brand")
     return cfg
