@@ -1,22 +1,58 @@
-"""Compare teacher runs on the same test queries: paired NDCG@4, and whether each favours the user's brand.
+"""Compare teacher runs on the same test queries: paired NDCG@4, with and without the repeats rule, and which
+of the user's preferences each follows.
 
     .venv/bin/python scripts/compare_teachers.py --data runs/results/synth150/data \\
         runs/results/synth150/smol_lr1e-3_text runs/results/synth150/smol_lr1e-3_tower ...
 
 Each RUN is a pipeline output directory (its ``teacher/`` holds ``teacher.json``
 and ``scores.jsonl``). The first run is the reference: every other run's NDCG@4
-minus the reference's, paired bootstrap over the same test queries. On
-synthetic data (``users_truth.jsonl`` beside the data) each run's
-favourite-brand preference is printed too (``training/teacher/compare.py``).
+minus the reference's, paired bootstrap over the same test queries. Then the
+same after the "already bought last" rule (``hmpps headroom``) is applied on
+top of every ranking, the first stage's included: what a teacher adds beyond
+spotting repeats. On synthetic data (``users_truth.jsonl`` beside the data)
+each run's preference for candidates matching the user's brands, colour and
+style is printed too, split by text vs picture only, after what the test data
+itself rewards (``training/teacher/compare.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from training.dataset import load_dataset
 from training.errors import InputError
-from training.teacher.compare import brand_preference, load_scored, synthetic_truth, versus
+from training.metrics import paper_metrics
+from training.teacher.compare import (
+    Truth,
+    bought_before,
+    bought_last,
+    load_scored,
+    preferences,
+    synthetic_truth,
+    versus,
+)
+from training.teacher.run import ranked_test_lists
+
+
+def _diff(d: dict[str, Any]) -> str:
+    return f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], {d['wins']} wins / {d['losses']} losses"
+
+
+def _ndcg(rows: list[dict[str, Any]], n: int, key: str = "teacher_score") -> float:
+    ranked, _, targets = ranked_test_lists(rows, n, key)
+    return paper_metrics(ranked, targets)["NDCG@4"]
+
+
+def print_preferences(rows: list[dict[str, Any]], truth: Truth, reward: bool = False) -> None:
+    pref = preferences(rows, truth, reward=reward)
+    controls = pref.pop("controls")
+    for name, by_where in pref.items():
+        print(f"    {name:7s}" + ";".join(
+            f" {where.replace('_', ' ')}: mean {v['mean']:+.4f}, others fixed {v['coef']:+.4f} ({v['candidates']})"
+            for where, v in by_where.items() if v["mean"] is not None))
+    print("    held fixed: " + ", ".join(f"{k} {v:+.4f}" for k, v in controls.items()))
 
 
 def main() -> None:
@@ -26,20 +62,26 @@ def main() -> None:
     args = ap.parse_args()
     try:
         runs = [(run, *load_scored(run)) for run in args.runs]
-        truth = synthetic_truth(args.data)
+        ds = load_dataset(args.data)
+        truth, bought = synthetic_truth(ds), bought_before(ds)
         ref, ref_rows, ref_n = runs[0]
-        print(f"reference: {ref}")
+        ref_last = bought_last(ref_rows, bought)
+        fs_last = bought_last(ref_rows, bought, key="first_stage_score")
+        print(f"reference: {ref}, over {ref_n} test queries")
+        print(f"first stage: NDCG@4 {_ndcg(ref_rows, ref_n, 'first_stage_score'):.4f};"
+              f" already-bought candidates last {_ndcg(fs_last, ref_n, 'first_stage_score'):.4f}")
+        if truth:  # the same regression with "is it the target" as the logit: what the data rewards
+            print("what the test data rewards (the target in place of the logit):")
+            print_preferences(ref_rows, truth, reward=True)
         for run, rows, n in runs:
-            line = f"{run}:"
-            if run is not ref:
-                d = versus(rows, n, ref_rows, ref_n)
-                line += (f" NDCG@4 minus the reference {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}],"
-                         f" {d['wins']} wins / {d['losses']} losses over {d['n']} queries;")
+            last = bought_last(rows, bought)
+            print(f"{run}: NDCG@4 {_ndcg(rows, n):.4f}" + ("" if run is ref else
+                  f"; minus the reference {_diff(versus(rows, n, ref_rows, ref_n))}"))
+            print(f"  already-bought last: NDCG@4 {_ndcg(last, n):.4f};"
+                  f" minus the first stage so reordered {_diff(versus(last, n, fs_last, ref_n, 'first_stage_score'))}"
+                  + ("" if run is ref else f"; minus the reference so reordered {_diff(versus(last, n, ref_last, ref_n))}"))
             if truth:
-                pref = brand_preference(rows, truth[1], truth[0])
-                line += " favourite brand " + ", ".join(f"{k.replace('_', ' ')} {v['mean']:+.4f} ({v['candidates']})"
-                                                        for k, v in pref.items() if v["mean"] is not None)
-            print(line)
+                print_preferences(rows, truth)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -7,8 +7,18 @@ import shutil
 
 import pytest
 
+from training.dataset import load_dataset
 from training.errors import InputError
-from training.teacher.compare import brand_preference, load_scored, synthetic_truth, versus
+from training.metrics import paired_bootstrap
+from training.teacher.compare import (
+    bought_before,
+    bought_last,
+    load_scored,
+    preferences,
+    synthetic_truth,
+    versus,
+)
+from training.teacher.run import ranked_test_lists
 
 
 def test_a_run_against_itself_and_against_a_reordered_copy(tiny_pipeline, tmp_path):
@@ -31,21 +41,77 @@ def test_a_run_against_itself_and_against_a_reordered_copy(tiny_pipeline, tmp_pa
         load_scored(tmp_path / "run")
 
 
-def test_brand_preference_finds_a_teacher_that_favours_the_users_brand(tiny_pipeline, synthetic_dir):
-    users, products = synthetic_truth(synthetic_dir)
+def _with_logits(rows, logit):
+    """A copy of scored queries whose teacher logit (and score) is logit(query, candidate)."""
+    out = json.loads(json.dumps(rows))
+    for s in out:
+        for c in s["candidates"]:
+            c["teacher_logit"] = c["teacher_score"] = logit(s, c)
+    return out
+
+
+def test_preferences_recover_a_crafted_teachers_weights(tiny_pipeline, synthetic_dir):
+    truth = synthetic_truth(load_dataset(synthetic_dir))
     rows, _ = load_scored(tiny_pipeline)
-    crafted = json.loads(json.dumps(rows))
-    favourite = 0
-    for s in crafted:
-        for c in s["candidates"]:
-            fav = products[c["product_id"]]["extra"]["truth"]["brand"] == users[s["user_id"]]["brand"]
-            favourite += fav and s["split"] == "test"
-            c["teacher_logit"] = 1.0 if fav else 0.0
-    pref = brand_preference(crafted, products, users)
-    assert pref["named_in_text"]["candidates"] + pref["picture_only"]["candidates"] == favourite > 0
-    assert all(v["mean"] > 0 for v in pref.values() if v["candidates"])
-    for s in crafted:  # the opposite teacher
-        for c in s["candidates"]:
-            c["teacher_logit"] = 1.0 - c["teacher_logit"]
-    assert all(v["mean"] < 0 for v in brand_preference(crafted, products, users).values() if v["candidates"])
-    assert synthetic_truth(tiny_pipeline) is None  # no generator records: no preference to check
+
+    def attr(s, c, user_key, product_key):
+        return truth.products[c["product_id"]]["extra"]["truth"][product_key] == truth.users[s["user_id"]][user_key]
+
+    def bought(s, c):
+        return c["product_id"] in truth.bought_before.get(s["query_id"], set())
+
+    # a teacher that is exactly 2 x (user's brand) + 1 x (user's colour) - 3 x (bought before)
+    crafted = _with_logits(rows, lambda s, c: 2.0 * attr(s, c, "brand", "brand") + attr(s, c, "colour", "colour")
+                           - 3.0 * bought(s, c))
+    pref = preferences(crafted, truth)
+    expected = {"brand": 2.0, "colour": 1.0, "brand2": 0.0, "style": 0.0}
+    for name, weight in expected.items():
+        for where, v in pref[name].items():
+            if v["candidates"]:
+                assert v["coef"] == pytest.approx(weight, abs=1e-3), (name, where, v)
+    assert pref["controls"]["already_bought"] == pytest.approx(-3.0, abs=1e-3)
+    assert pref["controls"]["log_train_purchases"] == pytest.approx(0.0, abs=1e-3)
+    test_queries = [s for s in rows if s["split"] == "test"]
+    favourite = sum(attr(s, c, "brand", "brand") for s in test_queries for c in s["candidates"])
+    assert sum(v["candidates"] for v in pref["brand"].values()) == favourite > 0
+    assert pref["brand"]["named_in_text"]["mean"] > 0  # its plain mean is positive too
+    # the opposite teacher: every effect flips
+    flipped = preferences(_with_logits(crafted, lambda s, c: -c["teacher_logit"]), truth)
+    assert flipped["brand"]["named_in_text"]["coef"] == pytest.approx(-2.0, abs=1e-3)
+    assert flipped["controls"]["already_bought"] == pytest.approx(3.0, abs=1e-3)
+    # what the data rewards: the target's own indicator, whatever the teacher said
+    reward = preferences(rows, truth, reward=True)
+    target_only = preferences(_with_logits(rows, lambda s, c: float(c["product_id"] == s["target"])), truth)
+    assert reward == target_only
+    assert reward["controls"]["already_bought"] < 0  # the generator never sells a product twice to one user
+
+
+def test_no_generator_records_means_no_truth(synthetic_dir, tmp_path):
+    shutil.copytree(synthetic_dir, tmp_path / "data")
+    (tmp_path / "data" / "users_truth.jsonl").unlink()  # what a real dataset looks like to compare.py
+    assert synthetic_truth(load_dataset(tmp_path / "data")) is None
+
+
+def test_bought_last_puts_repeats_last_and_keeps_each_groups_order(tiny_pipeline, synthetic_dir):
+    ds = load_dataset(synthetic_dir)
+    bought = bought_before(ds)
+    rows, n = load_scored(tiny_pipeline)
+    last = bought_last(rows, bought)
+    repeats = 0
+    for before, after in zip(rows, last, strict=True):
+        seen = bought.get(before["query_id"], set())
+        order = [c["product_id"] for c in sorted(after["candidates"], key=lambda c: -c["teacher_score"])]
+        flags = [p in seen for p in order]
+        assert flags == sorted(flags)  # every repeat after every new product
+        repeats += sum(flags)
+        old = [c["product_id"] for c in sorted(before["candidates"], key=lambda c: -c["teacher_score"])]
+        assert [p for p in order if p not in seen] == [p for p in old if p not in seen]
+        assert [p for p in order if p in seen] == [p for p in old if p in seen]
+    assert repeats > 0
+    # no test target was bought before, so the rule can only help the first stage, never hurt it
+    fs_last = bought_last(rows, bought, key="first_stage_score")
+    d = paired_bootstrap(ranked_test_lists(fs_last, n, "first_stage_score")[0], ranked_test_lists(rows, n, "first_stage_score")[0],
+                         ranked_test_lists(rows, n, "first_stage_score")[2])
+    assert d["losses"] == 0 and d["wins"] > 0
+    # the teacher measured against that reordered first stage, as compare_teachers.py prints it
+    assert versus(last, n, fs_last, n, ref_key="first_stage_score")["n"] == n

@@ -1,25 +1,27 @@
-"""Comparing finished teacher runs: paired NDCG@4, and whether a teacher favours the user's brand.
+"""Comparing finished teacher runs: paired NDCG@4, and which of the user's preferences a teacher follows.
 
 The second needs the synthetic generator's truth (``users_truth.jsonl`` and
-``extra.truth`` on products): per test query, the logit of a candidate of the
-user's favourite brand minus the query's mean logit, averaged, split by whether
-the candidate's text names its brand or only its picture shows it. Positive
-means the teacher ranks the user's brand up; it is what a vision teacher must
-learn before it can beat a text-only one (docs/results.md).
+``extra.truth`` on products): for each of the user's preferences (favourite
+and second brand, colour, style), how much the teacher's logit rises for a
+candidate that matches it, split by whether the candidate's text states the
+attribute or only its picture shows it. Positive means the teacher ranks the
+match up; the picture-only column is what a vision teacher must learn before
+it can beat a text-only one (docs/results.md).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from training.artifacts import read_json, read_jsonl
-from training.dataset import load_dataset
+from training.dataset import Dataset
 from training.errors import InputError
 from training.metrics import paired_bootstrap
-from training.teacher.run import test_lists
+from training.teacher.run import ranked_test_lists
 
 
 def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:
@@ -32,32 +34,112 @@ def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:
     return read_jsonl(teacher / "scores.jsonl"), int(info["scored_queries"]["test_total"])
 
 
-def synthetic_truth(data: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(users by id, products by id) of a synthetic dataset, from the generator's records; None on real data."""
-    users_path = Path(data) / "users_truth.jsonl"
+def bought_before(ds: Dataset) -> dict[str, set[str]]:
+    """Per test query, what its user had bought before it (never the target, in Amazon's data or the generator's)."""
+    return {r["query_id"]: set(ds.history(r)) for r in ds.queries("test")}
+
+
+def bought_last(scored: list[dict[str, Any]], bought: dict[str, set[str]], key: str = "teacher_score"
+                ) -> list[dict[str, Any]]:
+    """A copy in which, per query, the candidates its user bought before score below all others, each group
+    keeping its order: the headroom's "already bought last" rule applied on top of a model's ranking."""
+    out = []
+    for s in scored:
+        scores = [c[key] for c in s["candidates"]]
+        drop = max(scores) - min(scores) + 1.0
+        seen = bought.get(s["query_id"], set())
+        out.append(s | {"candidates": [c | {key: c[key] - drop * (c["product_id"] in seen)} for c in s["candidates"]]})
+    return out
+
+
+class Truth(NamedTuple):
+    """The synthetic generator's records, how often each product was bought in the train split, and what each
+    test query's user had bought before it."""
+
+    users: dict[str, Any]
+    products: dict[str, Any]
+    train_purchases: dict[str, int]
+    bought_before: dict[str, set[str]]
+
+
+def synthetic_truth(ds: Dataset) -> Truth | None:
+    """The generator's records of a synthetic dataset; None on real data."""
+    users_path = ds.root / "users_truth.jsonl"
     if not users_path.exists():
         return None
-    return {u["user_id"]: u for u in read_jsonl(users_path)}, load_dataset(data).products
+    return Truth({u["user_id"]: u for u in read_jsonl(users_path)}, ds.products,
+                 dict(Counter(r["product_id"] for r in ds.queries("train"))), bought_before(ds))
 
 
-def versus(rows: list[dict[str, Any]], n: int, ref_rows: list[dict[str, Any]], ref_n: int) -> dict[str, Any]:
-    """Paired bootstrap of NDCG@4, one run minus a reference, over the test queries both scored."""
-    ranked, _, targets = test_lists(rows, n, "teacher_score")
-    ref_ranked, _, ref_targets = test_lists(ref_rows, ref_n, "teacher_score")
+def versus(rows: list[dict[str, Any]], n: int, ref_rows: list[dict[str, Any]], ref_n: int,
+           ref_key: str = "teacher_score") -> dict[str, Any]:
+    """Paired bootstrap of NDCG@4, one run minus a reference (its teacher, or ``first_stage_score``), over the
+    test queries both scored."""
+    ranked, _, targets = ranked_test_lists(rows, n, "teacher_score")
+    ref_ranked, _, ref_targets = ranked_test_lists(ref_rows, ref_n, ref_key)
     if targets != ref_targets:
         raise InputError("the runs were scored on different test queries; compare runs of one test sample")
     return paired_bootstrap(ranked, ref_ranked, targets)
 
 
-def brand_preference(scored: list[dict[str, Any]], products: dict[str, Any], users: dict[str, Any]) -> dict[str, Any]:
-    """Mean (logit - query mean logit) of the user's-favourite-brand candidates, by where the brand shows."""
-    out: dict[str, list[float]] = {"named_in_text": [], "picture_only": []}
+# What a user prefers, read from the generator's records: (user field, product truth field, "is it in the text" flag).
+# Weights in the choice model: brand 2.5, colour 1.5, second brand 1.2, style 1.0 (training/synthetic.py).
+PREFERENCES = {
+    "brand": ("brand", "brand", "brand_in_text"),
+    "colour": ("colour", "colour", "colour_in_text"),
+    "brand2": ("brand2", "brand", "brand_in_text"),
+    "style": ("style", "style", "style_in_text"),
+}
+WHERE = ("named_in_text", "picture_only")
+
+
+# What else could move a teacher's logit, held fixed beside the matches: the user bought the candidate before
+# (never the target: the generator sells a product once per user, and such a candidate matches the user's
+# preferences by construction), what its text states, and how popular it is.
+CONTROLS = ("already_bought", "brand_in_text", "colour_in_text", "style_in_text", "log_train_purchases")
+
+
+def _controls(truth: dict[str, Any], purchases: int, bought: bool) -> list[float]:
+    return [float(bought), float(truth["brand_in_text"]), float(truth["colour_in_text"]),
+            float(truth["style_in_text"]), float(np.log1p(purchases))]
+
+
+def preferences(scored: list[dict[str, Any]], truth: Truth, reward: bool = False) -> dict[str, Any]:
+    """How much a teacher ranks up candidates that match each of the user's preferences, by where it shows.
+
+    Two readings per (preference, where): ``mean``, the matching candidates' logit minus their query's mean
+    logit; and ``coef``, the same effect from least squares on within-query centred logits, with the other
+    matches and the ``CONTROLS`` held fixed (one candidate can match several preferences; one the user already
+    bought matches them all and is never the target). ``controls`` holds their coefficients.
+    With ``reward`` the logit is replaced by "is it the target": what the test data itself rewards, the
+    reference a teacher's figures are read against.
+    """
+    names = [(k, w) for k in PREFERENCES for w in WHERE]
+    xs, ys = [], []
     for s in scored:
-        if s["split"] != "test" or s["user_id"] not in users:
+        if s["split"] != "test" or s["user_id"] not in truth.users:
             continue
-        mean = float(np.mean([c["teacher_logit"] for c in s["candidates"]]))
+        user, bought = truth.users[s["user_id"]], truth.bought_before.get(s["query_id"], set())
+        rows = []
         for c in s["candidates"]:
-            truth = products[c["product_id"]]["extra"]["truth"]
-            if truth["brand"] == users[s["user_id"]]["brand"]:
-                out["named_in_text" if truth["brand_in_text"] else "picture_only"].append(c["teacher_logit"] - mean)
-    return {k: {"mean": round(float(np.mean(v)), 4) if v else None, "candidates": len(v)} for k, v in out.items()}
+            t = truth.products[c["product_id"]]["extra"]["truth"]
+            rows.append([float(t[pf] == user[uf] and (t[flag] == (w == WHERE[0])))
+                         for uf, pf, flag in PREFERENCES.values() for w in WHERE]
+                        + _controls(t, truth.train_purchases.get(c["product_id"], 0), c["product_id"] in bought))
+        y = np.asarray([c["product_id"] == s["target"] if reward else c["teacher_logit"] for c in s["candidates"]],
+                       dtype=float)
+        x = np.asarray(rows)
+        xs.append(x)
+        ys.append(y - y.mean())
+    if not xs:
+        return {}
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    coef = np.linalg.lstsq(np.concatenate([q - q.mean(axis=0) for q in xs]), y, rcond=None)[0]
+    out: dict[str, Any] = {}
+    for j, (k, w) in enumerate(names):
+        hit = x[:, j] > 0
+        out.setdefault(k, {})[w] = {"candidates": int(hit.sum()),
+                                    "mean": round(float(y[hit].mean()), 4) if hit.any() else None,
+                                    "coef": round(float(coef[j]), 4) if hit.any() else None}
+    out["controls"] = {name: round(float(coef[len(names) + i]), 4) for i, name in enumerate(CONTROLS)}
+    return out

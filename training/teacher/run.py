@@ -112,7 +112,7 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
     return out
 
 
-def test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
+def ranked_test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
     """(reranked, first-stage order, targets) over all ``n_test`` test queries; the unscored ones (target
     outside the top 10) are empty lists, a miss for every model."""
     test = [s for s in scored if s["split"] == "test"]
@@ -125,19 +125,19 @@ def test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[lis
 
 def reranked_metrics(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
     """Paper metrics over all ``n_test`` test queries; unscored ones (target outside the top 10) are misses."""
-    ranked, _, targets = test_lists(scored, n_test, key)
+    ranked, _, targets = ranked_test_lists(scored, n_test, key)
     return paper_metrics(ranked, targets)
 
 
 def versus_first_stage(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
     """Paired bootstrap of NDCG@4 (reranked - first stage) over all ``n_test`` test queries (misses tie at 0)."""
-    ranked, base, targets = test_lists(scored, n_test, key)
+    ranked, base, targets = ranked_test_lists(scored, n_test, key)
     return paired_bootstrap(ranked, base, targets)
 
 
 def versus_random_order(scored: list[dict[str, Any]], n_test: int, key: str = "teacher_score") -> dict[str, Any]:
     """The reranked NDCG@4 against random shuffles of the same lists, over all ``n_test`` test queries."""
-    ranked, _, targets = test_lists(scored, n_test, key)
+    ranked, _, targets = ranked_test_lists(scored, n_test, key)
     observed = paper_metrics(ranked, targets)["NDCG@4"]
     return random_order(ranked, targets, observed=observed) | {"observed": observed}
 
