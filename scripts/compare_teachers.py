@@ -9,7 +9,7 @@ and ``scores.jsonl``). The first run is the reference: every other run's NDCG@4
 minus the reference's, paired bootstrap over the same test queries. Then the
 same after the "already bought last" rule (``hmpps headroom``) is applied on
 top of every ranking, the first stage's included: what a teacher adds beyond
-spotting repeats. On synthetic data (``users_truth.jsonl`` beside the data)
+spotting repeats, and how often a repeat's own history item is in its prompt. On synthetic data (``users_truth.jsonl`` beside the data)
 each run's preference for candidates matching the user's brands, colour and
 style is printed too, split by text vs picture only, after what the test data
 itself rewards (``training/teacher/compare.py``).
@@ -30,6 +30,7 @@ from training.teacher.compare import (
     bought_last,
     load_scored,
     preferences,
+    repeats_in_prompt,
     synthetic_truth,
     versus,
 )
@@ -80,6 +81,11 @@ def main() -> None:
             print(f"  already-bought last: NDCG@4 {_ndcg(last, n):.4f};"
                   f" minus the first stage so reordered {_diff(versus(last, n, fs_last, ref_n, 'first_stage_score'))}"
                   + ("" if run is ref else f"; minus the reference so reordered {_diff(versus(last, n, ref_last, ref_n))}"))
+            seen = repeats_in_prompt(run, ds, rows, bought)
+            if seen and seen["repeats"]:
+                print(f"  {seen['repeats']} already-bought candidates; {seen['same_item_in_prompt']}"
+                      f" ({seen['same_item_in_prompt'] / seen['repeats']:.1%}) have that same item among their"
+                      f" {seen['k_s2']} selected history items")
             if truth:
                 print_preferences(rows, truth)
     except InputError as e:

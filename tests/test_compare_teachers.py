@@ -15,6 +15,7 @@ from training.teacher.compare import (
     bought_last,
     load_scored,
     preferences,
+    repeats_in_prompt,
     synthetic_truth,
     versus,
 )
@@ -115,3 +116,23 @@ def test_bought_last_puts_repeats_last_and_keeps_each_groups_order(tiny_pipeline
     assert d["losses"] == 0 and d["wins"] > 0
     # the teacher measured against that reordered first stage, as compare_teachers.py prints it
     assert versus(last, n, fs_last, n, ref_key="first_stage_score")["n"] == n
+
+
+def test_repeats_in_prompt_counts_the_repeats_whose_own_item_is_selected(tiny_pipeline, synthetic_dir, tmp_path):
+    ds = load_dataset(synthetic_dir)
+    bought = bought_before(ds)
+    rows, _ = load_scored(tiny_pipeline)
+    repeats = sum(c["product_id"] in bought.get(s["query_id"], set())
+                  for s in rows if s["split"] == "test" for c in s["candidates"])
+    seen = repeats_in_prompt(tiny_pipeline, ds, rows, bought)
+    assert seen["repeats"] == repeats > 0
+    assert 0 <= seen["same_item_in_prompt"] <= repeats
+    # with K_s2 above every history's length, selection keeps the whole history: every repeat is in its prompt
+    run = tmp_path / "run"
+    shutil.copytree(tiny_pipeline / "teacher", run / "teacher")
+    info = json.loads((run / "teacher" / "teacher.json").read_text())
+    info["config"]["k_s2"] = 1000
+    (run / "teacher" / "teacher.json").write_text(json.dumps(info))
+    assert repeats_in_prompt(run, ds, rows, bought)["same_item_in_prompt"] == repeats
+    shutil.rmtree(run / "teacher" / "embeddings")
+    assert repeats_in_prompt(run, ds, rows, bought) is None

@@ -17,11 +17,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from service.history import select_history
 from training.artifacts import read_json, read_jsonl
 from training.dataset import Dataset
 from training.errors import InputError
 from training.metrics import paired_bootstrap
-from training.teacher.run import ranked_test_lists
+from training.teacher.run import load_embeddings, ranked_test_lists
 
 
 def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:
@@ -50,6 +51,33 @@ def bought_last(scored: list[dict[str, Any]], bought: dict[str, set[str]], key: 
         seen = bought.get(s["query_id"], set())
         out.append(s | {"candidates": [c | {key: c[key] - drop * (c["product_id"] in seen)} for c in s["candidates"]]})
     return out
+
+
+def repeats_in_prompt(run: Path, ds: Dataset, scored: list[dict[str, Any]], bought: dict[str, set[str]]
+                      ) -> dict[str, Any] | None:
+    """Of the test candidates the user bought before, how many had that very item in their Eq. 6-selected
+    history (the run's stage-1 embeddings and K_s2): a repeat the teacher can spot by matching the candidate
+    against its own prompt. None when the run kept no embeddings."""
+    emb_dir = run / "teacher" / "embeddings"
+    if not (emb_dir / "index.json").is_file():
+        return None
+    emb = load_embeddings(emb_dir)
+    k = int(read_json(run / "teacher" / "teacher.json")["config"]["k_s2"])
+    rows = {r["query_id"]: r for r in ds.queries("test")}
+    repeats = in_prompt = 0
+    for s in scored:
+        if s["split"] != "test" or s["query_id"] not in rows:
+            continue
+        history = ds.history(rows[s["query_id"]])
+        cands = [c["product_id"] for c in s["candidates"]]
+        if not history or not bought.get(s["query_id"]):
+            continue
+        picked = select_history(emb.product(history), emb.query(s["query"]), emb.product(cands), k)
+        for pid, idx in zip(cands, picked, strict=True):
+            if pid in bought[s["query_id"]]:
+                repeats += 1
+                in_prompt += pid in {history[i] for i in idx}
+    return {"repeats": repeats, "same_item_in_prompt": in_prompt, "k_s2": k}
 
 
 class Truth(NamedTuple):
