@@ -46,8 +46,9 @@ def _ndcg(rows: list[dict[str, Any]], n: int, key: str = "teacher_score") -> flo
     return paper_metrics(ranked, targets)["NDCG@4"]
 
 
-def print_preferences(rows: list[dict[str, Any]], truth: Truth, reward: bool = False) -> None:
-    pref = preferences(rows, truth, reward=reward)
+def print_preferences(rows: list[dict[str, Any]], truth: Truth, bought: dict[str, set[str]], reward: bool = False
+                      ) -> None:
+    pref = preferences(rows, truth, bought, reward=reward)
     controls = pref.pop("controls")
     for name, by_where in pref.items():
         print(f"    {name:7s}" + ";".join(
@@ -73,7 +74,7 @@ def main() -> None:
               f" already-bought candidates last {_ndcg(fs_last, ref_n, 'first_stage_score'):.4f}")
         if truth:  # the same regression with "is it the target" as the logit: what the data rewards
             print("what the test data rewards (the target in place of the logit):")
-            print_preferences(ref_rows, truth, reward=True)
+            print_preferences(ref_rows, truth, bought, reward=True)
         for run, rows, n in runs:
             last = bought_last(rows, bought)
             print(f"{run}: NDCG@4 {_ndcg(rows, n):.4f}" + ("" if run is ref else
@@ -87,7 +88,7 @@ def main() -> None:
                       f" ({seen['same_item_in_prompt'] / seen['repeats']:.1%}) have that same item among their"
                       f" {seen['k_s2']} selected history items")
             if truth:
-                print_preferences(rows, truth)
+                print_preferences(rows, truth, bought)
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -52,19 +52,20 @@ def _with_logits(rows, logit):
 
 
 def test_preferences_recover_a_crafted_teachers_weights(tiny_pipeline, synthetic_dir):
-    truth = synthetic_truth(load_dataset(synthetic_dir))
+    ds = load_dataset(synthetic_dir)
+    truth, before = synthetic_truth(ds), bought_before(ds)
     rows, _ = load_scored(tiny_pipeline)
 
     def attr(s, c, user_key, product_key):
         return truth.products[c["product_id"]]["extra"]["truth"][product_key] == truth.users[s["user_id"]][user_key]
 
     def bought(s, c):
-        return c["product_id"] in truth.bought_before.get(s["query_id"], set())
+        return c["product_id"] in before.get(s["query_id"], set())
 
     # a teacher that is exactly 2 x (user's brand) + 1 x (user's colour) - 3 x (bought before)
     crafted = _with_logits(rows, lambda s, c: 2.0 * attr(s, c, "brand", "brand") + attr(s, c, "colour", "colour")
                            - 3.0 * bought(s, c))
-    pref = preferences(crafted, truth)
+    pref = preferences(crafted, truth, before)
     expected = {"brand": 2.0, "colour": 1.0, "brand2": 0.0, "style": 0.0}
     for name, weight in expected.items():
         for where, v in pref[name].items():
@@ -77,12 +78,12 @@ def test_preferences_recover_a_crafted_teachers_weights(tiny_pipeline, synthetic
     assert sum(v["candidates"] for v in pref["brand"].values()) == favourite > 0
     assert pref["brand"]["named_in_text"]["mean"] > 0  # its plain mean is positive too
     # the opposite teacher: every effect flips
-    flipped = preferences(_with_logits(crafted, lambda s, c: -c["teacher_logit"]), truth)
+    flipped = preferences(_with_logits(crafted, lambda s, c: -c["teacher_logit"]), truth, before)
     assert flipped["brand"]["named_in_text"]["coef"] == pytest.approx(-2.0, abs=1e-3)
     assert flipped["controls"]["already_bought"] == pytest.approx(3.0, abs=1e-3)
     # what the data rewards: the target's own indicator, whatever the teacher said
-    reward = preferences(rows, truth, reward=True)
-    target_only = preferences(_with_logits(rows, lambda s, c: float(c["product_id"] == s["target"])), truth)
+    reward = preferences(rows, truth, before, reward=True)
+    target_only = preferences(_with_logits(rows, lambda s, c: float(c["product_id"] == s["target"])), truth, before)
     assert reward == target_only
     assert reward["controls"]["already_bought"] < 0  # the generator never sells a product twice to one user
 

@@ -81,13 +81,11 @@ def repeats_in_prompt(run: Path, ds: Dataset, scored: list[dict[str, Any]], boug
 
 
 class Truth(NamedTuple):
-    """The synthetic generator's records, how often each product was bought in the train split, and what each
-    test query's user had bought before it."""
+    """The synthetic generator's records, and how often each product was bought in the train split."""
 
     users: dict[str, Any]
     products: dict[str, Any]
     train_purchases: dict[str, int]
-    bought_before: dict[str, set[str]]
 
 
 def synthetic_truth(ds: Dataset) -> Truth | None:
@@ -96,7 +94,7 @@ def synthetic_truth(ds: Dataset) -> Truth | None:
     if not users_path.exists():
         return None
     return Truth({u["user_id"]: u for u in read_jsonl(users_path)}, ds.products,
-                 dict(Counter(r["product_id"] for r in ds.queries("train"))), bought_before(ds))
+                 dict(Counter(r["product_id"] for r in ds.queries("train"))))
 
 
 def versus(rows: list[dict[str, Any]], n: int, ref_rows: list[dict[str, Any]], ref_n: int,
@@ -132,13 +130,15 @@ def _controls(truth: dict[str, Any], purchases: int, bought: bool) -> list[float
             float(truth["style_in_text"]), float(np.log1p(purchases))]
 
 
-def preferences(scored: list[dict[str, Any]], truth: Truth, reward: bool = False) -> dict[str, Any]:
+def preferences(scored: list[dict[str, Any]], truth: Truth, bought: dict[str, set[str]], reward: bool = False
+                ) -> dict[str, Any]:
     """How much a teacher ranks up candidates that match each of the user's preferences, by where it shows.
 
     Two readings per (preference, where): ``mean``, the matching candidates' logit minus their query's mean
     logit; and ``coef``, the same effect from least squares on within-query centred logits, with the other
     matches and the ``CONTROLS`` held fixed (one candidate can match several preferences; one the user already
-    bought matches them all and is never the target). ``controls`` holds their coefficients.
+    bought (``bought``, from ``bought_before``) matches them all and is never the target). ``controls`` holds
+    their coefficients.
     With ``reward`` the logit is replaced by "is it the target": what the test data itself rewards, the
     reference a teacher's figures are read against.
     """
@@ -147,13 +147,13 @@ def preferences(scored: list[dict[str, Any]], truth: Truth, reward: bool = False
     for s in scored:
         if s["split"] != "test" or s["user_id"] not in truth.users:
             continue
-        user, bought = truth.users[s["user_id"]], truth.bought_before.get(s["query_id"], set())
+        user, seen = truth.users[s["user_id"]], bought.get(s["query_id"], set())
         rows = []
         for c in s["candidates"]:
             t = truth.products[c["product_id"]]["extra"]["truth"]
             rows.append([float(t[pf] == user[uf] and (t[flag] == (w == WHERE[0])))
                          for uf, pf, flag in PREFERENCES.values() for w in WHERE]
-                        + _controls(t, truth.train_purchases.get(c["product_id"], 0), c["product_id"] in bought))
+                        + _controls(t, truth.train_purchases.get(c["product_id"], 0), c["product_id"] in seen))
         y = np.asarray([c["product_id"] == s["target"] if reward else c["teacher_logit"] for c in s["candidates"]],
                        dtype=float)
         x = np.asarray(rows)
