@@ -9,10 +9,11 @@ and ``scores.jsonl``). The first run is the reference: every other run's NDCG@4
 minus the reference's, paired bootstrap over the same test queries. Then the
 same after the "already bought last" rule (``hmpps headroom``) is applied on
 top of every ranking, the first stage's included: what a teacher adds beyond
-spotting repeats, and how often a repeat's own history item is in its prompt. On synthetic data (``users_truth.jsonl`` beside the data)
-each run's preference for candidates matching the user's brands, colour and
-style is printed too, split by text vs picture only, after what the test data
-itself rewards (``training/teacher/compare.py``).
+spotting repeats, and how often a repeat's own history item is in its prompt.
+On synthetic data (``users_truth.jsonl`` beside the data) each run's
+preference for candidates matching the user's brands, colour and style is
+printed too, split by text vs picture only, after what the test data itself
+rewards (``training/teacher/compare.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 
 from training.dataset import load_dataset
 from training.errors import InputError
-from training.metrics import paper_metrics
 from training.teacher.compare import (
     Truth,
     bought_before,
@@ -34,7 +34,7 @@ from training.teacher.compare import (
     synthetic_truth,
     versus,
 )
-from training.teacher.run import ranked_test_lists
+from training.teacher.run import reranked_metrics
 
 
 def _diff(d: dict[str, Any]) -> str:
@@ -42,8 +42,7 @@ def _diff(d: dict[str, Any]) -> str:
 
 
 def _ndcg(rows: list[dict[str, Any]], n: int, key: str = "teacher_score") -> float:
-    ranked, _, targets = ranked_test_lists(rows, n, key)
-    return paper_metrics(ranked, targets)["NDCG@4"]
+    return reranked_metrics(rows, n, key)["NDCG@4"]
 
 
 def print_preferences(rows: list[dict[str, Any]], truth: Truth, bought: dict[str, set[str]], reward: bool = False
