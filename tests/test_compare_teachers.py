@@ -9,12 +9,14 @@ import pytest
 
 from training.dataset import load_dataset
 from training.errors import InputError
+from training.headroom import headroom
 from training.metrics import paired_bootstrap
 from training.teacher.compare import (
     bought_before,
     bought_last,
     load_scored,
     preferences,
+    prompt_readers,
     repeats_in_prompt,
     synthetic_truth,
     versus,
@@ -137,3 +139,26 @@ def test_repeats_in_prompt_counts_the_repeats_whose_own_item_is_selected(tiny_pi
     assert repeats_in_prompt(run, ds, rows, bought)["same_item_in_prompt"] == repeats
     shutil.rmtree(run / "teacher" / "embeddings")
     assert repeats_in_prompt(run, ds, rows, bought) is None
+
+
+def test_prompt_readers_over_a_whole_history_prompt_equal_the_headroom_rows(tiny_pipeline, synthetic_dir, tmp_path):
+    ds = load_dataset(synthetic_dir)
+    rows, n = load_scored(tiny_pipeline)
+    read = prompt_readers(tiny_pipeline, ds, rows, n)
+    assert read["k_s2"] == 2 and read["image_minus_text"]["n"] == n
+    assert read["image_minus_text"]["diff"] == pytest.approx(read["text_image"] - read["text"])
+    # with K_s2 above every history's length each prompt holds the whole history: the headroom's own rows,
+    # which reach the same test queries another way (the first stage's lists, not the teacher's scores)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_pipeline / "teacher", run / "teacher")
+    info = json.loads((run / "teacher" / "teacher.json").read_text())
+    info["config"]["k_s2"] = 1000
+    (run / "teacher" / "teacher.json").write_text(json.dumps(info))
+    whole = prompt_readers(run, ds, rows, n)
+    ref = headroom(synthetic_dir, tiny_pipeline / "first_stage", info["config"]["test_fraction"], info["config"]["seed"])
+    assert whole["text"] == pytest.approx(ref["metrics"]["history preferences (text)"]["NDCG@4"])
+    assert whole["text_image"] == pytest.approx(ref["metrics"]["history preferences (text + image)"]["NDCG@4"])
+    # two selected items carry less of the history than all of it
+    assert read["text_image"] != whole["text_image"]
+    shutil.rmtree(run / "teacher" / "embeddings")
+    assert prompt_readers(run, ds, rows, n) is None

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from hmpps.cli import app
 from training.candidates import load_first_stage, scored_test_rows
 from training.dataset import load_dataset
-from training.headroom import headroom
+from training.headroom import headroom, headroom_table, reader_scores, vision_by_history
 from training.metrics import paper_metrics
+from training.synthetic import SyntheticConfig
 
 runner = CliRunner()
 
@@ -48,6 +49,39 @@ def test_reference_rerankers_on_synthetic_truth(synthetic_dir, bm25):
     assert m["random order (expected)"]["NDCG@4"] == pytest.approx(sum(ndcg) / len(rows))
     # the latent preferences decide purchases, so knowing them must beat guessing them from text
     assert m["true preferences"]["NDCG@4"] > m["history preferences (text)"]["NDCG@4"] > m["first stage (bm25)"]["NDCG@4"]
+    # the vision rows: a reader of the whole history is the headroom's own pair of rows
+    whole = result["vision_by_history"][-1]
+    assert [v["history"] for v in result["vision_by_history"]] == [2, 3, 5, 7, "all"]
+    assert whole["text"] == m["history preferences (text)"]["NDCG@4"]
+    assert whole["text_image"] == m["history preferences (text + image)"]["NDCG@4"]
+    d = whole["image_minus_text"]
+    assert d["diff"] == pytest.approx(whole["text_image"] - whole["text"]) and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+    longest = max(len(ds.history(r)) for r in rows)
+    assert vision_by_history(ds, fs, rows, [longest])[0]["text"] == whole["text"]  # k past every history: all of it
+    assert "| all |" in headroom_table(result)
+
+
+def test_a_reader_sees_only_the_history_it_is_given(synthetic_dir):
+    ds = load_dataset(synthetic_dir)
+    truth = {pid: p["extra"]["truth"] for pid, p in ds.products.items()}
+    w = SyntheticConfig()
+    # a history item and a candidate that share only the brand, which both name in their text
+    pairs = [(h, c) for h in truth for c in truth if h != c and truth[h]["brand_in_text"] and truth[c]["brand_in_text"]
+             and truth[h]["brand"] == truth[c]["brand"]
+             and all(truth[h][k] != truth[c][k] for k in ("colour", "style"))]
+    h, c = pairs[0]
+    assert reader_scores(ds, [[h]], [c], text_only=True) == [pytest.approx(w.w_brand)]
+    assert reader_scores(ds, [[]], [c], text_only=False) == [0.0]  # no history, nothing to match
+    # the same item bought before goes last, whatever it matches
+    assert reader_scores(ds, [[c]], [c], text_only=False)[0] < 0
+    # a brand only the picture shows counts for a reader of the image, never for a text-only one
+    hidden = [(h, c) for h in truth for c in truth if h != c and not truth[c]["brand_in_text"]
+              and truth[h]["brand"] == truth[c]["brand"] and all(truth[h][k] != truth[c][k] for k in ("colour", "style"))]
+    h, c = hidden[0]
+    assert reader_scores(ds, [[h]], [c], text_only=True) == [0.0]
+    assert reader_scores(ds, [[h]], [c], text_only=False) == [pytest.approx(w.w_brand)]
+    # per candidate: each reads its own history
+    assert reader_scores(ds, [[h], []], [c, c], text_only=False) == [pytest.approx(w.w_brand), 0.0]
 
 
 def test_real_data_gets_only_the_model_free_rows_and_the_cli_writes_a_report(synthetic_dir, bm25, tmp_path):

@@ -29,14 +29,14 @@ The three preference rows also put already-bought candidates last.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from training.artifacts import atomic_dir, read_jsonl, write_json
-from training.candidates import load_first_stage, scored_test_rows
+from training.candidates import FirstStage, load_first_stage, scored_test_rows
 from training.dataset import Dataset, load_dataset
-from training.metrics import PAPER_KEYS, paper_metrics, random_order, relative_gain
+from training.metrics import PAPER_KEYS, paired_bootstrap, paper_metrics, random_order, relative_gain, rerank
 from training.synthetic import SyntheticConfig
 
 ATTRIBUTES = ("brand", "colour", "style")
@@ -69,19 +69,28 @@ def _guessed_preferences(ds: Dataset, history: list[str], text_only: bool) -> di
     return prefs
 
 
-def _preference_scorer(ds: Dataset, text_only: bool) -> Scorer:
+def reader_scores(ds: Dataset, histories: Sequence[list[str]], candidates: list[str], text_only: bool) -> list[float]:
+    """The history-preferences rule, reading for each candidate only the history given for it.
+
+    The user's brand, colour and style are guessed as the most frequent value among those items (with
+    ``text_only``, among the items whose text states it); a candidate scores the generator's utility weight
+    for each match it shows (in its text, with ``text_only``), and goes last if it is itself one of those
+    items. Given the full history it is the headroom row; given a prompt's history, it says how much of the
+    preference signal that prompt carries.
+    """
     w = _weights()
+    guessed: dict[tuple[str, ...], dict[str, str]] = {}
+    out = []
+    for pid, hist in zip(candidates, histories, strict=True):
+        prefs = guessed.setdefault(tuple(hist), _guessed_preferences(ds, hist, text_only))
+        t = _truth(ds, pid) or {}
+        visible = [k for k in ATTRIBUTES if not text_only or t.get(f"{k}_in_text")]
+        out.append(_bought_last(hist, [pid])[0] + sum(w[k] for k in visible if k in prefs and t.get(k) == prefs[k]))
+    return out
 
-    def score(row: dict[str, Any], history: list[str], candidates: list[str]) -> list[float]:
-        prefs = _guessed_preferences(ds, history, text_only)
-        out = []
-        for p, base in zip(candidates, _bought_last(history, candidates), strict=True):
-            t = _truth(ds, p) or {}
-            visible = [k for k in ATTRIBUTES if not text_only or t.get(f"{k}_in_text")]
-            out.append(base + sum(w[k] for k in visible if k in prefs and t.get(k) == prefs[k]))
-        return out
 
-    return score
+def _preference_scorer(ds: Dataset, text_only: bool) -> Scorer:
+    return lambda row, history, candidates: reader_scores(ds, [history] * len(candidates), candidates, text_only)
 
 
 def _true_scorer(ds: Dataset, users: dict[str, dict[str, Any]]) -> Scorer:
@@ -99,6 +108,34 @@ def _true_scorer(ds: Dataset, users: dict[str, dict[str, Any]]) -> Scorer:
         return out
 
     return score
+
+
+HISTORY_LENGTHS = (2, 3, 5, 7, None)  # latest k items; None: all of them. The paper's K_s2 is 2-3, K_s1 5-7.
+
+
+def vision_by_history(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]],
+                      lengths: Sequence[int | None] = HISTORY_LENGTHS) -> list[dict[str, Any]]:
+    """What reading the pictures adds to the history-preferences rule when it sees only the user's latest k
+    purchases, as a teacher's prompt does: NDCG@4 reading text only and text + image, and the paired
+    bootstrap of the difference. Whether a test set can show vision beating text at all: if this rule's
+    interval holds zero, a teacher's will too."""
+    targets = [r["product_id"] for r in rows]
+    out = []
+    for k in lengths:
+        lists = {}
+        for text_only in (True, False):
+            ranked = []
+            for r in rows:
+                cands, hist = fs.ids(r["query_id"]), ds.history(r)
+                hist = hist if k is None else hist[-k:]
+                ranked.append(rerank(cands, reader_scores(ds, [hist] * len(cands), cands, text_only)))
+            lists[text_only] = ranked
+        diff = paired_bootstrap(lists[False], lists[True], targets)
+        out.append({"history": "all" if k is None else k,
+                    "text": paper_metrics(lists[True], targets)["NDCG@4"],
+                    "text_image": paper_metrics(lists[False], targets)["NDCG@4"],
+                    "image_minus_text": diff})
+    return out
 
 
 def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: int = 0) -> dict[str, Any]:
@@ -125,11 +162,8 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
         lists = []
         for row, hist in zip(rows, histories, strict=True):
             cands = fs.ids(row["query_id"])
-            if scorer is not None:
-                scores = scorer(row, hist, cands)
-                order = sorted(range(len(cands)), key=lambda i: -scores[i])  # stable: ties keep the first stage's order
-                cands = [cands[i] for i in order]
-            lists.append(cands)
+            # rerank is stable: ties keep the first stage's order
+            lists.append(cands if scorer is None else rerank(cands, scorer(row, hist, cands)))
         results[name] = paper_metrics(lists, targets)
         if scorer is None:  # chance level, right under the first stage it shuffles
             results["random order (expected)"] = random_order(lists, targets, rounds=0)["expected"]
@@ -141,8 +175,11 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
         "targets_already_bought": sum(t in set(h) for t, h in zip(targets, histories, strict=True)) / max(1, len(rows)),
         "synthetic_truth": synthetic,
     }
-    return {"dataset": ds.name, "first_stage": str(first_stage), "test_fraction": test_fraction, "seed": seed,
-            "stats": stats, "metrics": results}
+    out = {"dataset": ds.name, "first_stage": str(first_stage), "test_fraction": test_fraction, "seed": seed,
+           "stats": stats, "metrics": results}
+    if synthetic:
+        out["vision_by_history"] = vision_by_history(ds, fs, rows)
+    return out
 
 
 def headroom_table(result: dict[str, Any]) -> str:
@@ -155,6 +192,15 @@ def headroom_table(result: dict[str, Any]) -> str:
     s = result["stats"]
     lines += ["", f"{s['test_queries']} test queries; {100 * s['candidates_already_bought']:.1f}% of the candidates "
               f"and {100 * s['targets_already_bought']:.1f}% of the targets were bought before the query."]
+    if result.get("vision_by_history"):
+        lines += ["", "The history-preferences rule seeing only the latest k purchases (NDCG@4; 95% paired bootstrap "
+                  "interval of text + image minus text):", "",
+                  "| history | text | text + image | difference | 95% interval | wins / losses |",
+                  "|---|---:|---:|---:|---|---:|"]
+        for v in result["vision_by_history"]:
+            d = v["image_minus_text"]
+            lines.append(f"| {v['history']} | {v['text']:.4f} | {v['text_image']:.4f} | {d['diff']:+.4f} | "
+                         f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {d['wins']} / {d['losses']} |")
     return "\n".join(lines)
 
 

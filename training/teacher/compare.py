@@ -21,7 +21,8 @@ from service.history import select_history
 from training.artifacts import read_json, read_jsonl
 from training.dataset import Dataset
 from training.errors import InputError
-from training.metrics import paired_bootstrap
+from training.headroom import reader_scores
+from training.metrics import paired_bootstrap, paper_metrics
 from training.teacher.run import load_embeddings, ranked_test_lists
 
 
@@ -53,31 +54,69 @@ def bought_last(scored: list[dict[str, Any]], bought: dict[str, set[str]], key: 
     return out
 
 
-def repeats_in_prompt(run: Path, ds: Dataset, scored: list[dict[str, Any]], bought: dict[str, set[str]]
-                      ) -> dict[str, Any] | None:
-    """Of the test candidates the user bought before, how many had that very item in their Eq. 6-selected
-    history (the run's stage-1 embeddings and K_s2): a repeat the teacher can spot by matching the candidate
-    against its own prompt. None when the run kept no embeddings."""
+def prompt_histories(run: Path, ds: Dataset, scored: list[dict[str, Any]]
+                     ) -> tuple[dict[str, list[list[str]]], int] | None:
+    """Per scored test query, the history each candidate's stage-2 prompt held: the Eq. 6 selection by the
+    run's own stage-1 embeddings and K_s2. With that K_s2; None when the run kept no embeddings."""
     emb_dir = run / "teacher" / "embeddings"
     if not (emb_dir / "index.json").is_file():
         return None
     emb = load_embeddings(emb_dir)
     k = int(read_json(run / "teacher" / "teacher.json")["config"]["k_s2"])
     rows = {r["query_id"]: r for r in ds.queries("test")}
-    repeats = in_prompt = 0
+    out = {}
     for s in scored:
         if s["split"] != "test" or s["query_id"] not in rows:
             continue
         history = ds.history(rows[s["query_id"]])
         cands = [c["product_id"] for c in s["candidates"]]
-        if not history or not bought.get(s["query_id"]):
+        if not history:
+            out[s["query_id"]] = [[] for _ in cands]
             continue
         picked = select_history(emb.product(history), emb.query(s["query"]), emb.product(cands), k)
-        for pid, idx in zip(cands, picked, strict=True):
-            if pid in bought[s["query_id"]]:
+        out[s["query_id"]] = [[history[i] for i in idx] for idx in picked]
+    return out, k
+
+
+def repeats_in_prompt(run: Path, ds: Dataset, scored: list[dict[str, Any]], bought: dict[str, set[str]]
+                      ) -> dict[str, Any] | None:
+    """Of the test candidates the user bought before, how many had that very item in their Eq. 6-selected
+    history: a repeat the teacher can spot by matching the candidate against its own prompt. None when the
+    run kept no embeddings."""
+    found = prompt_histories(run, ds, scored)
+    if found is None:
+        return None
+    prompts, k = found
+    repeats = in_prompt = 0
+    for s in (s for s in scored if s["query_id"] in prompts):
+        for c, hist in zip(s["candidates"], prompts[s["query_id"]], strict=True):
+            if c["product_id"] in bought.get(s["query_id"], set()):
                 repeats += 1
-                in_prompt += pid in {history[i] for i in idx}
+                in_prompt += c["product_id"] in hist
     return {"repeats": repeats, "same_item_in_prompt": in_prompt, "k_s2": k}
+
+
+def prompt_readers(run: Path, ds: Dataset, scored: list[dict[str, Any]], n_test: int) -> dict[str, Any] | None:
+    """The history-preferences rule (``training.headroom.reader_scores``) reading, for each candidate, only
+    the history its prompt held: NDCG@4 from text alone and from text + image over the run's test queries, and
+    the paired difference. How much of the preference signal the teacher's prompts carry, and how much of it
+    only the pictures do. Synthetic data only; None without the run's embeddings."""
+    found = prompt_histories(run, ds, scored)
+    if found is None:
+        return None
+    prompts, k = found
+    read: dict[str, list[dict[str, Any]]] = {}
+    for view, text_only in (("text", True), ("text_image", False)):
+        read[view] = []
+        for s in (s for s in scored if s["query_id"] in prompts):
+            cands = [c["product_id"] for c in s["candidates"]]
+            scores = reader_scores(ds, prompts[s["query_id"]], cands, text_only)
+            read[view].append(s | {"candidates": [c | {"teacher_score": v}
+                                                  for c, v in zip(s["candidates"], scores, strict=True)]})
+    text, image = (ranked_test_lists(read[v], n_test, "teacher_score") for v in ("text", "text_image"))
+    return {"k_s2": k, "text": paper_metrics(text[0], text[2])["NDCG@4"],
+            "text_image": paper_metrics(image[0], image[2])["NDCG@4"],
+            "image_minus_text": paired_bootstrap(image[0], text[0], text[2])}
 
 
 class Truth(NamedTuple):
