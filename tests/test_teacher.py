@@ -313,5 +313,9 @@ def test_a_test_fraction_scores_a_sample_and_compares_on_the_same_queries(tmp_pa
     assert training_fields({"stage2_epochs": 3, "k_s2": 4}, "stage1") == training_fields({}, "stage1"), \
         "stage-2 knobs keep a trained stage 1"
     assert training_fields({"stage2_epochs": 3}, "stage2") != training_fields({}, "stage2")
+    # a text-only model has no tower to align: its alignment knobs cannot tell two of them apart
+    text = {"vision": "none"}
+    assert training_fields(text | {"align_tower_steps": 300, "image_tokens": 8}) == training_fields(text)
+    assert training_fields({"align_tower_steps": 300}) != training_fields({}), "they do change a vision model"
     cfg3 = load_teacher_config("tiny", overrides={"stage2_epochs": 3})
     assert (stage_epochs(cfg3, "stage1"), stage_epochs(cfg3, "stage2")) == (1, 3)

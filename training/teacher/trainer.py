@@ -41,6 +41,9 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 _RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction")
 # Fields stage 1 never reads: changing them keeps a trained stage 1 (and its embeddings).
 _STAGE2_ONLY = ("k_s2", "stage2_epochs")
+# Fields that reach only the vision tower and projector: a text-only model (vision=none) is the same without them.
+_VISION_ONLY = ("image_size", "image_tokens", "vision_lr", "align_epochs", "align_batch", "align_lr", "align_contrast",
+                "align_tower_steps", "align_caption")
 # How long to train: a checkpoint that agrees on everything else continues to a longer schedule.
 _SCHEDULE = ("epochs", "stage2_epochs", "max_steps")
 
@@ -48,7 +51,8 @@ _SCHEDULE = ("epochs", "stage2_epochs", "max_steps")
 def training_fields(config: dict[str, Any], stage: str | None = None, schedule: bool = True) -> dict[str, Any]:
     """What a trained stage must agree on; fields added since it was saved take their defaults."""
     full = asdict(TeacherConfig()) | config
-    skip = _RUNTIME_FIELDS + (_STAGE2_ONLY if stage == "stage1" else ()) + (() if schedule else _SCHEDULE)
+    skip = (_RUNTIME_FIELDS + (_STAGE2_ONLY if stage == "stage1" else ()) + (() if schedule else _SCHEDULE)
+            + (_VISION_ONLY if full["vision"] == "none" else ()))
     return {k: v for k, v in full.items() if k not in skip}
 
 
