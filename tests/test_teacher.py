@@ -264,6 +264,14 @@ def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
     assert rows["two-stage selected"]["prompt_tokens"] < rows["one-stage random"]["prompt_tokens"], \
         "K_s2 selected items make shorter prompts than K_s1 random ones"
     assert (tmp_path / "ab" / "ablate.png").stat().st_size > 1000
+    # each row keeps its per-query scores and a paired interval against the first stage on the same queries
+    fs_ndcg = json.loads((fs / "metrics.json").read_text())["NDCG@4"]
+    for name, row in rows.items():
+        d = row["versus_first_stage"]
+        assert d["diff"] == pytest.approx(row["metrics"]["NDCG@4"] - fs_ndcg) and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+        slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+        assert len((tmp_path / "ab" / "scores" / f"{slug}.jsonl").read_text().splitlines()) > 0
+    assert "ΔNDCG@4 vs first stage" in (tmp_path / "ab" / "report.md").read_text()
     res = runner.invoke(app, ["ablate", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "x"), "--groups", "colour"])
     assert res.exit_code == 2 and "colour" in res.output
 

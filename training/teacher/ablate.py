@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from training.artifacts import write_json
+from training.artifacts import write_json, write_jsonl
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.metrics import PAPER_KEYS, paper_metrics
@@ -40,9 +40,14 @@ from training.teacher.run import (
     reranked_metrics,
     score_rows,
     train_stage,
+    versus_first_stage,
 )
 
 GROUPS = ("modality", "history", "fraction")
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 class Ablation:
@@ -63,9 +68,13 @@ class Ablation:
         scored = score_rows(backbone, factory, self.fs, self.test_hits, mode, cfg.seed, f"scoring {name}")
         m = reranked_metrics(scored, self.n_test)
         tokens = [n for s in scored for n in s["prompt_tokens"]]
+        # per-query scores, so rows can be compared pairwise later (scripts/compare_teachers.py's readings)
+        (self.out / "scores").mkdir(exist_ok=True)
+        write_jsonl(self.out / "scores" / f"{_slug(name)}.jsonl", scored)
         self.rows[name] = {"metrics": m, "history": mode, "vision": cfg.vision, "train_fraction": cfg.train_fraction,
                            "prompt_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
-                           "score_seconds": round(time.time() - t, 1), **(extra or {})}
+                           "score_seconds": round(time.time() - t, 1),
+                           "versus_first_stage": versus_first_stage(scored, self.n_test), **(extra or {})}
         write_json(self.out / "ablate.json", self.rows)
         return m
 
@@ -82,7 +91,9 @@ class Ablation:
         factory = ExampleFactory(self.ds, cfg, backbone.prompt_builder(), emb)
         t = time.time()
         log = train_stage(backbone, factory, self.fs, rows, cfg, mode, self.out / "models" / name, stage)
-        return backbone, {"train_queries": len(rows), "train_seconds": round(time.time() - t, 1), "final_loss":
+        # a stage found already trained in models/ is loaded: report the time its training took, not the load
+        return backbone, {"train_queries": len(rows), "train_seconds": round(log.get("seconds", time.time() - t), 1),
+                          "final_loss":
                           log["loss_curve"][-1]["loss"] if log["loss_curve"] else None}
 
 
@@ -140,17 +151,20 @@ def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, gro
 
 
 def render_report(ds: Dataset, fs: FirstStage, cfg: TeacherConfig, rows: dict[str, Any]) -> str:
-    head = "| variant | " + " | ".join(PAPER_KEYS) + " | prompt tokens | train queries | train s |"
-    sep = "|---|" + "---:|" * (len(PAPER_KEYS) + 3)
+    head = ("| variant | " + " | ".join(PAPER_KEYS)
+            + " | ΔNDCG@4 vs first stage, 95% interval | wins / losses | prompt tokens | train queries | train s |")
+    sep = "|---|" + "---:|" * len(PAPER_KEYS) + "---|---:|" + "---:|" * 3
     lines = [f"# Teacher ablations on {ds.name}", "",
              f"First stage `{fs.model}` (NDCG@4 {fs.metrics['NDCG@4']:.4f} over {fs.metrics['n']} test queries); backbone `{cfg.lm}`"
              "; config:", "",
              "```", ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "```", "", head, sep,
-             f"| first stage ({fs.model}) | " + " | ".join(f"{fs.metrics[k]:.4f}" for k in PAPER_KEYS) + " | | | |"]
+             f"| first stage ({fs.model}) | " + " | ".join(f"{fs.metrics[k]:.4f}" for k in PAPER_KEYS) + " | | | | | |"]
     for name, r in rows.items():
-        m = r["metrics"]
+        m, d = r["metrics"], r.get("versus_first_stage")
+        paired = (f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {d['wins']} / {d['losses']}"
+                  if d else " | ")
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS)
-                     + f" | {r['prompt_tokens']} | {r.get('train_queries', 0)} | {r.get('train_seconds', 0)} |")
+                     + f" | {paired} | {r['prompt_tokens']} | {r.get('train_queries', 0)} | {r.get('train_seconds', 0)} |")
     lines += ["", "![ablations](ablate.png)", ""]
     return "\n".join(lines)
 
