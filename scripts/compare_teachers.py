@@ -5,7 +5,8 @@ of the user's preferences each follows.
         runs/results/synth150/smol_lr1e-3_text runs/results/synth150/smol_lr1e-3_tower ...
 
 Each RUN is a pipeline output directory (its ``teacher/`` holds ``teacher.json``
-and ``scores.jsonl``). The first run is the reference: every other run's NDCG@4
+and ``scores.jsonl``), or one ``hmpps ablate`` row's ``OUT/scores/ROW.jsonl``
+(no embeddings, so the prompt readings are skipped for it). The first run is the reference: every other run's NDCG@4
 minus the reference's, paired bootstrap over the same test queries. Then the
 same after the "already bought last" rule (``hmpps headroom``) is applied on
 top of every ranking, the first stage's included: what a teacher adds beyond
@@ -60,7 +61,8 @@ def print_preferences(rows: list[dict[str, Any]], truth: Truth, bought: dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="the dataset the runs were trained on")
-    ap.add_argument("runs", type=Path, nargs="+", help="pipeline output directories; the first is the reference")
+    ap.add_argument("runs", type=Path, nargs="+",
+                    help="pipeline output directories or ablation rows' scores/ROW.jsonl; the first is the reference")
     args = ap.parse_args()
     try:
         runs = [(run, *load_scored(run)) for run in args.runs]

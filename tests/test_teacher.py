@@ -246,7 +246,10 @@ def test_image_file_exists_for_every_prompt_image(ds, backbone):
 
 
 def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
+    from training.errors import InputError
     from training.synthetic import SyntheticConfig, generate
+    from training.teacher.ablate import row_slug
+    from training.teacher.compare import load_scored, versus
 
     data = tmp_path / "data"  # smaller than the shared fixture: ten variants are trained and scored
     generate(SyntheticConfig(users=50, products=60, seed=11, min_core=3), data)
@@ -269,9 +272,20 @@ def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
     for name, row in rows.items():
         d = row["versus_first_stage"]
         assert d["diff"] == pytest.approx(row["metrics"]["NDCG@4"] - fs_ndcg) and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
-        slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
-        assert len((tmp_path / "ab" / "scores" / f"{slug}.jsonl").read_text().splitlines()) > 0
+        scored, n = load_scored(tmp_path / "ab" / "scores" / f"{row_slug(name)}.jsonl")
+        assert n == d["n"] and 0 < len(scored) <= n
     assert "ΔNDCG@4 vs first stage" in (tmp_path / "ab" / "report.md").read_text()
+    # two rows compared pairwise, as scripts/compare_teachers.py does: the difference of their NDCG@4
+    text, n = load_scored(tmp_path / "ab" / "scores" / f"{row_slug('text / finetuned')}.jsonl")
+    vision, _ = load_scored(tmp_path / "ab" / "scores" / f"{row_slug('text+vision / finetuned')}.jsonl")
+    assert versus(vision, n, text, n)["diff"] == pytest.approx(
+        rows["text+vision / finetuned"]["metrics"]["NDCG@4"] - rows["text / finetuned"]["metrics"]["NDCG@4"])
+    stray = tmp_path / "ab" / "scores" / "two-stage-latest.jsonl"
+    with pytest.raises(InputError, match="not an `hmpps ablate` row"):
+        load_scored(stray)
+    stray.write_text((tmp_path / "ab" / "scores" / f"{row_slug('text / finetuned')}.jsonl").read_text())
+    with pytest.raises(InputError, match="no such row"):
+        load_scored(stray)
     res = runner.invoke(app, ["ablate", "--data", str(data), "--candidates", str(fs), "--out", str(tmp_path / "x"), "--groups", "colour"])
     assert res.exit_code == 2 and "colour" in res.output
 

@@ -46,7 +46,8 @@ from training.teacher.run import (
 GROUPS = ("modality", "history", "fraction")
 
 
-def _slug(name: str) -> str:
+def row_slug(name: str) -> str:
+    """A row's file name under scores/."""
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
@@ -70,7 +71,7 @@ class Ablation:
         tokens = [n for s in scored for n in s["prompt_tokens"]]
         # per-query scores, so rows can be compared pairwise later (scripts/compare_teachers.py's readings)
         (self.out / "scores").mkdir(exist_ok=True)
-        write_jsonl(self.out / "scores" / f"{_slug(name)}.jsonl", scored)
+        write_jsonl(self.out / "scores" / f"{row_slug(name)}.jsonl", scored)
         self.rows[name] = {"metrics": m, "history": mode, "vision": cfg.vision, "train_fraction": cfg.train_fraction,
                            "prompt_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
                            "score_seconds": round(time.time() - t, 1),

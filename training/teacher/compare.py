@@ -23,11 +23,21 @@ from training.dataset import Dataset
 from training.errors import InputError
 from training.headroom import reader_scores
 from training.metrics import paired_bootstrap, paper_metrics
+from training.teacher.ablate import row_slug
 from training.teacher.run import load_embeddings, ranked_test_lists
 
 
 def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:
-    """A pipeline output's scored queries and how many test queries its sample had."""
+    """A pipeline output's scored queries and how many test queries its sample had; or one ``hmpps ablate``
+    row's, given its ``scores/ROW.jsonl``."""
+    if run.suffix == ".jsonl":
+        info_path = run.parent.parent / "ablate.json"
+        if not (run.is_file() and info_path.is_file()):
+            raise InputError(f"{run}: not an `hmpps ablate` row's scores (expected OUT/scores/ROW.jsonl beside OUT/ablate.json)")
+        rows = {row_slug(name): row for name, row in read_json(info_path).items()}
+        if "versus_first_stage" not in rows.get(run.stem, {}):
+            raise InputError(f"{run}: {info_path} has no such row with its test-query count; rerun hmpps ablate")
+        return read_jsonl(run), int(rows[run.stem]["versus_first_stage"]["n"])
     teacher = run / "teacher"
     for name in ("teacher.json", "scores.jsonl"):
         if not (teacher / name).is_file():
