@@ -6,15 +6,17 @@ of the user's preferences each follows.
 
 Each RUN is a pipeline output directory (its ``teacher/`` holds ``teacher.json``
 and ``scores.jsonl``), or one ``hmpps ablate`` row's ``OUT/scores/ROW.jsonl``
-(no embeddings, so the prompt readings are skipped for it). The first run is the reference: every other run's NDCG@4
-minus the reference's, paired bootstrap over the same test queries. Then the
-same after the "already bought last" rule (``hmpps headroom``) is applied on
-top of every ranking, the first stage's included: what a teacher adds beyond
-spotting repeats, and how often a repeat's own history item is in its prompt.
-On synthetic data (``users_truth.jsonl`` beside the data) each run's
-preference for candidates matching the user's brands, colour and style is
-printed too, split by text vs picture only, after what the test data itself
-rewards (``training/teacher/compare.py``).
+(which has no embeddings, so the readings of its prompts are skipped). The
+first run is the reference: every other run's NDCG@4 minus the reference's,
+paired bootstrap over the same test queries. Then the same after the
+"already bought last" rule (``hmpps headroom``) is applied on top of every
+ranking, the first stage's included: what a teacher adds beyond spotting
+repeats, and how often a repeat's own history item is in its prompt. On
+synthetic data (``users_truth.jsonl`` beside the data) each run's preference
+for candidates matching the user's brands, colour and style is printed too,
+split by text vs picture only, after what the test data itself rewards; and
+what the headroom's preference rule scores reading only the run's prompts
+(``training/teacher/compare.py``).
 """
 
 from __future__ import annotations

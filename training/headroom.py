@@ -82,7 +82,10 @@ def reader_scores(ds: Dataset, histories: Sequence[list[str]], candidates: list[
     guessed: dict[tuple[str, ...], dict[str, str]] = {}
     out = []
     for pid, hist in zip(candidates, histories, strict=True):
-        prefs = guessed.setdefault(tuple(hist), _guessed_preferences(ds, hist, text_only))
+        key = tuple(hist)
+        if key not in guessed:  # candidates sharing one history guess once
+            guessed[key] = _guessed_preferences(ds, hist, text_only)
+        prefs = guessed[key]
         t = _truth(ds, pid) or {}
         visible = [k for k in ATTRIBUTES if not text_only or t.get(f"{k}_in_text")]
         out.append(_bought_last(hist, [pid])[0] + sum(w[k] for k in visible if k in prefs and t.get(k) == prefs[k]))

@@ -94,8 +94,7 @@ class Ablation:
         log = train_stage(backbone, factory, self.fs, rows, cfg, mode, self.out / "models" / name, stage)
         # a stage found already trained in models/ is loaded: report the time its training took, not the load
         return backbone, {"train_queries": len(rows), "train_seconds": round(log.get("seconds", time.time() - t), 1),
-                          "final_loss":
-                          log["loss_curve"][-1]["loss"] if log["loss_curve"] else None}
+                          "final_loss": log["loss_curve"][-1]["loss"] if log["loss_curve"] else None}
 
 
 def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, groups: tuple[str, ...] = GROUPS,
