@@ -57,7 +57,8 @@ RUN python /tmp/build/requirements.py service --pyproject /tmp/build/pyproject.t
  && pip install -r /tmp/build/requirements.txt
 
 FROM service-deps AS service
-# the service package is self-contained: it never imports training/, distill/ or torch
+# the service imports only itself and the contract package: never training/, distill/ or torch
+COPY contract/ /app/contract/
 COPY service/ /app/service/
 USER hmpps
 ENV HMPPS_HOST=0.0.0.0 \

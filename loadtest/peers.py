@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import InputError
 from service.bundle import LoadedBundle, make_session
-from service.errors import InputError
 from service.rerank import Scored, score_sync
 from service.store import Fetched
 
@@ -33,8 +33,8 @@ class TorchStudent:
     def __init__(self, checkpoint: Path, threads: int = 1):
         import torch
 
+        from contract.spec import FeatureSpec
         from distill.student import Student, StudentConfig
-        from service.spec import FeatureSpec
 
         torch.set_num_threads(threads)
         ckpt = torch.load(checkpoint, weights_only=False)
@@ -44,7 +44,7 @@ class TorchStudent:
         self._torch = torch
 
     def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        from service.spec import INPUT_NAMES
+        from contract.spec import INPUT_NAMES
 
         with self._torch.no_grad():
             return self.model(*(self._torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).numpy()

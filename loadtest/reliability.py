@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from contract.errors import InputError
 from loadtest.mix import RequestMix
 from loadtest.openloop import percentiles, run_open_loop
-from service.errors import InputError
 
 ADMIN_TOKEN = "reliability-suite"
 SCENARIOS = ("redis_kill", "overload", "reload", "soak", "fuzz")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from contract.errors import InputError
 from training.dataset import load_dataset
-from training.errors import InputError
 from training.teacher.align import align_vision, train_tower_on_brands
-from training.teacher.backbone import build_backbone
+from training.teacher.build import build_backbone
 from training.teacher.config import load_teacher_config
 
 

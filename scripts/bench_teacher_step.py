@@ -20,7 +20,7 @@ import yaml
 
 from training.candidates import load_first_stage
 from training.dataset import load_dataset
-from training.teacher.backbone import build_backbone
+from training.teacher.build import build_backbone
 from training.teacher.config import load_teacher_config
 from training.teacher.examples import ExampleFactory
 from training.teacher.trainer import decision_logits

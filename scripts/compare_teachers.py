@@ -25,8 +25,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from contract.errors import InputError
 from training.dataset import load_dataset
-from training.errors import InputError
 from training.teacher.compare import (
     Truth,
     bought_before,

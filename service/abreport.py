@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from service import keys
-
-EFFICIENT_DWELL_S = 5.0
+from contract import keys
+from contract.constants import EFFICIENT_DWELL_S
 
 
 def read_events(client: Any, batch: int = 10_000) -> list[dict[str, Any]]:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import InputError
-
-PASSTHROUGH = "passthrough"
+from contract.constants import PASSTHROUGH
+from contract.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -1,76 +1,20 @@
-"""Student bundles: the directory distillation writes and the service loads.
-
-    manifest.json             version, dataset fingerprint, spec, metrics, sha256 of every file
-    student.onnx              fusion network, dynamic batch (fp32)
-    student.int8.onnx         the same, dynamic int8 quantization
-    query_encoder.onnx        MiniLM-L6 + projection for tail queries
-    tokenizer/tokenizer.json  the query encoder's tokenizer
-    features/                 what ``hmpps publish`` writes to Redis
+"""The bundle runtime: ONNX sessions over a verified bundle (the format is ``contract.bundle``).
 
 Only numpy, onnxruntime and tokenizers are needed here: the service image has no torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from service.errors import BundleError
-from service.spec import INPUT_NAMES, OUTPUT_NAME, FeatureSpec
-
-FORMAT = "hmpps-bundle/1"
-MANIFEST = "manifest.json"
-QUERY_MAX_TOKENS = 32
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    path = Path(bundle) / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{bundle} is not a bundle: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    for key in ("version", "dataset_fingerprint", "spec", "files", "models"):
-        if key not in manifest:
-            raise BundleError(f"{path} lacks the field {key!r}")
-    return manifest
-
-
-def verify_bundle(bundle: Path) -> dict[str, Any]:
-    """Check every file's sha256 against the manifest; raise naming the first broken file."""
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    for rel, digest in sorted(manifest["files"].items()):
-        path = bundle / rel
-        if not path.is_file():
-            raise BundleError(f"bundle {bundle}: {rel} is missing")
-        if sha256_file(path) != digest:
-            raise BundleError(f"bundle {bundle}: {rel} fails its sha256 check (tampered or truncated)")
-    listed = set(manifest["files"]) | {MANIFEST}
-    extra = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file() and str(p.relative_to(bundle)) not in listed)
-    if extra:
-        raise BundleError(f"bundle {bundle}: {extra[0]} is not listed in the manifest")
-    try:
-        FeatureSpec.from_dict(manifest["spec"])
-    except (KeyError, ValueError) as e:
-        raise BundleError(f"bundle {bundle}: bad spec in manifest: {e}") from None
-    return manifest
+from contract.bundle import QUERY_ENCODER, TOKENIZER, Manifest, verify_bundle
+from contract.constants import QUERY_MAX_TOKENS
+from contract.errors import BundleError
+from contract.spec import INPUT_NAMES, OUTPUT_NAME, FeatureSpec
 
 
 class Scorer(Protocol):
@@ -143,28 +87,30 @@ class OnnxQueryEncoder:
 @dataclass
 class LoadedBundle:
     path: Path
-    manifest: dict[str, Any]
-    spec: FeatureSpec
+    manifest: Manifest
     scorer: Scorer
     query_encoder: QueryEncoder
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def spec(self) -> FeatureSpec:
+        return self.manifest.spec
+
+    @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def history_cap(self) -> int:
-        return int(self.manifest.get("features", {}).get("history_cap", 50))
+        return self.manifest.history_cap
 
 
 def load_bundle(path: Path, threads: int = 1, providers: list[str] | None = None, int8: bool = False) -> LoadedBundle:
     """Verify checksums, then open the ONNX sessions. Fails with BundleError naming the problem."""
     path = Path(path)
     manifest = verify_bundle(path)
-    models = manifest["models"]
-    student = models["student_int8"] if int8 and "student_int8" in models else models["student"]
+    student = manifest.student_file(int8)
     scorer = OnnxScorer(path / student, threads, providers)
-    encoder = OnnxQueryEncoder(path / models["query_encoder"], path / models["tokenizer"], threads, providers)
-    return LoadedBundle(path, manifest, FeatureSpec.from_dict(manifest["spec"]), scorer, encoder,
-                        {"student_file": student})
+    encoder = OnnxQueryEncoder(path / manifest.models[QUERY_ENCODER], path / manifest.models[TOKENIZER],
+                               threads, providers)
+    return LoadedBundle(path, manifest, scorer, encoder, {"student_file": student})

@@ -29,6 +29,7 @@ IN_FLIGHT = Gauge("hmpps_rerank_in_flight", "Requests being served", multiproces
 BUNDLE_INFO = Gauge("hmpps_bundle_info", "Loaded bundles (value 1)", ["arm", "version"], multiprocess_mode="liveall")
 FEEDBACK = Counter("hmpps_feedback_events_total", "Feedback events accepted", ["arm", "type"])
 EFFICIENT_CLICKS = Counter("hmpps_feedback_efficient_clicks_total", "Dwell events over 5 s", ["arm"])
+TAIL_CACHE_FAILURES = Counter("hmpps_tail_query_cache_failures_total", "Tail-query cache writes that failed (best effort)")
 READY = Gauge("hmpps_ready", "1 when this worker is ready", multiprocess_mode="liveall")
 ARM_WEIGHT = Gauge("hmpps_arm_weight", "Configured traffic weight per arm (0: removed)", ["arm"], multiprocess_mode="max")
 
@@ -56,6 +57,31 @@ def init_labels(arms: list[str]) -> None:
             REQUESTS.labels(arm, status)
         for kind in FEEDBACK_TYPES:
             FEEDBACK.labels(arm, kind)
+
+
+class RuntimeGauges:
+    """Bundle versions and arm weights as gauges, with zero-valued series for every label seen.
+
+    Multiprocess mode cannot remove label sets: stale versions and arms drop to 0 instead.
+    """
+
+    def __init__(self) -> None:
+        self.bundle_labels: set[tuple[str, str]] = set()
+        self.arm_names: set[str] = set()
+
+    def set(self, versions: dict[str, str], weights: dict[str, float]) -> None:
+        current = set(versions.items())
+        for labels in self.bundle_labels - current:
+            BUNDLE_INFO.labels(*labels).set(0)
+        for labels in current:
+            BUNDLE_INFO.labels(*labels).set(1)
+        self.bundle_labels.update(current)
+        for gone in self.arm_names - set(weights):
+            ARM_WEIGHT.labels(gone).set(0)
+        for name, weight in weights.items():
+            ARM_WEIGHT.labels(name).set(weight)
+        self.arm_names.update(weights)
+        init_labels(list(weights))
 
 
 def exposition() -> tuple[bytes, str]:

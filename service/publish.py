@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from service import keys
-from service.bundle import verify_bundle
-from service.errors import ArtifactMismatch, InputError
+from contract import keys
+from contract.bundle import verify_bundle
+from contract.errors import ArtifactMismatch, InputError
 
 CHUNK = 1000
 
@@ -32,28 +32,29 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
     t0 = time.perf_counter()
     bundle = Path(bundle)
     manifest = verify_bundle(bundle)
-    version = manifest["version"]
-    if data_fingerprint is not None and data_fingerprint != manifest["dataset_fingerprint"]:
-        raise ArtifactMismatch(f"bundle {bundle} was built from dataset {manifest['dataset_fingerprint']}, "
+    version = manifest.version
+    if data_fingerprint is not None and data_fingerprint != manifest.dataset_fingerprint:
+        raise ArtifactMismatch(f"bundle {bundle} was built from dataset {manifest.dataset_fingerprint}, "
                                f"not from the given data ({data_fingerprint})")
     existing = client.get(keys.manifest(version))
     if existing is not None:
         prev = json.loads(existing)
-        if prev.get("dataset_fingerprint") != manifest["dataset_fingerprint"]:
+        if prev.get("dataset_fingerprint") != manifest.dataset_fingerprint:
             raise ArtifactMismatch(f"Redis already holds version {version} for dataset {prev.get('dataset_fingerprint')}; "
                                    "refusing to mix catalogs")
-    feats = manifest["features"]
+    feats = manifest.features
+    spec = manifest.spec
     index = json.loads((bundle / feats["index"]).read_text())
     products = np.load(bundle / feats["products"])
     queries = np.load(bundle / feats["queries"])
-    if products.shape != (len(index["products"]), manifest["spec"]["product_dim"]):
+    if products.shape != (len(index["products"]), spec.product_dim):
         raise InputError(f"bundle {bundle}: products.npy has shape {products.shape}, expected "
-                         f"({len(index['products'])}, {manifest['spec']['product_dim']})")
-    if queries.shape != (len(index["queries"]), manifest["spec"]["query_dim"]):
+                         f"({len(index['products'])}, {spec.product_dim})")
+    if queries.shape != (len(index["queries"]), spec.query_dim):
         raise InputError(f"bundle {bundle}: queries.npy has shape {queries.shape}")
     summaries = _jsonl(bundle / feats["summaries"])
     histories = _jsonl(bundle / feats["histories"])
-    cap = int(feats.get("history_cap", keys.HISTORY_CAP))
+    cap = manifest.history_cap
 
     counts = {"products": 0, "summaries": 0, "queries": 0, "users": 0}
     pipe = client.pipeline(transaction=False)
@@ -70,7 +71,7 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
         return np.ascontiguousarray(v, dtype=np.float32).tobytes()
 
     client.delete(keys.complete(version))  # a rerun is incomplete until it finishes
-    pipe.set(keys.manifest(version), json.dumps(manifest))
+    pipe.set(keys.manifest(version), json.dumps(manifest.to_dict()))
     plain_keys = (
         ("products", ((keys.product(version, pid), vec_bytes(v)) for pid, v in zip(index["products"], products, strict=True))),
         ("summaries", ((keys.summary(version, r["product_id"]), r["summary"]) for r in summaries)),

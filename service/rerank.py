@@ -9,22 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import numpy as np
 from redis.exceptions import RedisError
 
+from contract.constants import PASSTHROUGH
+from contract.spec import build_inputs, yes_probability
 from service import metrics as m
 from service.arms import Arm
 from service.bundle import LoadedBundle
 from service.schemas import RerankRequest, RerankResponse, Result
-from service.spec import build_inputs, yes_probability
 from service.store import FeatureStore, Fetched
 
 log = logging.getLogger("hmpps.service")
-PASSTHROUGH_VERSION = "passthrough"
 
 
 @dataclass
@@ -113,27 +114,40 @@ def passthrough_results(req: RerankRequest, missing: list[bool] | None = None) -
                    missing_features=bool(missing and missing[i])) for i, c in enumerate(req.candidates)]
 
 
-async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: LoadedBundle | None,
-                        store: FeatureStore, limiter: anyio.CapacityLimiter, budget_s: float,
-                        tail_ttl_s: int, scorer: RequestScorer | None = None) -> RerankResponse:
+@dataclass(frozen=True)
+class RequestContext:
+    """Everything one rerank needs besides the request body."""
+
+    request_id: str
+    arm: Arm
+    bundle: LoadedBundle | None  # None: the passthrough (control) arm
+    store: FeatureStore
+    limiter: anyio.CapacityLimiter  # worker threads for scoring
+    budget_s: float  # fail open past this
+    tail_ttl_s: int
+    scorer: RequestScorer
+    spawn: Callable[[Coroutine[Any, Any, None]], None]  # best-effort work after the response
+
+
+async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     m.CANDIDATES.observe(len(req.candidates))
-    if bundle is None:  # the passthrough (control) arm
-        return _response(req, request_id, arm.name, PASSTHROUGH_VERSION, None, passthrough_results(req), t0, timings)
+    bundle = ctx.bundle
+    if bundle is None:
+        return _response(req, ctx.request_id, ctx.arm.name, PASSTHROUGH, None, passthrough_results(req), t0, timings)
 
-    scorer = scorer or STUDENT
     ids = [c.product_id for c in req.candidates]
     fallback: str | None = None
     scored: Scored | None = None
     fetched: Fetched | None = None
     try:
-        async with asyncio.timeout(budget_s):
-            fetched = await store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
-                                        bundle.history_cap, req.return_summaries or scorer.needs_summaries)
+        async with asyncio.timeout(ctx.budget_s):
+            fetched = await ctx.store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
+                                            bundle.history_cap, req.return_summaries or ctx.scorer.needs_summaries)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            scored = await anyio.to_thread.run_sync(scorer, bundle, req.query, fetched, limiter=limiter)
+            scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, limiter=ctx.limiter)
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:
@@ -152,18 +166,16 @@ async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: L
             m.FEATURE_MISSES.labels("product").inc(n_missing)
         if scored.encoded_query is not None:
             m.FEATURE_MISSES.labels("query").inc()
-            try:  # best effort: the next request for this query skips the encoder
-                async with asyncio.timeout(budget_s):
-                    await store.cache_query(bundle.version, req.query, scored.encoded_query, tail_ttl_s)
-            except Exception as e:  # noqa: BLE001
-                log.warning("could not cache tail query: %s", e)
+            # after the response: the next request for this query skips the encoder
+            ctx.spawn(_cache_tail_query(ctx, bundle.version, req.query, scored.encoded_query))
         if n_missing == len(ids):
             fallback = "no_features"
     if fallback is not None or scored is None:
         fallback = fallback or "no_features"
         m.FALLBACKS.labels(fallback).inc()
         missing = [s is None for s in scored.scores] if scored is not None else None
-        return _response(req, request_id, arm.name, bundle.version, fallback, passthrough_results(req, missing), t0, timings)
+        return _response(req, ctx.request_id, ctx.arm.name, bundle.version, fallback,
+                         passthrough_results(req, missing), t0, timings)
 
     summaries = fetched.summaries if fetched is not None and req.return_summaries else []
     results = []
@@ -172,7 +184,16 @@ async def handle_rerank(req: RerankRequest, request_id: str, arm: Arm, bundle: L
         results.append(Result(product_id=ids[i], score=None if s is None else round(s, 6), rank=rank,
                               original_rank=i + 1, missing_features=s is None,
                               summary=summaries[i] if summaries else None))
-    return _response(req, request_id, arm.name, bundle.version, None, results, t0, timings)
+    return _response(req, ctx.request_id, ctx.arm.name, bundle.version, None, results, t0, timings)
+
+
+async def _cache_tail_query(ctx: RequestContext, version: str, query: str, vector: bytes) -> None:
+    try:
+        async with asyncio.timeout(ctx.budget_s):
+            await ctx.store.cache_query(version, query, vector, ctx.tail_ttl_s)
+    except Exception as e:  # noqa: BLE001 - best effort, counted
+        m.TAIL_CACHE_FAILURES.inc()
+        log.warning("could not cache tail query: %s", e)
 
 
 def _response(req: RerankRequest, request_id: str, arm: str, version: str, fallback: str | None,

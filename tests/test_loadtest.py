@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.errors import InputError
 from loadtest.mix import RequestMix
 from loadtest.openloop import markdown, run_open_loop, validate
-from service.errors import InputError
 
 
 def test_refuses_remote_targets_and_unbounded_runs():
@@ -157,12 +157,12 @@ def test_cross_encoder_peer_fetches_summaries_and_scores_pairs(tmp_path, tiny_pi
 
     import pytest
 
+    from contract.errors import InputError
     from loadtest.peers import CrossEncoderScorer, make_peer
     from service.app import create_app
-    from service.errors import InputError
     from service.settings import Settings
     from tests.live_server import live_server
-    from training.teacher.lm import minilm_dir
+    from training.pretrained import minilm_dir
 
     with pytest.raises(InputError, match="bench-model"):
         make_peer("cross-encoder", tmp_path)

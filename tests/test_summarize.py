@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from contract.errors import InputError
 from hmpps.cli import app
 from training.dataset import load_dataset
-from training.errors import InputError
 from training.summarize.llm import OpenAILLM, parse_llm_spec
 from training.summarize.parse import core_perspectives, parse_perspectives, parse_summary
 from training.summarize.prompts import (
@@ -159,11 +159,14 @@ def test_perspective_run_removes_noise_and_keeps_attributes(synthetic_dir, tmp_p
     report = (tmp_path / "s" / "report.md").read_text()
     assert "| none |" in report and "| perspective |" in report and "Before and after" in report
     # the teacher reads it: summaries replace descriptions
-    from training.teacher.run import apply_summaries
+    from training.dataset import with_summaries
 
     fresh = load_dataset(synthetic_dir)
-    applied = apply_summaries(fresh, tmp_path / "s")
+    summarized = with_summaries(fresh, tmp_path / "s")
+    applied = summarized.summaries
     assert applied is not None and applied["products"] == len(ds.products) and applied["mode"] == "perspective"
+    assert all("summary" in p for p in summarized.products.values())
+    assert not any("summary" in p for p in fresh.products.values()), "the loaded dataset is not mutated"
 
 
 def test_an_interrupted_run_resumes_and_a_rerun_calls_nothing(synthetic_dir, tmp_path):

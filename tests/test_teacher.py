@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hmpps.cli import app
 from training.dataset import load_dataset
-from training.teacher.backbone import build_backbone
+from training.teacher.build import build_backbone
 from training.teacher.config import load_teacher_config
 from training.teacher.prompt import ImageSlot, PromptBuilder
 
@@ -191,7 +191,7 @@ def test_training_resumes_from_its_checkpoint(ds, synthetic_dir, tmp_path):
     assert log3["steps"] == 2 * len(rows) and log3["groups"] == 2 * len(rows), "a longer schedule continues, not restarts"
     assert log3["loss_curve"][0]["epoch"] == 1 and log3["loss_curve"][-1]["epoch"] == 2
     other = load_teacher_config("tiny", overrides={"checkpoint_every": 2, "max_steps": 3, "lr": 0.01})
-    from training.errors import ArtifactMismatch
+    from contract.errors import ArtifactMismatch
 
     with pytest.raises(ArtifactMismatch):
         train(build_backbone(other), groups, other, tmp_path / "ckpt", "stage1")
@@ -231,8 +231,8 @@ def test_unknown_profile_and_fields_are_named(synthetic_dir, tmp_path):
 
 
 def test_hub_ids_fail_clearly_instead_of_downloading():
-    from training.errors import InputError
-    from training.teacher.lm import load_lm
+    from contract.errors import InputError
+    from training.pretrained import load_lm
 
     with pytest.raises(InputError, match="not a local directory"):
         load_lm("HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -246,7 +246,7 @@ def test_image_file_exists_for_every_prompt_image(ds, backbone):
 
 
 def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
-    from training.errors import InputError
+    from contract.errors import InputError
     from training.synthetic import SyntheticConfig, generate
     from training.teacher.ablate import row_slug
     from training.teacher.compare import load_scored, versus
@@ -291,7 +291,7 @@ def test_ablate_runs_every_group_on_the_tiny_profile(tmp_path):
 
 
 def test_config_layers_profile_then_file_then_flags(tmp_path):
-    from training.errors import InputError
+    from contract.errors import InputError
 
     f = tmp_path / "c.yaml"
     f.write_text("k_s1: 5\nlr: 0.0001\n")  # both equal the defaults, but must still override the tiny profile

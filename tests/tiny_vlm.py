@@ -25,7 +25,7 @@ def build_tiny_idefics3(out: Path, seed: int = 0) -> Path:
     )
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    from training.teacher.lm import minilm_dir
+    from training.pretrained import minilm_dir
 
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]})

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.errors import InputError
+from contract.errors import InputError
 
 
 @dataclass

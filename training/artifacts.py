@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from service.bundle import sha256_file  # one implementation, shared with bundle verification
-from training.errors import ArtifactMismatch, InputError
+from contract.bundle import sha256_file  # one implementation, shared with bundle verification
+from contract.errors import ArtifactMismatch, InputError
 
 SCHEMA_VERSION = 1
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import InputError
 from training.artifacts import read_json, read_jsonl, require_same_dataset
 from training.dataset import Dataset
-from training.errors import InputError
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from training.errors import InputError
+from contract.errors import InputError
 
 C = TypeVar("C")
 

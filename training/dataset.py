@@ -18,12 +18,12 @@ earlier purchase of that user (train and test alike), newest last.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from training.artifacts import SCHEMA_VERSION, read_json, read_jsonl
-from training.errors import ArtifactMismatch, InputError
+from contract.errors import ArtifactMismatch, InputError
+from training.artifacts import SCHEMA_VERSION, read_json, read_jsonl, require_same_dataset
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Dataset:
     meta: dict[str, Any]
     products: dict[str, dict[str, Any]]
     interactions: list[dict[str, Any]]
+    # set by ``with_summaries``: {"dir", "mode", "products"} of the summarize run whose text products carry
+    summaries: dict[str, Any] | None = None
     _by_user: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
@@ -92,3 +94,31 @@ def load_dataset(root: str | Path) -> Dataset:
     if not interactions:
         raise InputError(f"{root}/interactions.jsonl holds no interactions")
     return Dataset(root, meta, products, interactions)
+
+
+def as_dataset(data: Dataset | str | Path) -> Dataset:
+    """A stage takes a loaded dataset (the pipeline loads it once) or a directory (its own command)."""
+    return data if isinstance(data, Dataset) else load_dataset(data)
+
+
+def with_summaries(ds: Dataset, summaries_dir: str | Path | None) -> Dataset:
+    """A copy of ``ds`` whose products carry ``summary`` from a summarize run (used instead of the description).
+
+    ``ds`` itself is not changed, so applying summaries twice cannot happen by accident.
+    """
+    if summaries_dir is None:
+        return ds
+    if ds.summaries is not None:
+        if Path(ds.summaries["dir"]) == Path(summaries_dir):
+            return ds
+        raise InputError(f"dataset already carries the summaries of {ds.summaries['dir']}, not {summaries_dir}")
+    summaries_dir = Path(summaries_dir)
+    info = read_json(summaries_dir / "summarize.json")
+    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"summaries in {summaries_dir}")
+    products = dict(ds.products)
+    n = 0
+    for row in read_jsonl(summaries_dir / "summaries.jsonl"):
+        if row["product_id"] in products and row.get("summary"):
+            products[row["product_id"]] = products[row["product_id"]] | {"summary": row["summary"]}
+            n += 1
+    return replace(ds, products=products, summaries={"dir": str(summaries_dir), "mode": info.get("mode"), "products": n})

@@ -9,9 +9,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from contract.errors import InputError
 from training.amazon import ParseReport, RawInteraction, RawProduct
 from training.artifacts import SCHEMA_VERSION, atomic_dir, fingerprint_files, write_json, write_jsonl
-from training.errors import InputError
 from training.stats import dataset_stats, stats_markdown
 from training.text import clean_category_path, clean_text, content_terms, is_markup_junk, query_from_path
 

@@ -259,7 +259,7 @@ class MapsRanker:
     def _prepare(self, ds: Dataset, train: list[dict[str, Any]]) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from training.teacher.lm import minilm_dir
+        from training.pretrained import minilm_dir
 
         cfg = self.cfg
         self.ds = ds

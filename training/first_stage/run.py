@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import InputError
 from training.artifacts import atomic_dir, write_json, write_jsonl
 from training.config import load_config
-from training.dataset import Dataset, load_dataset
-from training.errors import InputError
+from training.dataset import Dataset, as_dataset
 from training.first_stage.base import Catalog, Ranker, split_validation
 from training.metrics import paper_metrics, sampled_metrics
 from training.report import metrics_table
@@ -61,17 +61,17 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
-def run_retrieval(data: Path, model: str, out: Path, *, config_path: Path | None = None,
+def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: Path | None = None,
                   overrides: dict[str, Any] | None = None, k: int = 10) -> dict[str, Any]:
     if model not in MODELS:
         raise InputError(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
     t0 = time.time()
-    ds = load_dataset(data)
+    ds = as_dataset(data)
     queries = ds.queries()
     train_rows = [r for r in queries if r["split"] == "train"]
     test_rows = [r for r in queries if r["split"] == "test"]
     if not train_rows or not test_rows:
-        raise InputError(f"{data} needs train and test queries (found {len(train_rows)} train, {len(test_rows)} test)")
+        raise InputError(f"{ds.root} needs train and test queries (found {len(train_rows)} train, {len(test_rows)} test)")
     catalog = Catalog.build(ds)
     ranker, cfg = make_ranker(model, catalog, config_path, overrides or {})
     seed = getattr(cfg, "seed", 0)

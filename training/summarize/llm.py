@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from training.errors import InputError
+from contract.errors import InputError
 
 Messages = list[dict[str, str]]
 
@@ -52,7 +52,7 @@ class LocalLLM:
     def load(cls, spec: str, threads: int = 0, batch_size: int = 8) -> LocalLLM:
         import torch
 
-        from training.teacher.lm import load_lm
+        from training.pretrained import load_lm
 
         if threads:
             torch.set_num_threads(threads)

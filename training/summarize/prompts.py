@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from contract.errors import InputError
 from training.config import read_yaml_mapping
-from training.errors import InputError
 from training.summarize.llm import Messages
 
 DEMOS_DIR = Path(__file__).parent / "demos"

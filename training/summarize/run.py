@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from contract.errors import InputError
 from training.artifacts import atomic_dir, read_json, write_json, write_jsonl
 from training.dataset import Dataset, load_dataset
-from training.errors import InputError
 from training.summarize.llm import LLM
 from training.summarize.parse import core_perspectives, parse_perspectives, parse_summary
 from training.summarize.prompts import (

@@ -28,14 +28,13 @@ import numpy as np
 
 from training.artifacts import write_json, write_jsonl
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
-from training.dataset import Dataset, load_dataset
+from training.dataset import Dataset, load_dataset, with_summaries
 from training.metrics import PAPER_KEYS, paper_metrics
 from training.teacher.align import align_vision
-from training.teacher.backbone import build_backbone
+from training.teacher.build import build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory
 from training.teacher.run import (
-    apply_summaries,
     compute_embeddings,
     reranked_metrics,
     score_rows,
@@ -133,8 +132,8 @@ def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, gro
             ab.evaluate(f"fraction {frac:g}", bb, c, "random", None, extra)
     if summaries:
         for summ in [None, *summaries]:
-            ds_s = load_dataset(data)
-            info = apply_summaries(ds_s, summ)
+            ds_s = with_summaries(ds, summ)
+            info = ds_s.summaries
             mode = info["mode"] if info else "none"
             label = f"descriptions: {mode}"
             sub = Ablation(ds_s, fs, cfg, out)

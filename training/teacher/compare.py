@@ -17,10 +17,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from service.history import select_history
+from contract.errors import InputError
+from contract.history import select_history
 from training.artifacts import read_json, read_jsonl
 from training.dataset import Dataset
-from training.errors import InputError
 from training.headroom import reader_scores
 from training.metrics import paired_bootstrap, paper_metrics
 from training.teacher.ablate import row_slug

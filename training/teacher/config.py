@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.errors import InputError
 from training.config import load_config, read_yaml_mapping
-from training.errors import InputError
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.history import select_history, select_latest, select_random
+from contract.history import select_history, select_latest, select_random
 from training.dataset import Dataset
 from training.teacher.config import TeacherConfig
 from training.teacher.prompt import Prompt, PromptBuilder, Segment, render_product

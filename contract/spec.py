@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.history import select_history
+from contract.history import select_history
 
 INPUT_NAMES = ("query", "candidate", "history", "history_mask")
 OUTPUT_NAME = "logits"

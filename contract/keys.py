@@ -24,8 +24,6 @@ import re
 PREFIX = "hmpps"
 ALIAS = f"{PREFIX}:live"
 FEEDBACK_STREAM = f"{PREFIX}:feedback"
-HISTORY_CAP = 50  # newest purchases kept per user
-TAIL_QUERY_TTL_S = 7 * 24 * 3600
 
 _WS = re.compile(r"\s+")
 

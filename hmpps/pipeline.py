@@ -1,4 +1,6 @@
-"""``hmpps pipeline``: first stage -> (summaries) -> teacher, with one report.
+"""``hmpps pipeline``: first stage -> teacher (with summaries) -> student bundle, with one report.
+
+It sits above the stages (``training``, ``distill``), which never import it.
 
 Each stage writes its own directory under OUT; a stage whose complete output
 already exists for the same dataset is reused, so a rerun resumes.
@@ -7,13 +9,18 @@ already exists for the same dataset is reused, so a rerun resumes.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.run import DistillResult, run_distill
+from distill.student import StudentConfig
 from training.artifacts import read_json, write_json
-from training.dataset import load_dataset
+from training.dataset import load_dataset, with_summaries
+from training.first_stage.run import run_retrieval
 from training.metrics import PAPER_KEYS
 from training.teacher.config import TeacherConfig
+from training.teacher.run import TeacherRun, run_teacher
 
 
 def table1(rows: list[tuple[str, dict[str, Any]]], base_name: str, new_name: str) -> str:
@@ -55,43 +62,59 @@ def _pct(x: float | None, teacher_gain: float) -> str:
     return f"{x:.1%}"
 
 
-def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConfig,
-                 summaries: Path | None = None, student: Any = None) -> dict[str, Any]:
-    """First stage -> teacher -> student; the student bundle goes to OUT/bundle."""
-    from distill.run import run_distill
-    from training.first_stage.run import run_retrieval
-    from training.teacher.run import run_teacher
+@dataclass(frozen=True)
+class PipelineResult:
+    metrics: dict[str, Any]  # {"first_stage", "teacher", "student"}: what metrics.json holds
+    teacher: TeacherRun
+    distilled: DistillResult
 
+
+def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConfig,
+                 summaries: Path | None = None, student: StudentConfig | None = None) -> PipelineResult:
+    """First stage -> teacher -> student; the student bundle goes to OUT/bundle.
+
+    The dataset is loaded once; the summaries are applied once, for the teacher and the student
+    (the first stage reads the catalogue as it is).
+    """
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(data)
     fs_dir = out / "first_stage"
     prev = read_json(fs_dir / "retrieve.json") if (fs_dir / "retrieve.json").exists() else {}
-    reuse = prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model
-    fs_metrics = read_json(fs_dir / "metrics.json") if reuse else run_retrieval(data, first_stage_model, fs_dir)
-    teacher = run_teacher(data, fs_dir, out / "teacher", cfg, summaries=summaries)
+    if not (prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model):
+        run_retrieval(ds, first_stage_model, fs_dir)
+    summarized = with_summaries(ds, summaries)
+    teacher = run_teacher(summarized, fs_dir, out / "teacher", cfg)
     # the teacher's first-stage figures: the same (possibly sampled) test queries as every other row
-    fs_metrics = teacher["info"]["first_stage"]["metrics"]
-    distilled = run_distill(data, out / "teacher", out / "distill", student, bundle_dir=out / "bundle")
-    metrics = {"first_stage": fs_metrics, "teacher": teacher["metrics"], "student": distilled["metrics"]["student_onnx"]}
+    fs_metrics = teacher.first_stage_metrics
+    distilled = run_distill(summarized, teacher.dir, out / "distill", student, bundle_dir=out / "bundle")
+    metrics = {"first_stage": fs_metrics, "teacher": teacher.metrics, "student": distilled.metrics["student_onnx"]}
     write_json(out / "metrics.json", metrics)
-    d = distilled["info"]
-    tg = teacher["metrics"]["NDCG@4"] - fs_metrics["NDCG@4"]
-    info = teacher["info"]
+    (out / "report.md").write_text(pipeline_report(ds.name, ds.fingerprint, first_stage_model, out, teacher, distilled,
+                                                   metrics, time.time() - t0))
+    return PipelineResult(metrics, teacher, distilled)
+
+
+def pipeline_report(name: str, fingerprint: str, first_stage_model: str, out: Path, teacher: TeacherRun,
+                    distilled: DistillResult, metrics: dict[str, Any], seconds: float) -> str:
+    d = distilled.info
+    fs_metrics = metrics["first_stage"]
+    tg = teacher.metrics["NDCG@4"] - fs_metrics["NDCG@4"]
+    info = teacher.info
     fs_name = first_stage_model.upper()
     # absent in runs from older versions
     vs, auc, chance = info.get("versus_first_stage"), info.get("within_query_auc"), info.get("versus_random_order")
     lines = [
-        f"# HMPPS pipeline on {ds.name}", "",
+        f"# HMPPS pipeline on {name}", "",
         f"First stage `{first_stage_model}`, teacher backbone `{info['config']['lm']}` (vision: {info['config']['vision']}), "
-        f"dataset fingerprint `{ds.fingerprint}`.", "",
+        f"dataset fingerprint `{fingerprint}`.", "",
         "## Reranking the first stage's top 10 (paper Table 1 layout)", "",
         *([f"Every row is over a seeded sample of {info['scored_queries']['test_total']} test queries "
            f"(test_fraction {info['config']['test_fraction']}); {fs_name} over all test queries: "
            f"NDCG@4 {info['first_stage']['metrics_all_test']['NDCG@4']:.4f}.", ""]
           if "metrics_all_test" in info["first_stage"] else []),
-        table1([(fs_name, fs_metrics), ("+ HMPPS teacher", teacher["metrics"]), ("+ ONNX student", metrics["student"])],
+        table1([(fs_name, fs_metrics), ("+ HMPPS teacher", teacher.metrics), ("+ ONNX student", metrics["student"])],
                fs_name, "+ HMPPS teacher"), "",
         f"The student keeps {_pct(d['kept_gain']['student_onnx'], tg)} of the teacher's NDCG@4 gain over {fs_name} "
         f"(int8: {_pct(d['kept_gain']['student_int8'], tg)}; every query through the tail-query encoder: "
@@ -113,12 +136,11 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
         *([_align_line(info["align"])] if info.get("align") else []),
         f"- summaries: {info['summaries']['mode'] if info['summaries'] else 'none (raw descriptions)'}",
         "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()),
-        f"- pipeline total: {time.time() - t0:.1f} s", "",
+        f"- pipeline total: {seconds:.1f} s", "",
         "| stage | groups | steps | final loss | seconds |", "|---|---:|---:|---:|---:|",
     ]
     for stage in ("stage1", "stage2"):
         log = info["logs"][stage]
         last = log["loss_curve"][-1]["loss"] if log["loss_curve"] else float("nan")
         lines.append(f"| {stage} | {log['groups']} | {log['steps']} | {last} | {log['seconds']} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return metrics
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,16 @@
+"""Constants that the offline stages and the service must agree on, defined once."""
+
+from __future__ import annotations
+
+# Newest purchases kept per user: what publish writes and what a request reads.
+HISTORY_CAP = 50
+# Tail queries encoded online are cached in Redis this long (the service's default).
+TAIL_QUERY_TTL_S = 7 * 24 * 3600
+# Tokens of a query fed to the bundle's query encoder, at export and at serving.
+QUERY_MAX_TOKENS = 32
+# The arm that returns the caller's order; also the model_version it reports.
+PASSTHROUGH = "passthrough"
+# The paper's online test (Sec. 5.6) counts a click as efficient when dwell exceeds 5 s.
+EFFICIENT_DWELL_S = 5.0
+# Approximate cap of the feedback stream (XADD MAXLEN ~).
+FEEDBACK_STREAM_MAXLEN = 5_000_000

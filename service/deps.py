@@ -1,0 +1,28 @@
+"""Typed FastAPI dependencies shared by the routers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from contract.errors import Forbidden, Unauthorized
+from service.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.hmpps
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+async def require_admin(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    token_expected = state.settings.admin_token
+    if not token_expected:
+        raise Forbidden("admin endpoints are disabled: set HMPPS_ADMIN_TOKEN")
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(token.encode(), token_expected.encode()):
+        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")

@@ -1,0 +1,1 @@
+"""The HTTP API by area: rerank, feedback, ops (health, info, metrics), admin."""

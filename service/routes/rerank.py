@@ -1,0 +1,35 @@
+"""POST /rerank."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service import metrics as m
+from service.deps import State
+from service.rerank import RequestContext, handle_rerank
+from service.schemas import RerankRequest, RerankResponse
+
+router = APIRouter(tags=["rerank"])
+
+
+@router.post("/rerank", response_model=RerankResponse, summary="Reorder a query's candidates for this user")
+async def rerank(req: RerankRequest, state: State) -> Response:
+    t0 = time.perf_counter()
+    runtime = state.runtime  # one read: a reload in flight does not change this request's runtime
+    arm = runtime.experiment.assign(req.user_id)
+    ctx = RequestContext(request_id=req.request_id or uuid.uuid4().hex, arm=arm, bundle=runtime.bundles[arm.name],
+                         store=state.store, limiter=state.limiter, budget_s=state.settings.request_budget_ms / 1000,
+                         tail_ttl_s=state.settings.tail_query_ttl_s, scorer=state.scorer, spawn=state.spawn)
+    try:
+        resp = await handle_rerank(req, ctx)
+    except BaseException:
+        m.REQUESTS.labels(arm.name, "error").inc()
+        raise
+    m.REQUESTS.labels(arm.name, "fallback" if resp.fallback else "ok").inc()
+    m.LATENCY.labels(arm.name).observe(time.perf_counter() - t0)
+    # built from validated models already: serialize once, skip FastAPI's re-validation
+    return Response(resp.model_dump_json(), media_type="application/json")

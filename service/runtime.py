@@ -1,0 +1,82 @@
+"""The bundle runtime: the arms of the experiment and the loaded, warmed bundle behind each.
+
+A reload builds a new ``Runtime`` in a worker thread and swaps it in with one
+assignment, so a request in flight keeps the runtime it started with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from contract.bundle import verify_bundle
+from contract.constants import PASSTHROUGH
+from contract.errors import HmppsError, InputError
+from service.arms import Experiment, load_experiment, single_arm
+from service.bundle import LoadedBundle, load_bundle
+from service.rerank import score_sync
+from service.settings import Settings
+from service.store import Fetched
+
+
+@dataclass
+class Runtime:
+    experiment: Experiment
+    bundles: dict[str, LoadedBundle | None]  # arm name -> bundle (None: passthrough)
+    loaded_at: float = field(default_factory=time.time)
+
+    def versions(self) -> dict[str, str]:
+        return {arm: (b.version if b else PASSTHROUGH) for arm, b in self.bundles.items()}
+
+    def loaded_versions(self) -> set[str]:
+        return {b.version for b in self.bundles.values() if b is not None}
+
+
+def load_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime:
+    """Read the arms file (or the single bundle), load and warm every bundle. Runs in a thread.
+
+    A bundle already loaded from the same path with the same manifest version is
+    reused (after its checksums pass again), so a reload only pays for what changed.
+    """
+    if settings.arms_file is not None:
+        experiment = load_experiment(settings.arms_file)
+    elif settings.bundle is not None:
+        experiment = single_arm(settings.bundle)
+    else:
+        raise InputError("no model configured: set HMPPS_BUNDLE (or --bundle) or HMPPS_ARMS_FILE (or --arms)")
+    cache: dict[Path, LoadedBundle] = {}
+    for old in (previous.bundles.values() if previous else []):
+        if old is not None and old.path.resolve() not in cache:
+            try:
+                if verify_bundle(old.path).version == old.version:
+                    cache[old.path.resolve()] = old
+            except HmppsError:
+                pass  # changed or broken on disk: load it afresh below, which names the problem
+    bundles: dict[str, LoadedBundle | None] = {}
+    for arm in experiment.arms:
+        if arm.bundle is None:
+            bundles[arm.name] = None
+            continue
+        key = arm.bundle.resolve()
+        if key not in cache:
+            cache[key] = load_bundle(arm.bundle, settings.ort_threads, settings.providers, settings.int8)
+            warm_up(cache[key])
+        bundles[arm.name] = cache[key]
+    return Runtime(experiment, bundles)
+
+
+def warm_up(bundle: LoadedBundle, rounds: int = 3) -> None:
+    """First ONNX runs allocate and optimise; pay that before readiness, not on a user request."""
+    spec = bundle.spec
+    rng = np.random.default_rng(0)
+
+    def vec(d: int) -> bytes:
+        return np.asarray(rng.standard_normal(d), dtype=np.float32).tobytes()
+    fetched = Fetched(vec(spec.query_dim), False, [vec(spec.product_dim) for _ in range(10)], [],
+                      [vec(spec.product_dim) for _ in range(5)])
+    for _ in range(rounds):
+        score_sync(bundle, "warm up", fetched)
+    bundle.query_encoder.encode("warm up query")

