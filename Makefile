@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -m "not slow"
 
 setup: $(STAMP)
 
-# Debian's prometheus (prometheus + promtool) for tests/test_stack.py: installed
+# Debian's prometheus (prometheus + promtool) for tests/deploy/test_stack.py: installed
 # with apt when running as root; elsewhere those checks skip and say why.
 tools: $(TOOLS_STAMP)
 
@@ -56,7 +56,7 @@ reliability: setup
 
 test: setup tools
 	$(BIN)/ruff check .
-	$(BIN)/mypy service
+	$(BIN)/mypy service contract
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all: setup tools
@@ -66,7 +66,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy service
+	$(BIN)/mypy service contract
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info

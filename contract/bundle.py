@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contract.constants import HISTORY_CAP
 from contract.errors import BundleError
+from contract.reports import write_json
 from contract.spec import FeatureSpec
 
 FORMAT = "hmpps-bundle/1"
@@ -104,7 +103,7 @@ def write_manifest(bundle: Path, version_prefix: str, dataset: str, dataset_fing
     digests = file_digests(bundle)
     manifest = Manifest(content_version(version_prefix, digests), dataset, dataset_fingerprint, spec, models,
                         features, digests, extra)
-    _atomic_write_text(bundle / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+    write_json(bundle / MANIFEST, manifest.to_dict())
     return manifest
 
 
@@ -139,12 +138,3 @@ def verify_bundle(bundle: Path) -> Manifest:
     return manifest
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

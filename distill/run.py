@@ -24,6 +24,7 @@ from tqdm import tqdm
 from contract.bundle import QUERY_ENCODER, STUDENT, STUDENT_INT8, TOKENIZER, write_manifest
 from contract.constants import HISTORY_CAP
 from contract.errors import InputError
+from contract.reports import markdown_table
 from contract.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
 from distill.export import (
     QueryEncoderModule,
@@ -319,14 +320,14 @@ def _tail_query_features(path: Path, queries: list[str]) -> np.ndarray:
 
 def _report(name: str, fs: dict[str, Any], teacher: dict[str, Any], metrics: dict[str, Any], d: dict[str, Any]) -> str:
     rows = [("first stage", fs), ("teacher", teacher)] + list(metrics.items())
-    lines = [f"# Distillation on {name}", "", f"Bundle version `{d['bundle_version']}`.", "",
-             "| model | " + " | ".join(PAPER_KEYS) + " | n | kept share of teacher gain (NDCG@4) |",
-             "|---|" + "---:|" * (len(PAPER_KEYS) + 2)]
     teacher_gain = teacher["NDCG@4"] - fs["NDCG@4"]
-    for label, m in rows:
-        kept = d["kept_gain"].get(label) if teacher_gain > 0 else None  # a share of a loss means nothing
-        lines.append(f"| {label} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {m['n']} | "
-                     + ("" if kept is None else f"{kept:.1%}") + " |")
+
+    def kept(label: str) -> str:
+        share = d["kept_gain"].get(label) if teacher_gain > 0 else None  # a share of a loss means nothing
+        return "" if share is None else f"{share:.1%}"
+    lines = [f"# Distillation on {name}", "", f"Bundle version `{d['bundle_version']}`.", "",
+             markdown_table(["model", *PAPER_KEYS, "n", "kept share of teacher gain (NDCG@4)"],
+                            [[label, *(f"{m[k]:.4f}" for k in PAPER_KEYS), m["n"], kept(label)] for label, m in rows])]
     lines += ["", f"- trained on {d['train_queries']} teacher-scored train queries ({d['train_rows']} scored pairs) "
               f"plus {d['config']['extra_negatives']} random negatives each (hard label only)",
               f"- ONNX fp32 vs PyTorch max abs diff on {d['test_queries_scored']} test queries: {d['parity_max_abs_diff']:.2e}",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.reports import markdown_table
 from distill.run import DistillResult, run_distill
 from distill.student import StudentConfig
 from training.artifacts import read_json, write_json
@@ -25,14 +26,11 @@ from training.teacher.run import TeacherRun, run_teacher
 
 def table1(rows: list[tuple[str, dict[str, Any]]], base_name: str, new_name: str) -> str:
     """The paper's Table 1 layout: base, + HMPPS, relative improvement."""
-    base = dict(rows)[base_name]
-    lines = ["| model | " + " | ".join(PAPER_KEYS) + " | n |", "|---|" + "---:|" * (len(PAPER_KEYS) + 1)]
-    for name, m in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {m['n']} |")
-    new = dict(rows)[new_name]
+    base, new = dict(rows)[base_name], dict(rows)[new_name]
     rel = [f"{(new[k] / base[k] - 1) * 100:+.2f}%" if base[k] > 0 else "n/a" for k in PAPER_KEYS]
-    lines.append(f"| Rel.Impr ({new_name} vs {base_name}) | " + " | ".join(rel) + " | |")
-    return "\n".join(lines)
+    return markdown_table(["model", *PAPER_KEYS, "n"],
+                          [[name, *(f"{m[k]:.4f}" for k in PAPER_KEYS), m["n"]] for name, m in rows]
+                          + [[f"Rel.Impr ({new_name} vs {base_name})", *rel, ""]])
 
 
 def _align_line(log: dict[str, Any]) -> str:
@@ -137,10 +135,9 @@ def pipeline_report(name: str, fingerprint: str, first_stage_model: str, out: Pa
         f"- summaries: {info['summaries']['mode'] if info['summaries'] else 'none (raw descriptions)'}",
         "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in info["seconds"].items()),
         f"- pipeline total: {seconds:.1f} s", "",
-        "| stage | groups | steps | final loss | seconds |", "|---|---:|---:|---:|---:|",
     ]
-    for stage in ("stage1", "stage2"):
-        log = info["logs"][stage]
-        last = log["loss_curve"][-1]["loss"] if log["loss_curve"] else float("nan")
-        lines.append(f"| {stage} | {log['groups']} | {log['steps']} | {last} | {log['seconds']} |")
+    logs = [(stage, info["logs"][stage]) for stage in ("stage1", "stage2")]
+    lines.append(markdown_table(["stage", "groups", "steps", "final loss", "seconds"], [
+        [stage, log["groups"], log["steps"], log["loss_curve"][-1]["loss"] if log["loss_curve"] else float("nan"),
+         log["seconds"]] for stage, log in logs]))
     return "\n".join(lines) + "\n"

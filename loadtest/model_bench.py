@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.reports import markdown_table
+
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
     a = np.asarray(samples) * 1000
@@ -55,8 +57,8 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     import torch
 
     from contract.spec import build_inputs, yes_probability
-    from distill.cross_encoder import MAX_TOKENS, export, fine_tune, load_cross_encoder
     from distill.features import FeatureTables
+    from loadtest.cross_encoder import MAX_TOKENS, export, fine_tune, load_cross_encoder
     from loadtest.peers import TorchStudent
     from service.bundle import OnnxScorer, load_bundle, session_options
     from training.artifacts import read_jsonl
@@ -141,10 +143,9 @@ def markdown(rep: dict[str, Any], command: str) -> str:
     lines = [f"### Scoring call, K={rep['k']}, {rep['threads']} ORT/torch thread(s), on {rep['dataset']} "
              f"(bundle `{rep['bundle']}`)", "",
              f"Machine: {rep['machine']}. Command: `{command}`", "",
-             "| scorer | p50 ms | p90 ms | p99 ms | calls | NDCG@4 | MRR@8 |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rep["results"].items():
-        lines.append(f"| {name} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['calls']} | "
-                     f"{r['NDCG@4']:.4f} | {r['MRR@8']:.4f} |")
+             markdown_table(["scorer", "p50 ms", "p90 ms", "p99 ms", "calls", "NDCG@4", "MRR@8"],
+                            [[name, f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", r["calls"],
+                              f"{r['NDCG@4']:.4f}", f"{r['MRR@8']:.4f}"] for name, r in rep["results"].items()])]
     fs, t = rep["first_stage"], rep["teacher"]
     ce = rep["results"]["MiniLM-L6 int8 cross-encoder"]["p50_ms"]
     st = rep["results"]["student ONNX fp32"]["p50_ms"]

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from contract.errors import InputError
+from contract.reports import markdown_table
 from loadtest.mix import RequestMix
 
 MAX_REQUESTS = 1_000_000
@@ -210,10 +211,10 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join([
         f"### Open loop: {rep['target_rps']} req/s for {rep['duration_s']} s, K={rep['candidates']}, {rep['url']}"
         f" (scorer: {rep.get('scorer', 'unknown')})", "",
-        "| requests | ok | achieved rps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | error rate |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {rep['requests']} | {rep['ok']} | {rep['achieved_rps']} | {f(lat['p50_ms'])} | {f(lat['p90_ms'])} | "
-        f"{f(lat['p99_ms'])} | {f(lat['p99_9_ms'])} | {f(lat['max_ms'])} | {rep['error_rate']:.4f} |", "",
+        markdown_table(["requests", "ok", "achieved rps", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "error rate"],
+                       [[rep["requests"], rep["ok"], rep["achieved_rps"], f(lat["p50_ms"]), f(lat["p90_ms"]),
+                         f(lat["p99_ms"]), f(lat["p99_9_ms"]), f(lat["max_ms"]), f"{rep['error_rate']:.4f}"]],
+                       align="r" * 9), "",
         f"Status codes: {json.dumps(rep['status'])}; fallbacks: {json.dumps(rep['fallback'])}; "
         f"client errors: {json.dumps(rep['errors'])}; sends late by > 1 ms: {rep['late_starts']} "
         f"(max {rep['max_send_lag_ms']} ms).", ""]

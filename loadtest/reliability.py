@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 
 from contract.errors import InputError
+from contract.reports import markdown_table
 from loadtest.mix import RequestMix
 from loadtest.openloop import percentiles, run_open_loop
 
@@ -256,39 +257,41 @@ def markdown(r: dict[str, Any], command: str) -> str:
         lines += ["## Redis killed under load, then restarted", "",
                   f"{r['rps']:g} req/s for 30 s; `redis-server` SIGKILLed at {k['kill_at_s']:g} s and restarted at "
                   f"{k['restart_at_s']:g} s (append-only file, so the features come back).", "",
-                  "| requests | 5xx | fail-open answers | fallbacks by reason | client errors | recovery after restart | "
-                  "/readyz false from | /readyz true again after restart |", "|---:|---:|---:|---|---|---:|---:|---:|",
-                  f"| {k['requests']} | {k['server_errors_5xx']} | {k['fail_open_answers']} | {k['fallback']} | {k['errors']} | "
-                  f"{f(k['recovery_s'])} s | {f(k['readyz_false_from_s'])} s | {f(k['readyz_true_again_after_restart_s'])} s |", ""]
+                  markdown_table(["requests", "5xx", "fail-open answers", "fallbacks by reason", "client errors",
+                                  "recovery after restart", "/readyz false from", "/readyz true again after restart"],
+                                 [[k["requests"], k["server_errors_5xx"], k["fail_open_answers"], k["fallback"], k["errors"],
+                                   f"{f(k['recovery_s'])} s", f"{f(k['readyz_false_from_s'])} s",
+                                   f"{f(k['readyz_true_again_after_restart_s'])} s"]], align="rrrllrrr"), ""]
     if "overload" in r:
         o = r["overload"]
         lines += ["## Overload at 3x saturation", "",
                   f"{o['offered_rps']:g} req/s offered for 10 s (saturation taken as {r['saturation_rps']:g} req/s).", "",
-                  "| requests | 200 | 429 | 5xx | 429 p50 / p99 ms | accepted p50 / p99 ms | client errors |",
-                  "|---:|---:|---:|---:|---:|---:|---|",
-                  f"| {o['requests']} | {o['status'].get('200', 0)} | {o['rejected_429']} | {o['server_errors_5xx']} | "
-                  f"{f(o['rejected_latency']['p50_ms'])} / {f(o['rejected_latency']['p99_ms'])} | "
-                  f"{f(o['accepted_latency']['p50_ms'])} / {f(o['accepted_latency']['p99_ms'])} | {o['errors']} |", "",
+                  markdown_table(["requests", "200", "429", "5xx", "429 p50 / p99 ms", "accepted p50 / p99 ms",
+                                  "client errors"],
+                                 [[o["requests"], o["status"].get("200", 0), o["rejected_429"], o["server_errors_5xx"],
+                                   f"{f(o['rejected_latency']['p50_ms'])} / {f(o['rejected_latency']['p99_ms'])}",
+                                   f"{f(o['accepted_latency']['p50_ms'])} / {f(o['accepted_latency']['p99_ms'])}",
+                                   o["errors"]]], align="rrrrrrl"), "",
                   f"The load generator's largest send lag was {o['client_send_lag_max_ms']} ms: on 2 shared cores the "
                   "offered rate is partly limited by the client itself.", ""]
     if "reload" in r:
         rl = r["reload"]
         lines += ["## Bundle reload under load", "",
                   f"{r['rps']:g} req/s for 20 s with `POST /admin/reload` every 2 s.", "",
-                  "| requests | reloads | reload status codes | failed or fail-open requests | p99 ms |",
-                  "|---:|---:|---|---:|---:|",
-                  f"| {rl['requests']} | {rl['reloads']} | {rl['reload_status']} | {rl['failed_or_fallback']} | "
-                  f"{f(rl['latency']['p99_ms'])} |", ""]
+                  markdown_table(["requests", "reloads", "reload status codes", "failed or fail-open requests", "p99 ms"],
+                                 [[rl["requests"], rl["reloads"], rl["reload_status"], rl["failed_or_fallback"],
+                                   f(rl["latency"]["p99_ms"])]], align="rrlrr"), ""]
     if "soak" in r:
         s = r["soak"]
         lines += ["## Soak", "", f"{r['rps']:g} req/s for {s['seconds']:g} s; RSS of the service process every 5 s.", "",
-                  "| requests | errors | RSS first MB | RSS after warm-up MB | RSS last MB | growth after warm-up | p99 ms |",
-                  "|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| {s['requests']} | {sum(s['errors'].values()) + s['server_errors_5xx']} | {f(s['rss_mb_first'], 1)} | "
-                  f"{f(s['rss_mb_after_warmup'], 1)} | {f(s['rss_mb_last'], 1)} | {f(100 * s['rss_growth'])}% | "
-                  f"{f(s['latency']['p99_ms'])} |", ""]
+                  markdown_table(["requests", "errors", "RSS first MB", "RSS after warm-up MB", "RSS last MB",
+                                  "growth after warm-up", "p99 ms"],
+                                 [[s["requests"], sum(s["errors"].values()) + s["server_errors_5xx"], f(s["rss_mb_first"], 1),
+                                   f(s["rss_mb_after_warmup"], 1), f(s["rss_mb_last"], 1), f"{f(100 * s['rss_growth'])}%",
+                                   f(s["latency"]["p99_ms"])]], align="r" * 7), ""]
     if "fuzz" in r:
         z = r["fuzz"]
-        lines += ["## Schemathesis fuzz", "", "| cases | server errors | exit code |", "|---:|---:|---:|",
-                  f"| {z['cases']} | {z['server_errors']} | {z['exit_code']} |", ""]
+        lines += ["## Schemathesis fuzz", "",
+                  markdown_table(["cases", "server errors", "exit code"],
+                                 [[z["cases"], z["server_errors"], z["exit_code"]]], align="rrr"), ""]
     return "\n".join(lines)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from contract.reports import markdown_table
+
 
 def load_sweep(paths: list[Path]) -> list[dict[str, Any]]:
     reps = [json.loads(Path(p).read_text()) for p in paths]
@@ -44,12 +46,11 @@ def _server(r: dict[str, Any]) -> str:
 
 
 def sweep_markdown(reps: list[dict[str, Any]]) -> str:
-    lines = ["| offered rps | achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | service's own p50 / p99 ms | non-2xx + client errors | fail-open |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in reps:
-        lat = r["latency"]
-        lines.append(f"| {r['target_rps']:g} | {r['achieved_rps']} | {_ms(lat['p50_ms'])} | {_ms(lat['p90_ms'])} | "
-                     f"{_ms(lat['p99_ms'])} | {_ms(lat['p99_9_ms'])} | {_server(r)} | {_failures(r)} | {_fallbacks(r)} |")
+    lines = [markdown_table(
+        ["offered rps", "achieved", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "service's own p50 / p99 ms",
+         "non-2xx + client errors", "fail-open"],
+        [[f"{r['target_rps']:g}", r["achieved_rps"], *(_ms(r["latency"][k]) for k in ("p50_ms", "p90_ms", "p99_ms", "p99_9_ms")),
+          _server(r), _failures(r), _fallbacks(r)] for r in reps], align="r" * 9)]
     sat = saturation(reps)
     lines += ["", f"Saturation (highest rate with <= 1% errors+fallbacks and p99 <= 100 ms): "
               f"{'not reached' if sat is None else f'{sat:g} req/s'}", ""]
@@ -88,22 +89,21 @@ def by_scorer(reps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def peers_markdown(reps: list[dict[str, Any]], reference: str = "student") -> str:
     """Side by side: each scorer at each rate, its saturation, and the p50 ratio to the reference at shared rates."""
     groups = by_scorer(reps)
-    lines = ["| scorer | offered rps | achieved | p50 ms | p99 ms | p99.9 ms | service's own p50 / p99 ms | non-2xx + client errors | fail-open |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, rs in groups.items():
-        for r in rs:
-            lat = r["latency"]
-            lines.append(f"| {name} | {r['target_rps']:g} | {r['achieved_rps']} | {_ms(lat['p50_ms'])} | "
-                         f"{_ms(lat['p99_ms'])} | {_ms(lat['p99_9_ms'])} | {_server(r)} | {_failures(r)} | {_fallbacks(r)} |")
-    lines += ["", "| scorer | saturation (<= 1% errors+fallbacks, p99 <= 100 ms) | p50 / reference p50 at shared rates |",
-              "|---|---:|---|"]
+    lines = [markdown_table(
+        ["scorer", "offered rps", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "service's own p50 / p99 ms",
+         "non-2xx + client errors", "fail-open"],
+        [[name, f"{r['target_rps']:g}", r["achieved_rps"], *(_ms(r["latency"][k]) for k in ("p50_ms", "p99_ms", "p99_9_ms")),
+          _server(r), _failures(r), _fallbacks(r)] for name, rs in groups.items() for r in rs])]
     ref = {r["target_rps"]: r["latency"]["p50_ms"] for r in groups.get(reference, [])}
+    summary = []
     for name, rs in groups.items():
         sat = saturation(rs)
         ratios = [f"{r['target_rps']:g} rps: {r['latency']['p50_ms'] / ref[r['target_rps']]:.1f}x" for r in rs
                   if ref.get(r["target_rps"]) and r["latency"]["p50_ms"] is not None]
-        lines.append(f"| {name} | {'below the lowest rate' if sat is None else f'{sat:g} req/s'} | "
-                     f"{', '.join(ratios) if name != reference else 'reference'} |")
+        summary.append([name, "below the lowest rate" if sat is None else f"{sat:g} req/s",
+                        ", ".join(ratios) if name != reference else "reference"])
+    lines += ["", markdown_table(["scorer", "saturation (<= 1% errors+fallbacks, p99 <= 100 ms)",
+                                  "p50 / reference p50 at shared rates"], summary, align="lrl")]
     return "\n".join(lines) + "\n"
 
 

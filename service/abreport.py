@@ -19,6 +19,7 @@ import numpy as np
 
 from contract import keys
 from contract.constants import EFFICIENT_DWELL_S
+from contract.reports import markdown_table
 
 
 def read_events(client: Any, batch: int = 10_000) -> list[dict[str, Any]]:
@@ -40,39 +41,11 @@ def _normal_p(z: float) -> float:
     return math.erfc(abs(z) / math.sqrt(2))
 
 
-def _gammaq(a: float, x: float) -> float:
-    """Regularized upper incomplete gamma Q(a, x) (series / continued fraction)."""
-    if x <= 0:
-        return 1.0
-    gln = math.lgamma(a)
-    if x < a + 1:
-        term = total = 1.0 / a
-        ap = a
-        for _ in range(1000):
-            ap += 1
-            term *= x / ap
-            total += term
-            if abs(term) < abs(total) * 1e-14:
-                break
-        return max(0.0, 1.0 - total * math.exp(-x + a * math.log(x) - gln))
-    b, c, d = x + 1 - a, 1e300, 1 / (x + 1 - a)
-    h = d
-    for i in range(1, 1000):
-        an = -i * (i - a)
-        b += 2
-        d = an * d + b
-        d = 1e-300 if abs(d) < 1e-300 else d
-        c = b + an / c
-        c = 1e-300 if abs(c) < 1e-300 else c
-        d = 1 / d
-        h *= d * c
-        if abs(d * c - 1) < 1e-14:
-            break
-    return math.exp(-x + a * math.log(x) - gln) * h
-
-
 def chi2_sf(x: float, df: int) -> float:
-    return _gammaq(df / 2.0, x / 2.0)
+    """P(X > x) for X ~ chi-square(df): the sample-ratio-mismatch p-value."""
+    from scipy.stats import chi2
+
+    return float(chi2.sf(x, df))
 
 
 def _ratio_stats(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
@@ -152,13 +125,11 @@ def report_markdown(rep: dict[str, Any]) -> str:
             return "n/a"
         return f"{x:+.2%}" if pct else (f"{x:.4f}" if isinstance(x, float) else str(x))
 
-    lines = [f"# A/B report (control: `{rep['control']}`)", "",
-             "| arm | users | queries | query-CTR | lift | p | efficient-click rate | lift | p |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for arm, s in rep["arms"].items():
-        lines.append(f"| {arm} | {s['users']} | {s['queries']} | {f(s['query_ctr'])} | {f(s['query_ctr_lift'], True)} | "
-                     f"{f(s['query_ctr_p'])} | {f(s['efficient_click_rate'])} | {f(s['efficient_click_rate_lift'], True)} | "
-                     f"{f(s['efficient_click_rate_p'])} |")
+    lines = [f"# A/B report (control: `{rep['control']}`)", "", markdown_table(
+        ["arm", "users", "queries", "query-CTR", "lift", "p", "efficient-click rate", "lift", "p"],
+        [[arm, s["users"], s["queries"], f(s["query_ctr"]), f(s["query_ctr_lift"], True), f(s["query_ctr_p"]),
+          f(s["efficient_click_rate"]), f(s["efficient_click_rate_lift"], True), f(s["efficient_click_rate_p"])]
+         for arm, s in rep["arms"].items()])]
     srm = rep["srm"]
     if srm:
         flag = " **sample-ratio mismatch: do not trust the lifts**" if srm["p"] < 0.001 else ""

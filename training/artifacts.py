@@ -19,6 +19,7 @@ from typing import Any
 
 from contract.bundle import sha256_file  # one implementation, shared with bundle verification
 from contract.errors import ArtifactMismatch, InputError
+from contract.reports import atomic_write_text, write_json  # noqa: F401 - the stages' writers, defined once
 
 SCHEMA_VERSION = 1
 
@@ -42,18 +43,6 @@ def atomic_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary sibling and rename, so readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -6,6 +6,7 @@ The resolved config is saved next to every artifact and inside checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,17 +31,24 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """``cls`` defaults <- YAML file <- overrides, with unknown fields and wrong types named."""
+    """``cls`` defaults <- YAML file <- overrides, with unknown fields and wrong types named.
+
+    pydantic checks the values against the dataclass's annotations (strict: no "3" for 3, no
+    True for 1; an int is fine where a float is asked).
+    """
+    from pydantic import TypeAdapter, ValidationError
+
     values: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     values.update(overrides or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - fields)
     if unknown:
         raise InputError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    checked = {}
     for name, value in values.items():
-        default = fields[name].default
-        if default is dataclasses.MISSING or default is None:
-            continue
-        if not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int)):
-            raise InputError(f"{cls.__name__}.{name} must be {type(default).__name__}, got {value!r}")
-    return cls(**values)
+        try:
+            checked[name] = TypeAdapter(hints[name]).validate_python(value, strict=True)
+        except ValidationError as e:
+            raise InputError(f"{cls.__name__}.{name}: {e.errors()[0]['msg'].lower()}, got {value!r}") from None
+    return cls(**checked)

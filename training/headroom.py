@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.reports import markdown_table
 from training.artifacts import atomic_dir, read_jsonl, write_json
 from training.candidates import FirstStage, load_first_stage, scored_test_rows
 from training.dataset import Dataset, load_dataset
@@ -188,22 +189,21 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
 def headroom_table(result: dict[str, Any]) -> str:
     metrics = result["metrics"]
     base = next(iter(metrics.values()))
-    lines = ["| reranker | " + " | ".join(PAPER_KEYS) + " | Rel.Impr NDCG@4 |", "|---|" + "---:|" * (len(PAPER_KEYS) + 1)]
-    for name, m in metrics.items():
-        cells = " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS)
-        lines.append(f"| {name} | {cells} | {100 * relative_gain(m, base):+.1f}% |")
+    lines = [markdown_table(["reranker", *PAPER_KEYS, "Rel.Impr NDCG@4"],
+                            [[name, *(f"{m[k]:.4f}" for k in PAPER_KEYS), f"{100 * relative_gain(m, base):+.1f}%"]
+                             for name, m in metrics.items()])]
     s = result["stats"]
     lines += ["", f"{s['test_queries']} test queries; {100 * s['candidates_already_bought']:.1f}% of the candidates "
               f"and {100 * s['targets_already_bought']:.1f}% of the targets were bought before the query."]
     if result.get("vision_by_history"):
         lines += ["", "The history-preferences rule seeing only the latest k purchases (NDCG@4; 95% paired bootstrap "
                   "interval of text + image minus text):", "",
-                  "| history | text | text + image | difference | 95% interval | wins / losses |",
-                  "|---|---:|---:|---:|---|---:|"]
-        for v in result["vision_by_history"]:
-            d = v["image_minus_text"]
-            lines.append(f"| {v['history']} | {v['text']:.4f} | {v['text_image']:.4f} | {d['diff']:+.4f} | "
-                         f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {d['wins']} / {d['losses']} |")
+                  markdown_table(["history", "text", "text + image", "difference", "95% interval", "wins / losses"],
+                                 [[v["history"], f"{v['text']:.4f}", f"{v['text_image']:.4f}",
+                                   f"{v['image_minus_text']['diff']:+.4f}",
+                                   "[{:+.4f}, {:+.4f}]".format(*v["image_minus_text"]["ci95"]),
+                                   f"{v['image_minus_text']['wins']} / {v['image_minus_text']['losses']}"]
+                                  for v in result["vision_by_history"]], align="lrrrlr")]
     return "\n".join(lines)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contract.reports import markdown_table
+
 METRIC_KEYS = ("MRR@8", "NDCG@4", "Recall@4", "Recall@1")
 
 
@@ -14,18 +16,14 @@ SAMPLED_KEYS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 def metrics_table(rows: dict[str, dict[str, Any]], baseline: str | None = None,
                   keys: tuple[str, ...] = METRIC_KEYS) -> str:
     """A Markdown table of the paper's metrics (or ``keys``); with a baseline, relative improvement per metric."""
-    head = "| model | " + " | ".join(keys) + " | n |"
-    lines = [head, "|---|" + "---:|" * (len(keys) + 1)]
     base = rows.get(baseline) if baseline else None
-    for name, m in rows.items():
-        cells = []
-        for k in keys:
-            cell = f"{m[k]:.4f}"
-            if base is not None and name != baseline and base[k] > 0:
-                cell += f" ({(m[k] / base[k] - 1) * 100:+.1f}%)"
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['n']} |")
-    return "\n".join(lines)
+
+    def cell(name: str, m: dict[str, Any], k: str) -> str:
+        if base is not None and name != baseline and base[k] > 0:
+            return f"{m[k]:.4f} ({(m[k] / base[k] - 1) * 100:+.1f}%)"
+        return f"{m[k]:.4f}"
+    return markdown_table(["model", *keys, "n"], [[name, *(cell(name, m, k) for k in keys), m["n"]]
+                                                  for name, m in rows.items()])
 
 
 def print_stats(stats: dict[str, Any], out: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from contract.reports import markdown_table
+
 
 def dataset_stats(products: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
     users = Counter(r["user_id"] for r in rows)
@@ -31,35 +33,34 @@ def dataset_stats(products: dict[str, dict[str, Any]], rows: list[dict[str, Any]
 
 
 def stats_markdown(stats: dict[str, Any]) -> str:
-    lines = [
-        f"# Dataset statistics: {stats['name']}",
-        "",
-        "Like Table 6 of the HMPPS paper (#queries counts distinct query strings).",
-        "",
-        "| dataset | #users | #products | #queries | #interactions |",
-        "|---|---:|---:|---:|---:|",
-        f"| {stats['name']} | {stats['users']:,} | {stats['products']:,} | {stats['queries']:,} | {stats['interactions']:,} |",
-        "",
-        "| detail | value |",
-        "|---|---:|",
-        f"| k-core | {stats['min_core']} |",
-        f"| train / test purchases | {stats['train_interactions']:,} / {stats['test_interactions']:,} |",
-        f"| train / test query instances | {stats['train_queries']:,} / {stats['test_queries']:,} |",
-        f"| purchases per user (min / median / max) | {stats['interactions_per_user']['min']} / "
-        f"{stats['interactions_per_user']['median']} / {stats['interactions_per_user']['max']} |",
-        f"| products with metadata | {stats['products_with_meta']:,} |",
-        f"| products with an image (file or URL) | {stats['products_with_image']:,} |",
-        f"| description words (mean / max) | {stats['description_words']['mean']} / {stats['description_words']['max']} |",
-        f"| title sources | {', '.join(f'{k}: {v}' for k, v in sorted(stats['title_sources'].items()))} |",
-        f"| query sources | {', '.join(f'{k}: {v}' for k, v in sorted(stats['query_sources'].items()))} |",
-        "",
-        "## Input files",
-        "",
-        "| file | format | lines | valid | malformed |",
-        "|---|---|---:|---:|---:|",
+    per_user = stats["interactions_per_user"]
+    words = stats["description_words"]
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(d.items()))
+    details = [
+        ("k-core", stats["min_core"]),
+        ("train / test purchases", f"{stats['train_interactions']:,} / {stats['test_interactions']:,}"),
+        ("train / test query instances", f"{stats['train_queries']:,} / {stats['test_queries']:,}"),
+        ("purchases per user (min / median / max)", f"{per_user['min']} / {per_user['median']} / {per_user['max']}"),
+        ("products with metadata", f"{stats['products_with_meta']:,}"),
+        ("products with an image (file or URL)", f"{stats['products_with_image']:,}"),
+        ("description words (mean / max)", f"{words['mean']} / {words['max']}"),
+        ("title sources", counts(stats["title_sources"])),
+        ("query sources", counts(stats["query_sources"])),
     ]
-    for p in stats["parse"]:
-        lines.append(f"| {p['path']} | {p['format']} | {p['lines']:,} | {p['valid']:,} | {p['malformed']:,} |")
+    lines = [
+        f"# Dataset statistics: {stats['name']}", "",
+        "Like Table 6 of the HMPPS paper (#queries counts distinct query strings).", "",
+        markdown_table(["dataset", "#users", "#products", "#queries", "#interactions"],
+                       [[stats["name"], *(f"{stats[k]:,}" for k in ("users", "products", "queries", "interactions"))]]),
+        "",
+        markdown_table(["detail", "value"], details), "",
+        "## Input files", "",
+        markdown_table(["file", "format", "lines", "valid", "malformed"],
+                       [[p["path"], p["format"], f"{p['lines']:,}", f"{p['valid']:,}", f"{p['malformed']:,}"]
+                        for p in stats["parse"]], align="llrrr"),
+    ]
     bad = [(p["path"], e) for p in stats["parse"] for e in p["malformed_examples"]]
     if bad:
         lines += ["", "Malformed line examples:", ""] + [f"- `{path}` {e}" for path, e in bad]

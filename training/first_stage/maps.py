@@ -42,8 +42,7 @@ from tqdm import tqdm
 
 from training.dataset import Dataset
 from training.first_stage.base import Catalog
-from training.first_stage.epochs import EarlyStopping, nsl
-from training.metrics import paper_metrics
+from training.first_stage.epochs import fit_epochs, nsl, top_k_metrics
 from training.text import content_terms
 
 
@@ -393,30 +392,22 @@ class MapsRanker:
         item_p = item_p**0.75 / (item_p**0.75).sum()
         use_align = cfg.general_align and len(self.pairs) > 1
 
-        stopper = EarlyStopping(cfg.patience)
-        bar = tqdm(range(cfg.epochs), desc="maps epochs", unit="ep")
-        for _ in bar:
-            self.model.train()
-            t0, total, order = time.time(), 0.0, rng.permutation(len(train))
-            for start in range(0, len(order), cfg.batch_size):
-                rows = [train[i] for i in order[start : start + cfg.batch_size]]
-                M, q_ctx = self._final_query(rows)
-                target = torch.tensor([self.catalog.index[r["product_id"]] for r in rows])
-                neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
-                cand = torch.cat([target.unsqueeze(1), neg], 1)  # (B, 1 + negatives)
-                e_i = self._item_vecs(cand, q_ctx.repeat_interleave(cand.shape[1], 0))
-                scores = torch.einsum("bd,bkd->bk", M, e_i)
-                loss = nsl(scores[:, 0], scores[:, 1:])
-                if use_align:
-                    loss = loss + cfg.align_weight * self._alignment_loss(rng)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(rows)
-            val_ndcg4 = self.evaluate(val)["NDCG@4"] if val else 0.0
-            if stopper.epoch(self.model, total / max(1, len(train)), val_ndcg4, time.time() - t0, bar):
-                break
-        return stopper.finish(self.model) | {
+        def batch_loss(rows: list[dict[str, Any]]) -> torch.Tensor:
+            M, q_ctx = self._final_query(rows)
+            target = torch.tensor([self.catalog.index[r["product_id"]] for r in rows])
+            neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
+            cand = torch.cat([target.unsqueeze(1), neg], 1)  # (B, 1 + negatives)
+            e_i = self._item_vecs(cand, q_ctx.repeat_interleave(cand.shape[1], 0))
+            scores = torch.einsum("bd,bkd->bk", M, e_i)
+            loss = nsl(scores[:, 0], scores[:, 1:])
+            if use_align:
+                loss = loss + cfg.align_weight * self._alignment_loss(rng)
+            return loss
+
+        log = fit_epochs(self.model, opt, train, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience,
+                         rng=rng, batch_loss=batch_loss, desc="maps epochs",
+                         val_ndcg4=lambda: self.evaluate(val)["NDCG@4"] if val else 0.0)
+        return log | {
             "lm": "all-MiniLM-L6-v2 (frozen)", "prepare_seconds": round(prep_seconds, 2),
             "alignment": {"words": len(self.words), "pairs": int(len(self.pairs)), "gamma": cfg.gamma},
             "consultations": len(self.chats), "mix": [round(float(x), 4) for x in self.model.mix.detach()],
@@ -443,8 +434,7 @@ class MapsRanker:
         return out
 
     def evaluate(self, rows: list[dict[str, Any]], k: int = 10) -> dict[str, Any]:
-        top = np.argsort(-self.score(rows), axis=1)[:, :k]
-        return paper_metrics([[self.catalog.ids[i] for i in r] for r in top], [r["product_id"] for r in rows])
+        return top_k_metrics(self.score(rows), self.catalog.ids, rows, k)
 
     def state(self) -> dict[str, Any]:
         return {"kind": "maps", "config": asdict(self.cfg), "products": self.catalog.ids, "users": self.catalog.users,

@@ -23,19 +23,16 @@ best validation NDCG@4 over the full catalogue.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training.dataset import Dataset
 from training.first_stage.base import Catalog, Vocab
-from training.first_stage.epochs import EarlyStopping, nsl
-from training.metrics import paper_metrics
+from training.first_stage.epochs import fit_epochs, nsl, top_k_metrics
 from training.text import content_terms
 
 
@@ -152,34 +149,28 @@ class NeuralRanker:
         item_words = [np.array([self.vocab.index[t] for t in terms if t in self.vocab.index] or [1])
                       for terms in self.catalog.product_terms]
 
-        stopper = EarlyStopping(cfg.patience)
-        epochs = tqdm(range(cfg.epochs), desc=f"{self.kind} epochs", unit="ep")
-        for _ in epochs:
-            self.model.train()
-            t0, total, order = time.time(), 0.0, rng.permutation(len(train))
-            for start in range(0, len(order), cfg.batch_size):
-                rows = [train[i] for i in order[start : start + cfg.batch_size]]
-                users, q, hist = self._batch(rows)
-                target = torch.tensor([self.catalog.index[r["product_id"]] for r in rows])
-                m, u = self.model.personal(users, q, hist)
-                neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
-                item_t = self.model.items(target)
-                loss = nsl((m * item_t).sum(-1), torch.einsum("bd,bkd->bk", m, self.model.items(neg)))
-                # P(w | i) and, for HEM, P(w | u) over the purchased product's words
-                w_pos = torch.from_numpy(np.stack([rng.choice(item_words[t], size=cfg.words_per_item) for t in target.tolist()]))
-                w_neg = torch.from_numpy(rng.choice(len(self.vocab), size=(len(rows), cfg.words_per_item, cfg.word_negatives), p=word_p))
-                for ent in ([item_t, u] if self.kind == "hem" else [item_t]):
-                    pos = torch.einsum("bd,bwd->bw", ent, self.model.word_out(w_pos))
-                    negs = torch.einsum("bd,bwkd->bwk", ent, self.model.word_out(w_neg))
-                    loss = loss + cfg.word_loss_weight * nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(rows)
-            val_ndcg4 = self.evaluate(val)["NDCG@4"] if val else 0.0
-            if stopper.epoch(self.model, total / max(1, len(train)), val_ndcg4, time.time() - t0, epochs):
-                break
-        return stopper.finish(self.model) | {
+        model = self.model
+
+        def batch_loss(rows: list[dict[str, Any]]) -> torch.Tensor:
+            users, q, hist = self._batch(rows)
+            target = torch.tensor([self.catalog.index[r["product_id"]] for r in rows])
+            m, u = model.personal(users, q, hist)
+            neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
+            item_t = model.items(target)
+            loss = nsl((m * item_t).sum(-1), torch.einsum("bd,bkd->bk", m, model.items(neg)))
+            # P(w | i) and, for HEM, P(w | u) over the purchased product's words
+            w_pos = torch.from_numpy(np.stack([rng.choice(item_words[t], size=cfg.words_per_item) for t in target.tolist()]))
+            w_neg = torch.from_numpy(rng.choice(len(self.vocab), size=(len(rows), cfg.words_per_item, cfg.word_negatives), p=word_p))
+            for ent in ([item_t, u] if self.kind == "hem" else [item_t]):
+                pos = torch.einsum("bd,bwd->bw", ent, model.word_out(w_pos))
+                negs = torch.einsum("bd,bwkd->bwk", ent, model.word_out(w_neg))
+                loss = loss + cfg.word_loss_weight * nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
+            return loss
+
+        log = fit_epochs(model, opt, train, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience,
+                         rng=rng, batch_loss=batch_loss, desc=f"{self.kind} epochs",
+                         val_ndcg4=lambda: self.evaluate(val)["NDCG@4"] if val else 0.0)
+        return log | {
             "vocabulary": len(self.vocab), "config": asdict(cfg)}
 
     @torch.no_grad()
@@ -193,10 +184,7 @@ class NeuralRanker:
         return np.concatenate(out) if out else np.zeros((0, len(self.catalog.ids)))
 
     def evaluate(self, rows: list[dict[str, Any]], k: int = 10) -> dict[str, Any]:
-        scores = self.score(rows)
-        top = np.argsort(-scores, axis=1)[:, :k]
-        ranked = [[self.catalog.ids[i] for i in row] for row in top]
-        return paper_metrics(ranked, [r["product_id"] for r in rows])
+        return top_k_metrics(self.score(rows), self.catalog.ids, rows, k)
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "config": asdict(self.cfg), "vocab": self.vocab.words,

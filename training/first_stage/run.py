@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import InputError
+from contract.reports import markdown_table
 from training.artifacts import atomic_dir, write_json, write_jsonl
 from training.config import load_config
 from training.dataset import Dataset, as_dataset
@@ -140,8 +141,8 @@ def _write_report(tmp: Path, ds: Dataset, model: str, metrics: dict[str, Any], i
     if epochs:
         lines += ["## Training", "", f"Best epoch {info['train_log']['best_epoch']} "
                   f"(validation NDCG@4 {info['train_log']['best_val_NDCG@4']}).", "",
-                  "| epoch | loss | val NDCG@4 | seconds |", "|---:|---:|---:|---:|"]
-        lines += [f"| {e['epoch']} | {e['loss']} | {e['val_NDCG@4']} | {e['seconds']} |" for e in epochs]
+                  markdown_table(["epoch", "loss", "val NDCG@4", "seconds"],
+                                 [[e["epoch"], e["loss"], e["val_NDCG@4"], e["seconds"]] for e in epochs], align="rrrr")]
         lines += ["", "![training curve](training.png)", ""]
         _plot_training(tmp / "training.png", epochs, model)
     (tmp / "report.md").write_text("\n".join(lines))

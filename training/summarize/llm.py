@@ -12,8 +12,8 @@ Both decode greedily, so a rerun with the same model and prompt gives the same t
 
 from __future__ import annotations
 
-import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,6 +79,10 @@ class LocalLLM:
         return out
 
 
+class _Retryable(Exception):
+    """A timeout, a dropped connection, 429 or 5xx: worth another try."""
+
+
 @dataclass
 class OpenAILLM:
     """An OpenAI-compatible server: a batch is sent ``concurrency`` requests at a time, each with a
@@ -90,6 +94,7 @@ class OpenAILLM:
     timeout_s: float = 60.0
     retries: int = 4
     backoff_s: float = 0.5
+    sleep: Callable[[float], None] = time.sleep  # tests pass a recorder
 
     @property
     def name(self) -> str:
@@ -97,23 +102,33 @@ class OpenAILLM:
 
     def _one(self, client: Any, chat: Messages, max_new_tokens: int) -> str | None:
         import httpx
+        import tenacity
 
         body = {"model": self.model, "messages": chat, "max_tokens": max_new_tokens, "temperature": 0.0}
-        for attempt in range(self.retries + 1):
+
+        def post() -> Any:
             try:
                 r = client.post(f"{self.url.rstrip('/')}/chat/completions", json=body, timeout=self.timeout_s)
-            except (httpx.TimeoutException, httpx.TransportError):
-                r = None
-            if r is not None and r.status_code == 200:
-                try:
-                    return str(r.json()["choices"][0]["message"]["content"])
-                except (ValueError, KeyError, IndexError, TypeError):
-                    return None  # a malformed reply is not retried: the same request gives the same reply
-            if r is not None and r.status_code < 500 and r.status_code != 429:
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                raise _Retryable(str(e)) from e
+            if r.status_code == 429 or r.status_code >= 500:
+                raise _Retryable(f"HTTP {r.status_code}")
+            if r.status_code != 200:
                 raise InputError(f"LLM server {self.url} refused the request: HTTP {r.status_code} {r.text[:200]}")
-            if attempt < self.retries:
-                time.sleep(self.backoff_s * (2 ** attempt) * (1 + random.random()))
-        return None
+            return r
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retryable), stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_s) + tenacity.wait_random(0, self.backoff_s),
+            sleep=self.sleep, reraise=True)
+        try:
+            r = retrying(post)
+        except _Retryable:
+            return None  # gave up: the caller keeps the product's description and counts it
+        try:
+            return str(r.json()["choices"][0]["message"]["content"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None  # a malformed reply is not retried: the same request gives the same reply
 
     def generate(self, chats: list[Messages], max_new_tokens: int) -> list[str | None]:
         import httpx

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.errors import InputError
+from contract.reports import markdown_table
 from training.artifacts import atomic_dir, read_json, write_json, write_jsonl
 from training.dataset import Dataset, load_dataset
 from training.summarize.llm import LLM
@@ -328,10 +329,10 @@ def _report(info: dict[str, Any], ds: Dataset, ids: list[str], summaries: dict[s
         "## Table 5 layout", "",
         "WC_p: words per product description; WC_h: words in one user-history sample "
         f"(the last {info['config']['history_items']} items before each test purchase).", "",
-        "| descriptions | WC_p avg | WC_p max | WC_h avg | WC_h max |", "|---|---:|---:|---:|---:|",
+        markdown_table(["descriptions", "WC_p avg", "WC_p max", "WC_h avg", "WC_h max"],
+                       [[mode, s["product"]["avg"], s["product"]["max"], s["history"]["avg"], s["history"]["max"]]
+                        for mode, s in w.items()]),
     ]
-    for mode, s in w.items():
-        lines.append(f"| {mode} | {s['product']['avg']} | {s['product']['max']} | {s['history']['avg']} | {s['history']['max']} |")
     h = info["hallucination"]
     lines += [""]
     if "hallucination_before_guard" in info:
@@ -352,8 +353,7 @@ def _report(info: dict[str, Any], ds: Dataset, ids: list[str], summaries: dict[s
     if info["perspectives"]:
         p = info["perspectives"]
         lines += ["", f"## Core perspectives (top {len(p['core'])} of {p['distinct']} from {p['samples']} samples)", "",
-                  "| perspective | count |", "|---|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in p["counts"].items()]
+                  markdown_table(["perspective", "count"], list(p["counts"].items()))]
     lines += ["", "## Before and after", ""]
     for pid in _samples(ds, ids, reasons):
         before = " ".join((ds.products[pid].get("description") or "").split()[:80])

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.reports import markdown_table
 from training.artifacts import write_json, write_jsonl
 from training.candidates import FirstStage, load_first_stage, sample_rows, scored_test_rows
 from training.dataset import Dataset, load_dataset, with_summaries
@@ -150,21 +151,21 @@ def run_ablate(data: Path, first_stage: Path, out: Path, cfg: TeacherConfig, gro
 
 
 def render_report(ds: Dataset, fs: FirstStage, cfg: TeacherConfig, rows: dict[str, Any]) -> str:
-    head = ("| variant | " + " | ".join(PAPER_KEYS)
-            + " | ΔNDCG@4 vs first stage, 95% interval | wins / losses | prompt tokens | train queries | train s |")
-    sep = "|---|" + "---:|" * len(PAPER_KEYS) + "---|---:|" + "---:|" * 3
+    header = ["variant", *PAPER_KEYS, "ΔNDCG@4 vs first stage, 95% interval", "wins / losses", "prompt tokens",
+              "train queries", "train s"]
+    table = [[f"first stage ({fs.model})", *(f"{fs.metrics[k]:.4f}" for k in PAPER_KEYS), "", "", "", "", ""]]
+    for name, r in rows.items():
+        m, d = r["metrics"], r.get("versus_first_stage")
+        paired = ([f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]", f"{d['wins']} / {d['losses']}"]
+                  if d else ["", ""])
+        table.append([name, *(f"{m[k]:.4f}" for k in PAPER_KEYS), *paired, r["prompt_tokens"],
+                      r.get("train_queries", 0), r.get("train_seconds", 0)])
     lines = [f"# Teacher ablations on {ds.name}", "",
              f"First stage `{fs.model}` (NDCG@4 {fs.metrics['NDCG@4']:.4f} over {fs.metrics['n']} test queries); backbone `{cfg.lm}`"
              "; config:", "",
-             "```", ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "```", "", head, sep,
-             f"| first stage ({fs.model}) | " + " | ".join(f"{fs.metrics[k]:.4f}" for k in PAPER_KEYS) + " | | | | | |"]
-    for name, r in rows.items():
-        m, d = r["metrics"], r.get("versus_first_stage")
-        paired = (f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {d['wins']} / {d['losses']}"
-                  if d else " | ")
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS)
-                     + f" | {paired} | {r['prompt_tokens']} | {r.get('train_queries', 0)} | {r.get('train_seconds', 0)} |")
-    lines += ["", "![ablations](ablate.png)", ""]
+             "```", ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "```", "",
+             markdown_table(header, table, align="l" + "r" * len(PAPER_KEYS) + "lrrrr"),
+             "", "![ablations](ablate.png)", ""]
     return "\n".join(lines)
 
 

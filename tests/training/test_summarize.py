@@ -44,7 +44,7 @@ def _golden_prompts() -> dict[str, str]:
 @pytest.mark.parametrize("name", ["perspective_extraction", "summary_perspective", "summary_reasoning", "summary_direct"])
 def test_prompts_match_their_golden_files(name):
     assert _golden_prompts()[name] == (GOLDEN / f"{name}.txt").read_text(), \
-        f"prompt {name} changed: if on purpose, regenerate tests/golden/summarize (see test module)"
+        f"prompt {name} changed: if on purpose, regenerate tests/training/golden/summarize (see test module)"
 
 
 def test_prompt_version_follows_the_demo_and_mode():

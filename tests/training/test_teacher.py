@@ -298,7 +298,10 @@ def test_config_layers_profile_then_file_then_flags(tmp_path):
     cfg = load_teacher_config("tiny", f, {"k_s2": 3})
     assert (cfg.k_s1, cfg.lr, cfg.k_s2, cfg.lm) == (5, 0.0001, 3, "tiny")
     f.write_text("k_s1: five\n")
-    with pytest.raises(InputError, match="k_s1 must be int"):
+    with pytest.raises(InputError, match="k_s1: input should be a valid integer, got 'five'"):
+        load_teacher_config("tiny", f)
+    f.write_text("k_s1: true\n")  # a YAML boolean is not a count
+    with pytest.raises(InputError, match="k_s1: input should be a valid integer, got True"):
         load_teacher_config("tiny", f)
 
 

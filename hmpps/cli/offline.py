@@ -1,0 +1,219 @@
+"""The offline stages: retrieve, summarize, teacher, distill, pipeline, ablate, headroom, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hmpps.cli.common import (
+    AblationGroup,
+    FirstStageModel,
+    MetricsProtocol,
+    SummaryMode,
+    friendly_errors,
+    parse_sets,
+    split_list,
+)
+from hmpps.cli.root import app
+
+
+@app.command("retrieve", rich_help_panel="Offline stages")
+@friendly_errors
+def retrieve(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    model: FirstStageModel = typer.Option(..., "--model", help="the first-stage retriever"),
+    out: Path = typer.Option(..., "--out", help="output directory (candidates.jsonl, metrics.json, report.md)"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the model's config dataclass"),
+    seed: int = typer.Option(None, "--seed"),
+    epochs: int = typer.Option(None, "--epochs", min=1),
+    top_k: int = typer.Option(10, "--top-k", min=1, max=1000, help="candidates kept per query (K_p)"),
+    sets: list[str] = typer.Option(None, "--set", help="config override key=value (repeatable), e.g. moae=false"),
+) -> None:
+    """First stage: rank the catalogue per query and keep the top K_p candidates."""
+    from training.first_stage.run import run_retrieval
+
+    overrides = parse_sets(sets) | {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
+    metrics = run_retrieval(data, model.value, out, config_path=config, overrides=overrides, k=top_k)
+    from training.report import metrics_table
+
+    typer.echo(metrics_table({model.value: metrics}))
+
+
+@app.command("summarize", rich_help_panel="Offline stages")
+@friendly_errors
+def summarize(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    mode: SummaryMode = typer.Option(SummaryMode.perspective, "--mode", help="how products are summarized (Table 5)"),
+    llm: str = typer.Option(None, "--llm", help="smollm2 | local:PATH | openai:URL:MODEL (not needed for --mode none)"),
+    out: Path = typer.Option(..., "--out", help="output directory (summaries.jsonl, perspectives.json, summarize.json, report.md)"),
+    cache: Path = typer.Option(None, "--cache", help="reply cache directory, shared by shards (default $HMPPS_CACHE/summaries)"),
+    shard: str = typer.Option(None, "--shard", help="I/N: summarize only the products of hash partition I of N"),
+    perspectives: Path = typer.Option(None, "--perspectives", help="reuse a perspectives.json (e.g. in every shard)"),
+    limit: int = typer.Option(None, "--limit", min=1, help="summarize only the first N products (a stated subset)"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, max=256, help="openai: requests in flight"),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="openai: seconds per request"),
+    retries: int = typer.Option(4, "--retries", min=0, max=20, help="openai: retries with backoff"),
+    threads: int = typer.Option(0, "--threads", min=0, help="local LLM: torch threads (0: default)"),
+    sets: list[str] = typer.Option(None, "--set", help="SummarizeConfig override, e.g. --set k_d=20 --set budget_words=40"),
+) -> None:
+    """Summarize product descriptions around search perspectives (HMPPS Sec. 4.2) with an LLM."""
+    from training.config import load_config
+    from training.pretrained import cache_root
+    from training.summarize.llm import parse_llm_spec
+    from training.summarize.run import SummarizeConfig, run_summarize
+
+    cfg = load_config(SummarizeConfig, None, parse_sets(sets) | {"mode": mode.value})
+    part = None
+    if shard is not None:
+        i, sep, n = shard.partition("/")
+        if not sep or not i.isdigit() or not n.isdigit():
+            raise typer.BadParameter(f"--shard {shard!r}: expected I/N, e.g. 0/4")
+        part = (int(i), int(n))
+    model = None
+    if mode != SummaryMode.none:
+        if not llm:
+            raise typer.BadParameter(f"--mode {mode.value} needs --llm (smollm2, local:PATH or openai:URL:MODEL)")
+        model = parse_llm_spec(llm, threads=threads, concurrency=concurrency, timeout_s=timeout, retries=retries)
+    run_summarize(data, model, out, cfg, cache_dir=cache or cache_root() / "summaries", shard=part,
+                  perspectives_file=perspectives, limit=limit)
+    typer.echo((out / "report.md").read_text().split("## Before and after")[0].rstrip())
+
+
+@app.command("teacher", rich_help_panel="Offline stages")
+@friendly_errors
+def teacher(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    out: Path = typer.Option(..., "--out", help="teacher output directory (resumable)"),
+    profile: str = typer.Option("tiny", "--profile", help="tiny | smol | gpu, or see --config"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
+    sets: list[str] = typer.Option(None, "--set", help="override a config field: --set k_s2=3"),
+) -> None:
+    """Train the two-stage HMPPS teacher and score the first stage's candidates."""
+    from training.report import metrics_table
+    from training.teacher.config import load_teacher_config
+    from training.teacher.run import run_teacher
+
+    cfg = load_teacher_config(profile, config, parse_sets(sets))
+    result = run_teacher(data, candidates, out, cfg, summaries=summaries)
+    typer.echo(metrics_table({"teacher": result.metrics}))
+
+
+@app.command("distill", rich_help_panel="Offline stages")
+@friendly_errors
+def distill(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    teacher: Path = typer.Option(..., "--teacher", help="teacher output directory (scores, embeddings, checkpoint)"),
+    out: Path = typer.Option(..., "--out", help="distillation output directory; the bundle goes to OUT/bundle"),
+    config: Path = typer.Option(None, "--config", help="YAML with StudentConfig fields"),
+    sets: list[str] = typer.Option(None, "--set", help="override a student config field: --set epochs=60"),
+) -> None:
+    """Distill the teacher into the ONNX student bundle (App. A.3), with parity and int8 checks."""
+    from distill.run import run_distill
+    from distill.student import StudentConfig
+    from training.config import load_config
+
+    cfg = load_config(StudentConfig, config, parse_sets(sets))
+    run_distill(data, teacher, out, cfg)
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command("pipeline", rich_help_panel="Offline stages")
+@friendly_errors
+def pipeline(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    first_stage: FirstStageModel = typer.Option(FirstStageModel.hem, "--first-stage", help="the first-stage retriever"),
+    out: Path = typer.Option(..., "--out", help="pipeline output directory (resumable)"),
+    profile: str = typer.Option("tiny", "--profile", help="teacher profile: tiny | smol | gpu"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
+    sets: list[str] = typer.Option(None, "--set", help="override a teacher config field: --set k_s2=3"),
+) -> None:
+    """Run retrieve -> teacher -> distill; write the bundle, metrics.json and a Table-1-style report.md."""
+    from hmpps.pipeline import run_pipeline
+    from training.teacher.config import load_teacher_config
+
+    cfg = load_teacher_config(profile, config, parse_sets(sets))
+    run_pipeline(data, first_stage.value, out, cfg, summaries=summaries)
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command("ablate", rich_help_panel="Offline stages")
+@friendly_errors
+def ablate(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    out: Path = typer.Option(..., "--out", help="ablation output directory"),
+    profile: str = typer.Option("tiny", "--profile", help="teacher profile"),
+    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    groups: str = typer.Option("modality,history,fraction", "--groups",
+                               help="comma-separated: modality,history,fraction (empty with --summaries: only Table 5)"),
+    fractions: str = typer.Option("0.05,0.1,0.2", "--fractions", help="training fractions for the fraction group"),
+    summaries: list[Path] = typer.Option(None, "--summaries", help="a summarize output; repeat for each mode (Table 5 rows)"),
+    sets: list[str] = typer.Option(None, "--set", help="override a teacher config field"),
+) -> None:
+    """The paper's ablations: modality (Table 4), history (Fig. 3), training fraction (Fig. 4a)."""
+    from contract.errors import InputError
+    from training.teacher.ablate import run_ablate
+    from training.teacher.config import load_teacher_config
+
+    chosen = split_list(groups)
+    known = [g.value for g in AblationGroup]
+    unknown = [g for g in chosen if g not in known]
+    if unknown:
+        raise InputError(f"unknown ablation group(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    try:
+        fracs = tuple(float(f) for f in split_list(fractions))
+    except ValueError as e:
+        raise InputError(f"--fractions must be comma-separated numbers: {e}") from e
+    if not all(0 < f <= 1 for f in fracs):
+        raise InputError("--fractions must lie in (0, 1]")
+    cfg = load_teacher_config(profile, config, parse_sets(sets))
+    run_ablate(data, candidates, out, cfg, chosen, fracs, summaries)
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command("headroom", rich_help_panel="Offline stages")
+@friendly_errors
+def headroom(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    test_fraction: float = typer.Option(1.0, "--test-fraction",
+                                        help="score the same seeded test sample as a teacher with this test_fraction"),
+    seed: int = typer.Option(0, "--seed", help="the teacher's seed (with --test-fraction)"),
+    out: Path = typer.Option(None, "--out", help="also write headroom.json and report.md here"),
+) -> None:
+    """What a personalised reranker could gain over the first stage: model-free reference rerankers."""
+    from training.headroom import headroom as run_headroom
+    from training.headroom import headroom_table, write_headroom
+
+    result = run_headroom(data, candidates, test_fraction, seed)
+    if out is not None:
+        write_headroom(result, out)
+    typer.echo(headroom_table(result))
+
+
+@app.command("metrics", rich_help_panel="Offline stages")
+@friendly_errors
+def metrics(
+    runs: list[Path] = typer.Argument(..., help="stage output directories holding metrics.json"),
+    baseline: str = typer.Option(None, "--baseline", help="run name to compute relative improvement against"),
+    protocol: MetricsProtocol = typer.Option(MetricsProtocol.hmpps, "--protocol",
+                                             help="hmpps: top-10 list metrics | sampled: MAPS's 1 target + 99 negatives "
+                                                  "(first stages)"),
+) -> None:
+    """Print one Markdown table of the paper's metrics for several runs."""
+    from training.artifacts import read_json
+    from training.report import METRIC_KEYS, SAMPLED_KEYS, metrics_table
+
+    fname = "metrics.json" if protocol == MetricsProtocol.hmpps else "sampled_metrics.json"
+    rows = {}
+    for run in runs:
+        if not (run / fname).exists():
+            raise typer.BadParameter(f"{run} holds no {fname}" + (" (only 'hmpps retrieve' writes it)" if protocol == MetricsProtocol.sampled else ""))
+        rows[run.name] = read_json(run / fname)
+    if baseline is not None and baseline not in rows:
+        raise typer.BadParameter(f"--baseline {baseline!r} is not one of {', '.join(rows)}")
+    typer.echo(metrics_table(rows, baseline=baseline, keys=METRIC_KEYS if protocol == MetricsProtocol.hmpps else SAMPLED_KEYS))

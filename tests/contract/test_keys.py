@@ -1,0 +1,32 @@
+"""The Redis key schema: every key of a version under its namespace, queries keyed by their normal form."""
+
+from __future__ import annotations
+
+from contract import keys
+
+
+def test_query_keys_ignore_case_and_spacing_but_not_words():
+    assert keys.normalize_query("  Red   RUNNING\tshoes ") == "red running shoes"
+    assert keys.query("v1", "Red running shoes") == keys.query("v1", "red  running shoes ")
+    assert keys.query("v1", "red running shoes") != keys.query("v1", "red running shoe")
+    assert len(keys.query_key("any text at all, of any length " * 50)) == 20
+
+
+def test_model_data_is_namespaced_by_version_and_user_data_is_not_mixed_up_with_it():
+    version = "magazine-0123456789ab"
+    made = [keys.manifest(version), keys.complete(version), keys.product(version, "P1"), keys.summary(version, "P1"),
+            keys.query(version, "q"), keys.tail_query(version, "q"), keys.user_history(version, "U1")]
+    assert all(k.startswith(f"hmpps:v:{version}:") for k in made)
+    assert len(set(made)) == len(made), "each kind of key has its own prefix"
+    assert keys.product("a", "P1") != keys.product("b", "P1")
+    assert keys.tail_query(version, "q") != keys.query(version, "q")
+    for k in (keys.ALIAS, keys.FEEDBACK_STREAM):
+        assert k.startswith("hmpps:") and ":v:" not in k
+
+
+def test_key_layout_is_the_documented_one():
+    # the layout is the contract with running services and published data: a change here is a migration
+    assert keys.product("V", "P") == "hmpps:v:V:p:P"
+    assert keys.summary("V", "P") == "hmpps:v:V:s:P"
+    assert keys.user_history("V", "U") == "hmpps:v:V:u:U"
+    assert keys.ALIAS == "hmpps:live" and keys.FEEDBACK_STREAM == "hmpps:feedback"
