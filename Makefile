@@ -40,7 +40,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(BIN)/hmpps data synthetic --users 150 --products 120 --seed 3 --out $(DEMO)/data
+	@echo "A shop's own data (schema hmpps-owndata/1): products and purchase events with the text each buyer searched:"
+	$(BIN)/hmpps data synthetic --users 150 --products 120 --seed 3 --format events --out $(DEMO)/source
+	$(BIN)/hmpps data events --products $(DEMO)/source/products.jsonl.gz --events $(DEMO)/source/events.jsonl.gz \
+	  --name synthetic-s3 --out $(DEMO)/data
 	@echo; echo "First stage (HEM) -> two-stage HMPPS teacher (tiny profile) -> ONNX student bundle:"
 	$(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline
 	$(BIN)/hmpps bundle verify $(DEMO)/pipeline/bundle

@@ -30,6 +30,7 @@ MANIFEST = "manifest.json"
 REQUIRED = ("version", "dataset_fingerprint", "spec", "files", "models")
 # model roles -> file names inside the bundle (the ``models`` mapping of the manifest)
 STUDENT, STUDENT_INT8, QUERY_ENCODER, TOKENIZER = "student", "student_int8", "query_encoder", "tokenizer"
+PRODUCT_ENCODER = "product_encoder"  # new products without retraining (bundles from before it lack one)
 # feature roles -> files under features/ (the ``features`` mapping; ``history_cap`` rides with them)
 FEATURE_FILES = ("products", "queries", "index", "summaries", "histories")
 

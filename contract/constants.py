@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-# Newest purchases kept per user: what publish writes and what a request reads.
+# Newest purchases kept per user: what publish seeds, what /events keeps and what a request reads.
 HISTORY_CAP = 50
+# Histories expire this long after their last update (the service's default; 0: never).
+HISTORY_TTL_S = 365 * 24 * 3600
+# An accepted event id is remembered this long, so a retried batch changes nothing.
+EVENT_DEDUPE_TTL_S = 7 * 24 * 3600
+EVENTS_STREAM_MAXLEN = 5_000_000
 # Tail queries encoded online are cached in Redis this long (the service's default).
 TAIL_QUERY_TTL_S = 7 * 24 * 3600
 # Tokens of a query fed to the bundle's query encoder, at export and at serving.

@@ -12,8 +12,16 @@ last, so they never trust half a catalog.
     hmpps:v:{ver}:s:{product_id}  -> the product's summary text
     hmpps:v:{ver}:q:{query_key}   -> float32 bytes, a known query's features
     hmpps:v:{ver}:qc:{query_key}  -> the same for tail queries encoded online (TTL)
-    hmpps:v:{ver}:u:{user_id}     -> list of product ids, newest first, capped
-    hmpps:feedback                -> stream of feedback events (not versioned)
+    hmpps:v:{ver}:ph:{product_id} -> hash {hash, ts, source}: a product upserted after the bundle was built
+    hmpps:v:{ver}:upserted_at     -> unix time of the newest product upsert into this version
+
+User data is not model data: it outlives bundle versions and takes new actions.
+
+    hmpps:h:{user_id}             -> the user's history: a sorted set of "event_id\x1fproduct_id"
+                                     scored by the event's unix time, capped to the newest HISTORY_CAP
+    hmpps:ev:{event_id}           -> seen marker of an accepted event (TTL): a retried event changes nothing
+    hmpps:events                  -> stream of accepted events (POST /events), for training
+    hmpps:feedback                -> stream of feedback events (impressions, clicks, dwell)
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import re
 PREFIX = "hmpps"
 ALIAS = f"{PREFIX}:live"
 FEEDBACK_STREAM = f"{PREFIX}:feedback"
+EVENTS_STREAM = f"{PREFIX}:events"
+HISTORY_SEP = "\x1f"  # between event id and product id in a history member
 
 _WS = re.compile(r"\s+")
 
@@ -58,6 +68,14 @@ def summary(version: str, product_id: str) -> str:
     return f"{ns(version)}:s:{product_id}"
 
 
+def product_meta(version: str, product_id: str) -> str:
+    return f"{ns(version)}:ph:{product_id}"
+
+
+def upserted_at(version: str) -> str:
+    return f"{ns(version)}:upserted_at"
+
+
 def query(version: str, text: str) -> str:
     return f"{ns(version)}:q:{query_key(text)}"
 
@@ -66,5 +84,19 @@ def tail_query(version: str, text: str) -> str:
     return f"{ns(version)}:qc:{query_key(text)}"
 
 
-def user_history(version: str, user_id: str) -> str:
-    return f"{ns(version)}:u:{user_id}"
+def user_history(user_id: str) -> str:
+    return f"{PREFIX}:h:{user_id}"
+
+
+def event_seen(event_id: str) -> str:
+    return f"{PREFIX}:ev:{event_id}"
+
+
+def history_member(event_id: str, product_id: str) -> str:
+    return f"{event_id}{HISTORY_SEP}{product_id}"
+
+
+def history_product(member: str | bytes) -> str:
+    """The product id of a history member (everything after the first separator)."""
+    text = member.decode() if isinstance(member, bytes) else member
+    return text.split(HISTORY_SEP, 1)[-1]

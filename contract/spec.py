@@ -66,20 +66,29 @@ class FeatureSpec:
         return spec
 
 
-def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, history: np.ndarray) -> dict[str, np.ndarray]:
+def select_for(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """(K, <= K_s2) indices into ``history`` that each candidate sees (Eq. 6 on the stage-1 slices)."""
+    if history.shape[0] == 0 or spec.k_s2 <= 0:
+        return np.zeros((candidates.shape[0], 0), dtype=np.int64)
+    return select_history(history[:, spec.product_sel], query[spec.query_sel], candidates[:, spec.product_sel], spec.k_s2)
+
+
+def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, history: np.ndarray,
+                 selected: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Arrays for one request: K candidates, each with its own K_s2 selected history items.
 
     Args:
         query: (Dq,) query features.
         candidates: (K, Dp) candidate features.
         history: (n, Dp) features of the user's purchases, oldest first (n may be 0).
+        selected: ``select_for``'s result when the caller already has it (to explain a request).
     """
     k = candidates.shape[0]
     h = spec.k_s2
     hist = np.zeros((k, h, spec.product_dim), dtype=np.float32)
     mask = np.zeros((k, h), dtype=np.float32)
     if history.shape[0] > 0 and h > 0:
-        idx = select_history(history[:, spec.product_sel], query[spec.query_sel], candidates[:, spec.product_sel], h)
+        idx = select_for(spec, query, candidates, history) if selected is None else selected
         m = idx.shape[1]
         hist[:, :m] = history[idx]
         mask[:, :m] = 1.0

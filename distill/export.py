@@ -54,9 +54,50 @@ class QueryEncoderModule(nn.Module):
         return torch.cat([text, self.project(text)], dim=-1)
 
 
-def fit_projection(module: QueryEncoderModule, text: np.ndarray, target: np.ndarray, epochs: int = 300,
-                   lr: float = 1e-2, seed: int = 0) -> list[float]:
-    """Regress the projection onto stage-1 embeddings (cosine loss); MiniLM stays frozen."""
+class ProductEncoderModule(nn.Module):
+    """A new product's features in the student's layout, by the recipe of the offline ones:
+    ``[text (MiniLM-L6, unit) | image (the teacher's vision tower, unit or 0) | has_image | sel]``,
+    with ``sel`` a projection of the rest regressed onto the teacher's stage-1 product space."""
+
+    def __init__(self, bert: nn.Module, text_dim: int, cnn: nn.Module | None, image_dim: int, sel_dim: int):
+        super().__init__()
+        self.bert, self.cnn, self.image_dim = bert, cnn, image_dim
+        self.proj = nn.Linear(text_dim + image_dim + 1, sel_dim)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        sel = self.proj(x)
+        return sel / sel.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                pixels: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        text = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        if self.cnn is not None:
+            image = self.cnn(pixels).flatten(1)
+            image = image / image.norm(dim=-1, keepdim=True).clamp(min=1e-12) * has_image
+        else:
+            image = text[:, :0]
+        rest = torch.cat([text, image, has_image], dim=-1)
+        return torch.cat([rest, self.project(rest)], dim=-1)
+
+
+def export_product_encoder(module: ProductEncoderModule, tokenizer: object, image_size: int, path: Path) -> None:
+    module.eval()
+    enc = tokenizer(["an example product. brand. a > path"], return_tensors="pt")  # type: ignore[operator]
+    args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], torch.zeros(1, 3, image_size, image_size),
+            torch.ones(1, 1))
+    names = ["input_ids", "attention_mask", "token_type_ids", "pixels", "has_image"]
+    dyn = {"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}, "token_type_ids": {0: "b", 1: "t"},
+           "pixels": {0: "b"}, "has_image": {0: "b"}, "features": {0: "b"}}
+    torch.onnx.export(module, args, str(path), input_names=names, output_names=["features"], dynamic_axes=dyn,
+                      opset_version=OPSET, dynamo=False)
+
+
+def fit_projection(module: QueryEncoderModule | ProductEncoderModule, text: np.ndarray, target: np.ndarray,
+                   epochs: int = 300, lr: float = 1e-2, seed: int = 0) -> list[float]:
+    """Regress the projection onto stage-1 embeddings (cosine loss); MiniLM and the vision tower stay frozen."""
     torch.manual_seed(seed)
     x, y = torch.from_numpy(text), torch.from_numpy(target)
     opt = torch.optim.AdamW(module.proj.parameters(), lr=lr, weight_decay=1e-4)

@@ -15,22 +15,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.products import TEXT_MAX_TOKENS
+from contract.products import record_text as product_text
 from contract.spec import FeatureSpec
 from training.dataset import Dataset
 from training.teacher.examples import Embeddings
-
-TEXT_MAX_TOKENS = 128
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def product_text(p: dict[str, Any], words: int = 60) -> str:
-    desc = " ".join((p.get("summary") or p.get("description") or "").split()[:words])
-    category = " > ".join(p.get("category") or [])
-    return ". ".join(s for s in (p.get("title"), p.get("brand"), category, desc) if s)
 
 
 class MiniLM:
@@ -59,19 +53,28 @@ class MiniLM:
         return unit(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
 
-def image_vectors(ds: Dataset, product_ids: list[str], teacher_dir: Path, teacher_cfg: dict[str, Any]) -> np.ndarray:
-    """Flattened output of the teacher's trained vision tower; zeros where a product has no image."""
-    from training.teacher.vision import SmallCNN, load_image
+def load_vision_tower(teacher_dir: Path, teacher_cfg: dict[str, Any]) -> Any:
+    """The teacher's trained vision tower (eval mode), or None for a text-only teacher."""
+    from training.teacher.vision import SmallCNN
 
     if teacher_cfg.get("vision") != "cnn":
-        return np.zeros((len(product_ids), 0), np.float32)
+        return None
     cnn = SmallCNN(int(teacher_cfg["image_tokens"]))
     state = torch.load(Path(teacher_dir) / "stage2" / "checkpoint" / "state.pt", weights_only=False)["trainable"]
     prefix = next((k[: -len("net.0.weight")] for k in state if k.endswith("vision.net.0.weight")), None)
     if prefix is None:
         raise KeyError("the teacher checkpoint holds no trained vision tower")
     cnn.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    cnn.eval()
+    return cnn.eval()
+
+
+def image_vectors(ds: Dataset, product_ids: list[str], teacher_dir: Path, teacher_cfg: dict[str, Any]) -> np.ndarray:
+    """Flattened output of the teacher's trained vision tower; zeros where a product has no image."""
+    from training.teacher.vision import load_image
+
+    cnn = load_vision_tower(teacher_dir, teacher_cfg)
+    if cnn is None:
+        return np.zeros((len(product_ids), 0), np.float32)
     dim = cnn.width * int(teacher_cfg["image_tokens"])
     out = np.zeros((len(product_ids), dim), np.float32)
     rows = [(i, ds.image_path(pid)) for i, pid in enumerate(product_ids)]

@@ -21,25 +21,28 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from contract.bundle import QUERY_ENCODER, STUDENT, STUDENT_INT8, TOKENIZER, write_manifest
+from contract.bundle import PRODUCT_ENCODER, QUERY_ENCODER, STUDENT, STUDENT_INT8, TOKENIZER, write_manifest
 from contract.constants import HISTORY_CAP
 from contract.errors import InputError
+from contract.products import record_text
 from contract.reports import markdown_table
 from contract.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
 from distill.export import (
+    ProductEncoderModule,
     QueryEncoderModule,
+    export_product_encoder,
     export_query_encoder,
     export_student,
     fit_projection,
     onnx_logits,
     quantize_int8,
 )
-from distill.features import FeatureTables, MiniLM, build_features, unit
+from distill.features import FeatureTables, MiniLM, build_features, load_vision_tower, unit
 from distill.student import Student, StudentConfig, distill_loss
-from service.bundle import OnnxQueryEncoder, OnnxScorer
+from service.bundle import OnnxProductEncoder, OnnxQueryEncoder, OnnxScorer
 from training.artifacts import atomic_dir, write_json, write_jsonl
 from training.dataset import Dataset, as_dataset, with_summaries
-from training.metrics import PAPER_KEYS, kept_gain, paper_metrics, relative_gain, rerank
+from training.metrics import PAPER_KEYS, kept_gain, paired_bootstrap, paper_metrics, relative_gain, rerank
 from training.pretrained import minilm_dir
 from training.teacher.run import TeacherRun
 
@@ -148,11 +151,13 @@ def _summary_text(p: dict[str, Any], words: int = 60) -> str:
 
 
 def _histories(ds: Dataset) -> list[dict[str, Any]]:
-    """Each user's train-split purchases, newest first and capped: what the service knows before the test period."""
+    """Each user's train-split purchases, newest first and capped, with their times: what the service
+    knows before the test period (publish seeds the live histories with it)."""
     rows = []
     for user, seq in sorted(ds.by_user().items()):
-        train = [r["product_id"] for r in seq if r["split"] == "train"]
-        rows.append({"user_id": user, "history": train[::-1][:HISTORY_CAP]})
+        train = [r for r in seq if r["split"] == "train"][::-1][:HISTORY_CAP]
+        rows.append({"user_id": user, "history": [r["product_id"] for r in train],
+                     "timestamps": [r["timestamp"] for r in train]})
     return rows
 
 
@@ -205,6 +210,53 @@ def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: 
                     {"text_max_abs_diff": qe_parity, "sel_cosine_known_queries": qe_cos, "final_loss": qe_curve[-1]})
 
 
+HELDOUT_SHARE = 0.1  # products the product encoder's projection never sees: its quality check
+
+
+def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: Dataset, teacher: TeacherRun,
+                                     rows: dict[str, dict[str, Any]], test: list[dict[str, Any]],
+                                     seed: int, work: Path) -> dict[str, Any]:
+    """The product encoder (new products without retraining), fitted without a held-out tenth of the
+    catalogue; then the student on the test queries whose candidates include held-out products, with
+    their encoded features and with the offline ones."""
+    spec = tables.spec
+    cnn = load_vision_tower(teacher.dir, teacher.config)
+    module = ProductEncoderModule(minilm.model, spec.text_dim, cnn, spec.image_dim, spec.sel_dim)
+    rng = np.random.default_rng(seed + 17)
+    heldout = np.zeros(len(tables.product_ids), dtype=bool)
+    heldout[rng.permutation(len(heldout))[: max(1, int(HELDOUT_SHARE * len(heldout)))]] = True
+    rest = tables.products[:, : spec.product_dim - spec.sel_dim]
+    curve = fit_projection(module, rest[~heldout], tables.products[~heldout][:, spec.product_sel], seed=seed)
+    image_size = int(teacher.config.get("image_size", 0)) if cnn is not None else 0
+    export_product_encoder(module, minilm.tokenizer, max(image_size, 1), work / "product_encoder.onnx")
+    encoder = OnnxProductEncoder(work / "product_encoder.onnx", minilm_dir() / "tokenizer.json", max(image_size, 1))
+    encoded = encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in tables.product_ids])
+    cos = (unit(encoded[:, spec.product_sel]) * tables.products[:, spec.product_sel]).sum(1)
+    report: dict[str, Any] = {
+        "text_max_abs_diff": float(np.abs(encoded[:, : spec.text_dim] - tables.products[:, : spec.text_dim]).max()),
+        "image_max_abs_diff": float(np.abs(encoded[:, spec.text_dim: spec.product_dim - spec.sel_dim]
+                                           - rest[:, spec.text_dim:]).max()),
+        "sel_cosine_fitted": float(cos[~heldout].mean()), "sel_cosine_heldout": float(cos[heldout].mean()),
+        "final_loss": curve[-1], "image_size": image_size, "heldout_products": int(heldout.sum()),
+    }
+    held = {p for p, h in zip(tables.product_ids, heldout, strict=True) if h}
+    touched = [s for s in test if held & set(_candidate_ids(s))]
+    if touched:
+        swapped = tables.products.copy()
+        swapped[heldout] = encoded[heldout]
+        enc_tables = FeatureTables(spec, tables.product_ids, swapped, tables.queries, tables.query_features)
+        ranked = {}
+        for name, t in (("offline", tables), ("encoded", enc_tables)):
+            inputs = concat_inputs([_request_arrays(t, ds, rows[s["query_id"]], _candidate_ids(s)) for s in touched])
+            scores = _split_scores(yes_probability(onnx_logits(work / "student.onnx", inputs)), touched)
+            ranked[name] = [rerank(_candidate_ids(s), list(sc)) for s, sc in zip(touched, scores, strict=True)]
+        targets = [s["target"] for s in touched]
+        report["heldout_queries"] = {
+            "queries": len(touched), "metrics": {k: paper_metrics(r, targets) for k, r in ranked.items()},
+            "encoded_minus_offline": paired_bootstrap(ranked["encoded"], ranked["offline"], targets)}
+    return report
+
+
 def evaluate(test: list[dict[str, Any]], n_test: int, torch_logits: np.ndarray, exported: Exported) -> dict[str, Any]:
     """The paper's metrics of each form of the student, over every test query."""
     forms = {"student": torch_logits, "student_onnx": exported.logits_fp32, "student_int8": exported.logits_int8,
@@ -218,10 +270,12 @@ def bundle_manifest_fields(ds: Dataset, tables: FeatureTables, teacher: TeacherR
     tcfg = teacher.config
     return {
         "models": {STUDENT: "student.onnx", STUDENT_INT8: "student.int8.onnx",
-                   QUERY_ENCODER: "query_encoder.onnx", TOKENIZER: "tokenizer/tokenizer.json"},
+                   QUERY_ENCODER: "query_encoder.onnx", PRODUCT_ENCODER: "product_encoder.onnx",
+                   TOKENIZER: "tokenizer/tokenizer.json"},
         "features": {"products": "features/products.npy", "queries": "features/queries.npy",
                      "index": "features/index.json", "summaries": "features/summaries.jsonl",
-                     "histories": "features/histories.jsonl", "history_cap": HISTORY_CAP},
+                     "histories": "features/histories.jsonl", "history_cap": HISTORY_CAP,
+                     "image_size": max(int(tcfg.get("image_size", 0)) if tcfg.get("vision") == "cnn" else 0, 1)},
         "extra": {
             "teacher": {"lm": tcfg["lm"], "vision": tcfg["vision"], "k_s1": tcfg["k_s1"], "k_s2": tcfg["k_s2"]},
             "student_config": cfg.to_dict(),
@@ -268,13 +322,15 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
         work = tmp / "work"
         work.mkdir()
         exported = export_and_check(model, minilm, tables, ds, rows, test, test_inputs, torch_logits, cfg.seed, work)
+        product_encoder = export_product_encoder_and_check(minilm, tables, ds, teacher, rows, test, cfg.seed, work)
         timings["export"] = time.time() - t
 
         metrics = evaluate(test, teacher.n_test, torch_logits, exported)
         fs_metrics = teacher.first_stage_metrics
         version = write_bundle(tmp / "bundle", ds, tables, {
             "student.onnx": work / "student.onnx", "student.int8.onnx": work / "student.int8.onnx",
-            "query_encoder.onnx": work / "query_encoder.onnx", "tokenizer/tokenizer.json": minilm_dir() / "tokenizer.json",
+            "query_encoder.onnx": work / "query_encoder.onnx", "product_encoder.onnx": work / "product_encoder.onnx",
+            "tokenizer/tokenizer.json": minilm_dir() / "tokenizer.json",
         }, bundle_manifest_fields(ds, tables, teacher, cfg, metrics))
         torch.save({"config": cfg.to_dict(), "spec": asdict(tables.spec), "state_dict": model.state_dict()},
                    tmp / "student.pt")
@@ -285,6 +341,7 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
             "train_rows": int(sum(len(s["candidates"]) for s in train)), "train_queries": len(train),
             "test_queries_scored": len(test), "test_queries_total": teacher.n_test,
             "parity_max_abs_diff": exported.parity, "query_encoder": exported.query_encoder,
+            "product_encoder": product_encoder,
             "int8_max_abs_diff": float(np.abs(exported.logits_int8 - exported.logits_fp32).max()),
             "curve": curve, "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
             "kept_gain": {k: _round(kept_gain(m, teacher.metrics, fs_metrics)) for k, m in metrics.items()},
@@ -307,6 +364,20 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
 
 def _candidate_ids(scored_query: dict[str, Any]) -> list[str]:
     return [c["product_id"] for c in scored_query["candidates"]]
+
+
+def _product_encoder_lines(pe: dict[str, Any]) -> list[str]:
+    lines = [f"- product encoder (new products without retraining): text part vs offline max abs diff "
+             f"{pe['text_max_abs_diff']:.1e}, image part {pe['image_max_abs_diff']:.1e}; cosine of its stage-1 "
+             f"projection to the teacher's: {pe['sel_cosine_fitted']:.3f} on the products it was fitted on, "
+             f"{pe['sel_cosine_heldout']:.3f} on {pe['heldout_products']} held-out products"]
+    if h := pe.get("heldout_queries"):
+        d = h["encoded_minus_offline"]
+        lines.append(f"- the student on the {h['queries']} test queries whose candidates include held-out products: "
+                     f"NDCG@4 {h['metrics']['encoded']['NDCG@4']:.4f} with their encoded features, "
+                     f"{h['metrics']['offline']['NDCG@4']:.4f} with the offline ones (difference {d['diff']:+.4f}, "
+                     f"95% interval [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}])")
+    return lines
 
 
 def _round(x: float) -> float | None:
@@ -334,5 +405,6 @@ def _report(name: str, fs: dict[str, Any], teacher: dict[str, Any], metrics: dic
               f"- int8 vs fp32 max abs logit diff: {d['int8_max_abs_diff']:.3f}",
               f"- query encoder: mean cosine to stage-1 query embeddings {d['query_encoder']['sel_cosine_known_queries']:.3f}; "
               "`student_tail_queries` scores every test query through it, as if none were known",
+              *_product_encoder_lines(d["product_encoder"]),
               "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items()), ""]
     return "\n".join(lines)

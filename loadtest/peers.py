@@ -58,7 +58,7 @@ class EagerStudentScorer:
         self.model = TorchStudent(checkpoint, threads)
         self._bundles: dict[str, LoadedBundle] = {}
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
         swapped = self._bundles.get(bundle.version)
         if swapped is None:  # same decoding, selection and query encoder; the scoring call is torch
             swapped = self._bundles[bundle.version] = dataclasses.replace(bundle, scorer=self.model)
@@ -79,7 +79,7 @@ class CrossEncoderScorer:
         self.tokenizer.enable_truncation(max_tokens, strategy="longest_first")
         self.tokenizer.enable_padding(length=max_tokens, pad_id=0, pad_token="[PAD]")
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
         t = time.perf_counter()
         known = [i for i, s in enumerate(fetched.summaries) if s is not None]
         scores: list[float | None] = [None] * len(fetched.candidates)

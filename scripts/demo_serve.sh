@@ -23,6 +23,19 @@ echo "== sample rerank =="
 echo "request:  $BODY"
 echo "response:"
 curl -s -X POST "http://127.0.0.1:$PORT/rerank" -H 'content-type: application/json' -d "$BODY" | "$BIN/python" -m json.tool
+# the user buys one of the candidates: the next rerank already uses it
+PRODUCT=$(echo "$BODY" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["candidates"][-1]["product_id"])')
+USER_ID=$(echo "$BODY" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["user_id"])')
+EVENT="{\"events\": [{\"event_id\": \"demo-$(date +%s)\", \"user_id\": \"$USER_ID\", \"product_id\": \"$PRODUCT\", \"type\": \"purchase\", \"timestamp\": $(date +%s)}]}"
+echo
+echo "== $USER_ID buys $PRODUCT: POST /events =="
+echo "request:  $EVENT"
+echo "response: $(curl -s -X POST "http://127.0.0.1:$PORT/events" -H 'content-type: application/json' -d "$EVENT")"
+EXPLAIN=$(echo "$BODY" | "$BIN/python" -c 'import json,sys; b=json.load(sys.stdin); b["explain"]=True; print(json.dumps(b))')
+echo
+echo "== the same rerank with \"explain\": true: $PRODUCT now leads the history the model sees =="
+curl -s -X POST "http://127.0.0.1:$PORT/rerank" -H 'content-type: application/json' -d "$EXPLAIN" \
+  | "$BIN/python" -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"explain": r["explain"], "results": [{k: x[k] for k in ("product_id", "rank", "original_rank", "explain")} for x in r["results"]]}, indent=1))'
 echo
 echo "== try it yourself (README quick start) =="
 echo "curl -s -X POST http://127.0.0.1:$PORT/rerank -H 'content-type: application/json' -d '$BODY'"

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from contract.errors import HmppsError, http_status
 from service.limits import LimitsMiddleware
 from service.rerank import STUDENT, RequestScorer
-from service.routes import admin, feedback, ops, rerank
+from service.routes import admin, events, feedback, ops, rerank
 from service.runtime import load_runtime
 from service.schemas import ErrorBody
 from service.settings import Settings
@@ -71,9 +71,9 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
         responses={400: {"model": ErrorBody}, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
     app.add_middleware(LimitsMiddleware, max_in_flight=settings.max_in_flight, max_body_bytes=settings.max_body_bytes,
-                       limited_paths=("/rerank", "/feedback"))
+                       limited_paths=("/rerank", "/feedback", "/events"))
     app.add_exception_handler(HmppsError, domain_error)  # type: ignore[arg-type]
-    for router in (rerank.router, feedback.router, ops.router, admin.router):
+    for router in (rerank.router, feedback.router, events.router, ops.router, admin.router):
         app.include_router(router)
     return app
 

@@ -11,9 +11,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from contract.bundle import QUERY_ENCODER, TOKENIZER, Manifest, verify_bundle
+from contract.bundle import PRODUCT_ENCODER, QUERY_ENCODER, TOKENIZER, Manifest, verify_bundle
 from contract.constants import QUERY_MAX_TOKENS
 from contract.errors import BundleError
+from contract.images import pixels
+from contract.products import TEXT_MAX_TOKENS
 from contract.spec import INPUT_NAMES, OUTPUT_NAME, FeatureSpec
 
 
@@ -84,12 +86,54 @@ class OnnxQueryEncoder:
         return self.session.run(["features"], {k: v for k, v in feeds.items() if k in self.input_names})[0][0]
 
 
+class ProductEncoder(Protocol):
+    """Encodes new products to the bundle's product features (n, Dp), without retraining."""
+
+    def encode(self, products: list[tuple[str, Path | None]]) -> np.ndarray: ...
+
+
+class OnnxProductEncoder:
+    """MiniLM-L6 + the vision tower + projection in ONNX (``distill.export.ProductEncoderModule``).
+
+    Input: a product's text (``contract.products.product_text``) and its image file, or None.
+    """
+
+    def __init__(self, model: Path, tokenizer: Path, image_size: int, threads: int = 1,
+                 providers: list[str] | None = None):
+        from tokenizers import Tokenizer
+
+        self.session = make_session(model, threads, providers or ["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer.enable_truncation(TEXT_MAX_TOKENS)
+        self.tokenizer.enable_padding()
+        self.image_size = image_size
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, products: list[tuple[str, Path | None]], batch: int = 32) -> np.ndarray:
+        out = []
+        for start in range(0, len(products), batch):
+            chunk = products[start:start + batch]
+            encs = self.tokenizer.encode_batch([text for text, _ in chunk])
+            pix = np.zeros((len(chunk), 3, self.image_size, self.image_size), np.float32)
+            has = np.zeros((len(chunk), 1), np.float32)
+            for i, (_, image) in enumerate(chunk):
+                if image is not None and Path(image).is_file() and "pixels" in self.input_names:
+                    pix[i], has[i] = pixels(image, self.image_size), 1.0
+            feeds = {"input_ids": np.asarray([e.ids for e in encs], np.int64),
+                     "attention_mask": np.asarray([e.attention_mask for e in encs], np.int64),
+                     "token_type_ids": np.asarray([e.type_ids for e in encs], np.int64),
+                     "pixels": pix, "has_image": has}
+            out.append(self.session.run(["features"], {k: v for k, v in feeds.items() if k in self.input_names})[0])
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
 @dataclass
 class LoadedBundle:
     path: Path
     manifest: Manifest
     scorer: Scorer
     query_encoder: QueryEncoder
+    product_encoder: ProductEncoder | None = None  # None: a bundle from before product encoders
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -113,4 +157,8 @@ def load_bundle(path: Path, threads: int = 1, providers: list[str] | None = None
     scorer = OnnxScorer(path / student, threads, providers)
     encoder = OnnxQueryEncoder(path / manifest.models[QUERY_ENCODER], path / manifest.models[TOKENIZER],
                                threads, providers)
-    return LoadedBundle(path, manifest, scorer, encoder, {"student_file": student})
+    products = None
+    if PRODUCT_ENCODER in manifest.models:
+        products = OnnxProductEncoder(path / manifest.models[PRODUCT_ENCODER], path / manifest.models[TOKENIZER],
+                                      int(manifest.features.get("image_size", 0)), threads, providers)
+    return LoadedBundle(path, manifest, scorer, encoder, products, {"student_file": student})

@@ -29,6 +29,17 @@ IN_FLIGHT = Gauge("hmpps_rerank_in_flight", "Requests being served", multiproces
 BUNDLE_INFO = Gauge("hmpps_bundle_info", "Loaded bundles (value 1)", ["arm", "version"], multiprocess_mode="liveall")
 FEEDBACK = Counter("hmpps_feedback_events_total", "Feedback events accepted", ["arm", "type"])
 EFFICIENT_CLICKS = Counter("hmpps_feedback_efficient_clicks_total", "Dwell events over 5 s", ["arm"])
+EVENTS = Counter("hmpps_events_total", "Events accepted by POST /events, by type (names outside the known ones: other)",
+                 ["type"])
+EVENT_DUPLICATES = Counter("hmpps_events_duplicates_total", "Events already recorded (same event_id), ignored")
+HISTORY_APPENDS = Counter("hmpps_history_appends_total", "Events appended to a user's live history")
+EVENT_UNKNOWN_PRODUCTS = Counter("hmpps_events_unknown_products_total",
+                                 "Accepted events for products the live bundle has no features for")
+BUNDLE_AGE = Gauge("hmpps_bundle_age_seconds", "Seconds since each loaded bundle's version was published to Redis",
+                   ["version"], multiprocess_mode="max")
+UPSERT_AGE = Gauge("hmpps_product_upsert_age_seconds", "Seconds since the newest product upsert into each loaded version",
+                   ["version"], multiprocess_mode="min")
+PRODUCT_UPSERTS = Counter("hmpps_product_upserts_total", "Products written by POST /admin/products")
 TAIL_CACHE_FAILURES = Counter("hmpps_tail_query_cache_failures_total", "Tail-query cache writes that failed (best effort)")
 READY = Gauge("hmpps_ready", "1 when this worker is ready", multiprocess_mode="liveall")
 ARM_WEIGHT = Gauge("hmpps_arm_weight", "Configured traffic weight per arm (0: removed)", ["arm"], multiprocess_mode="max")
@@ -39,6 +50,11 @@ REQUEST_STATUSES = ("ok", "fallback", "error")
 FALLBACK_REASONS = ("timeout", "redis_unavailable", "model_error", "no_features")
 STAGES = ("redis", "selection", "inference", "query_encode")
 FEEDBACK_TYPES = ("impression", "click", "dwell")
+EVENT_TYPES = ("purchase", "add_to_cart", "click", "other")  # label values: a type name is free text
+
+
+def event_type_label(kind: str) -> str:
+    return kind if kind in EVENT_TYPES else "other"
 
 
 def init_labels(arms: list[str]) -> None:
@@ -50,6 +66,8 @@ def init_labels(arms: list[str]) -> None:
         FEATURE_MISSES.labels(kind)
     for reason in ("overloaded", "body_too_large"):
         REJECTED.labels(reason)
+    for kind in EVENT_TYPES:
+        EVENTS.labels(kind)
     for arm in arms:
         LATENCY.labels(arm)
         EFFICIENT_CLICKS.labels(arm)

@@ -1,4 +1,5 @@
-"""``hmpps publish``: a bundle's features into Redis, under the bundle's version namespace.
+"""``hmpps publish``: a bundle's features into Redis, under the bundle's version namespace,
+and its users' histories into the live histories (user data, outside any version).
 
 Writes are pipelined in chunks. The ``complete`` marker is written last, and
 ``--activate`` flips the live alias only after it, so readers never see half
@@ -17,7 +18,9 @@ import numpy as np
 
 from contract import keys
 from contract.bundle import verify_bundle
+from contract.constants import HISTORY_TTL_S
 from contract.errors import ArtifactMismatch, InputError
+from service.histories import seed_histories
 
 CHUNK = 1000
 
@@ -27,8 +30,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint: str | None = None) -> dict[str, Any]:
-    """Write the bundle's features to Redis; return counts and seconds."""
+def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint: str | None = None,
+            history_ttl_s: int = HISTORY_TTL_S) -> dict[str, Any]:
+    """Write the bundle's features to Redis and seed its users' histories; return counts and seconds."""
     t0 = time.perf_counter()
     bundle = Path(bundle)
     manifest = verify_bundle(bundle)
@@ -83,16 +87,9 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
             counts[kind] += 1
             pending += 1
             flush()
-    for row in histories:
-        key = keys.user_history(version, row["user_id"])
-        items = row["history"][:cap]
-        pipe.delete(key)  # replace, never append: keeps reruns idempotent
-        if items:
-            pipe.rpush(key, *items)
-        counts["users"] += 1
-        pending += 2
-        flush()
     flush(force=True)
+    # user data, outside the version: merged, never overwriting newer actions
+    counts["users"] = seed_histories(client, histories, cap, history_ttl_s)
     client.set(keys.complete(version), json.dumps({"counts": counts, "published_at": time.time()}))
     if activate:
         client.set(keys.ALIAS, version)

@@ -11,18 +11,18 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
 from redis.exceptions import RedisError
 
 from contract.constants import PASSTHROUGH
-from contract.spec import build_inputs, yes_probability
+from contract.spec import build_inputs, select_for, yes_probability
 from service import metrics as m
 from service.arms import Arm
 from service.bundle import LoadedBundle
-from service.schemas import RerankRequest, RerankResponse, Result
+from service.schemas import RequestExplain, RerankRequest, RerankResponse, Result, ResultExplain
 from service.store import FeatureStore, Fetched
 
 log = logging.getLogger("hmpps.service")
@@ -34,6 +34,9 @@ class Scored:
     stages: dict[str, float] = field(default_factory=dict)
     encoded_query: bytes | None = None
     history_used: int = 0
+    # with explain: the history the model saw (most recent first) and, per candidate, what selection picked
+    history_ids: list[str] | None = None
+    selected: list[list[str]] | None = None
 
 
 def _vec(b: bytes | None, dim: int) -> np.ndarray | None:
@@ -42,7 +45,7 @@ def _vec(b: bytes | None, dim: int) -> np.ndarray | None:
     return np.frombuffer(b, dtype=np.float32)
 
 
-def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
+def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
     """Decode features, select history (Eq. 6), one batched ONNX call, yes/no softmax."""
     spec = bundle.spec
     stages: dict[str, float] = {}
@@ -61,16 +64,27 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
         stages["selection"] = time.perf_counter() - t
         return Scored(scores, stages, encoded)
     # history arrives most recent first; selection wants oldest first
-    hist = [v for v in (_vec(b, spec.product_dim) for b in reversed(fetched.history)) if v is not None]
-    hist_mat = np.stack(hist) if hist else np.zeros((0, spec.product_dim), np.float32)
-    inputs = build_inputs(spec, q, np.stack([cand[i] for i in known]), hist_mat)  # type: ignore[misc]
+    pairs = [(pid, v) for pid, v in zip(reversed(fetched.history_ids), (_vec(b, spec.product_dim)
+                                                                         for b in reversed(fetched.history)), strict=True)
+             if v is not None]
+    hist_mat = np.stack([v for _, v in pairs]) if pairs else np.zeros((0, spec.product_dim), np.float32)
+    cand_mat = np.stack([cand[i] for i in known])  # type: ignore[misc]
+    selected = select_for(spec, q, cand_mat, hist_mat) if explain else None
+    inputs = build_inputs(spec, q, cand_mat, hist_mat, selected)
     stages["selection"] = time.perf_counter() - t
     t = time.perf_counter()
     probs = yes_probability(bundle.scorer.logits(inputs))
     stages["inference"] = time.perf_counter() - t
     for i, p in zip(known, probs, strict=True):
         scores[i] = float(p)
-    return Scored(scores, stages, encoded, len(hist))
+    out = Scored(scores, stages, encoded, len(pairs))
+    if selected is not None:
+        out.history_ids = [pid for pid, _ in reversed(pairs)]
+        picks: list[list[str]] = [[] for _ in cand]
+        for row, i in zip(selected, known, strict=True):
+            picks[i] = [pairs[j][0] for j in sorted(row.tolist(), reverse=True)]  # most recent first
+        out.selected = picks
+    return out
 
 
 class RequestScorer(Protocol):
@@ -84,15 +98,15 @@ class RequestScorer(Protocol):
     name: str
     needs_summaries: bool  # fetch candidate summaries from Redis on every request
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored: ...
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored: ...
 
 
 class StudentScorer:
     name = "student"
     needs_summaries = False
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched) -> Scored:
-        return score_sync(bundle, query, fetched)
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
+        return score_sync(bundle, query, fetched, explain)
 
 
 STUDENT = StudentScorer()
@@ -144,10 +158,12 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
     try:
         async with asyncio.timeout(ctx.budget_s):
             fetched = await ctx.store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
-                                            bundle.history_cap, req.return_summaries or ctx.scorer.needs_summaries)
+                                            bundle.history_cap, req.return_summaries or ctx.scorer.needs_summaries,
+                                            req.explain)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, limiter=ctx.limiter)
+            scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, req.explain,
+                                                    limiter=ctx.limiter)
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:
@@ -181,10 +197,19 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
     results = []
     for rank, i in enumerate(order(scored.scores), 1):
         s = scored.scores[i]
+        why = (ResultExplain(selected_history=scored.selected[i], features=_source(s, fetched, i))
+               if scored.selected is not None else None)
         results.append(Result(product_id=ids[i], score=None if s is None else round(s, 6), rank=rank,
                               original_rank=i + 1, missing_features=s is None,
-                              summary=summaries[i] if summaries else None))
-    return _response(req, ctx.request_id, ctx.arm.name, bundle.version, None, results, t0, timings)
+                              summary=summaries[i] if summaries else None, explain=why))
+    explain = RequestExplain(history=scored.history_ids or []) if req.explain else None
+    return _response(req, ctx.request_id, ctx.arm.name, bundle.version, None, results, t0, timings, explain)
+
+
+def _source(score: float | None, fetched: Fetched | None, i: int) -> Literal["offline", "encoded", "missing"]:
+    if score is None:
+        return "missing"
+    return "encoded" if fetched is not None and fetched.sources and fetched.sources[i] == "encoded" else "offline"
 
 
 async def _cache_tail_query(ctx: RequestContext, version: str, query: str, vector: bytes) -> None:
@@ -197,9 +222,10 @@ async def _cache_tail_query(ctx: RequestContext, version: str, query: str, vecto
 
 
 def _response(req: RerankRequest, request_id: str, arm: str, version: str, fallback: str | None,
-              results: list[Result], t0: float, timings: dict[str, float]) -> RerankResponse:
+              results: list[Result], t0: float, timings: dict[str, float],
+              explain: RequestExplain | None = None) -> RerankResponse:
     if req.top_n is not None:
         results = results[: req.top_n]
     timings["total"] = (time.perf_counter() - t0) * 1000
     return RerankResponse(request_id=request_id, arm=arm, model_version=version, fallback=fallback, results=results,
-                          timings_ms={k: round(v, 3) for k, v in timings.items()})
+                          timings_ms={k: round(v, 3) for k, v in timings.items()}, explain=explain)

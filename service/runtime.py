@@ -75,8 +75,8 @@ def warm_up(bundle: LoadedBundle, rounds: int = 3) -> None:
 
     def vec(d: int) -> bytes:
         return np.asarray(rng.standard_normal(d), dtype=np.float32).tobytes()
-    fetched = Fetched(vec(spec.query_dim), False, [vec(spec.product_dim) for _ in range(10)], [],
-                      [vec(spec.product_dim) for _ in range(5)])
-    for _ in range(rounds):
-        score_sync(bundle, "warm up", fetched)
+    fetched = Fetched(vec(spec.query_dim), False, [vec(spec.product_dim) for _ in range(10)],
+                      [f"warm-{i}" for i in range(5)], [vec(spec.product_dim) for _ in range(5)])
+    for i in range(rounds):
+        score_sync(bundle, "warm up", fetched, explain=i == 0)
     bundle.query_encoder.encode("warm up query")

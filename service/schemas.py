@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contract.events import MAX_ID, MAX_TEXT, TYPE_PATTERN, Event, Product, parse_product, parse_timestamp
 
 ID = Field(min_length=1, max_length=128)
 
@@ -33,6 +35,7 @@ class RerankRequest(BaseModel):
                                                   "read from Redis when absent")
     top_n: int | None = Field(None, ge=1, le=200, description="return only the best N")
     return_summaries: bool = False
+    explain: bool = Field(False, description="add the history used and, per result, the history selected for it")
 
     @field_validator("query")
     @classmethod
@@ -59,6 +62,17 @@ class RerankRequest(BaseModel):
         return v
 
 
+class ResultExplain(BaseModel):
+    selected_history: list[str] = Field(description="the history items selection picked for this candidate, "
+                                                    "most recent first")
+    features: Literal["offline", "encoded", "missing"] = Field(
+        description="offline: computed with the bundle; encoded: by the product encoder online; missing: none")
+
+
+class RequestExplain(BaseModel):
+    history: list[str] = Field(description="the user's history as the model saw it, most recent first")
+
+
 class Result(BaseModel):
     product_id: str
     score: float | None = Field(description="P(yes) from the student; the caller's score under fallback")
@@ -66,6 +80,7 @@ class Result(BaseModel):
     original_rank: int = Field(description="1-based position in the request")
     missing_features: bool = Field(description="no features in Redis: kept at its original position")
     summary: str | None = None
+    explain: ResultExplain | None = None
 
 
 class RerankResponse(BaseModel):
@@ -75,6 +90,7 @@ class RerankResponse(BaseModel):
     fallback: str | None = Field(description="null, or why the caller's order was returned")
     results: list[Result]
     timings_ms: dict[str, float]
+    explain: RequestExplain | None = None
 
 
 class FeedbackEvent(BaseModel):
@@ -100,6 +116,75 @@ class FeedbackBatch(BaseModel):
 
 class FeedbackAccepted(BaseModel):
     accepted: int
+
+
+class EventIn(BaseModel):
+    """One event of the own-data schema (contract/events.py), as it arrives over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_id: str = Field(min_length=1, max_length=MAX_ID, description="unique per event: a retry changes nothing")
+    user_id: str = ID
+    product_id: str = ID
+    type: str = Field(pattern=TYPE_PATTERN, description="purchase, add_to_cart, click, or another lower-case name")
+    timestamp: float | str = Field(description="ISO 8601 or unix seconds; not in the future")
+    query: str | None = Field(None, max_length=MAX_TEXT, description="the search text that led to it")
+    session_id: str | None = Field(None, min_length=1, max_length=MAX_ID)
+    request_id: str | None = Field(None, min_length=1, max_length=MAX_ID, description="the /rerank it follows")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _time(cls, v: float | str) -> float:
+        return parse_timestamp(v)
+
+    def to_event(self) -> Event:
+        return Event(self.event_id, self.user_id, self.product_id, self.type, float(self.timestamp),
+                     (self.query or "").strip() or None, self.session_id, self.request_id)
+
+
+class EventsBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"events": [
+        {"event_id": "evt-991", "user_id": "u42", "product_id": "p2", "type": "purchase",
+         "timestamp": "2026-12-02T10:15:00Z", "query": "kitchen coffee makers", "request_id": "req-123"},
+    ]}]})
+    events: list[EventIn] = Field(min_length=1, max_length=500)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="new events recorded")
+    duplicates: int = Field(description="events already recorded (same event_id): nothing changed")
+    history_appends: int = Field(description="events that joined a user's history")
+    unknown_products: int = Field(description="new events for products the live bundle has no features for")
+
+
+class ProductIn(BaseModel):
+    """One product of the own-data schema (contract/events.py); ``image`` is a file on the service's host."""
+
+    model_config = ConfigDict(extra="forbid")
+    product_id: str = ID
+    title: str = Field(min_length=1, max_length=1000)
+    brand: str | None = Field(None, max_length=200)
+    category: list[str] | str | None = None
+    description: str | None = Field(None, max_length=20_000)
+    image: str | None = Field(None, max_length=1000)
+    attributes: dict[str, Any] | None = None
+    updated_at: float | str | None = Field(None, description="ISO 8601 or unix seconds; an older record is skipped")
+
+    @model_validator(mode="after")
+    def _contract(self) -> ProductIn:
+        parse_product(self.model_dump(exclude_none=True))  # the one set of rules; raises naming the field
+        return self
+
+    def to_product(self) -> Product:
+        return parse_product(self.model_dump(exclude_none=True))
+
+
+class ProductsBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    products: list[ProductIn] = Field(min_length=1, max_length=100)
+
+
+class ProductsUpserted(BaseModel):
+    versions: dict[str, dict[str, float]] = Field(description="per bundle version: written, unchanged, stale, seconds")
 
 
 class ErrorBody(BaseModel):

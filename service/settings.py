@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contract.constants import TAIL_QUERY_TTL_S
+from contract.constants import HISTORY_TTL_S, TAIL_QUERY_TTL_S
+from contract.events import DEFAULT_POSITIVE_TYPES, TYPE_PATTERN
 
 
 def default_embedded_path() -> Path:
@@ -39,6 +41,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     max_candidates: int = Field(200, ge=1, le=1000)
     tail_query_ttl_s: int = Field(TAIL_QUERY_TTL_S, ge=1)
+    # Live histories: which event types join a user's history, and how long an idle history lives (0: forever).
+    history_event_types: str = ",".join(DEFAULT_POSITIVE_TYPES)
+    history_ttl_s: int = Field(HISTORY_TTL_S, ge=0)
     health_interval_s: float = Field(1.0, gt=0)
     admin_token: str | None = None
 
@@ -48,6 +53,19 @@ class Settings(BaseSettings):
         if not [p for p in v.split(",") if p.strip()]:
             raise ValueError("ort_providers must name at least one execution provider")
         return v
+
+    @field_validator("history_event_types")
+    @classmethod
+    def _history_types(cls, v: str) -> str:
+        names = [t.strip() for t in v.split(",") if t.strip()]
+        bad = [t for t in names if not re.match(TYPE_PATTERN, t)]
+        if not names or bad:
+            raise ValueError(f"history_event_types must be comma-separated lower-case event type names, got {v!r}")
+        return v
+
+    @property
+    def history_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.history_event_types.split(",") if t.strip())
 
     @property
     def providers(self) -> list[str]:

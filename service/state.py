@@ -55,6 +55,7 @@ class AppState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    _sync: Any = None
 
     @property
     def ready(self) -> bool:
@@ -71,24 +72,36 @@ class AppState:
         if self.background:
             await asyncio.wait(set(self.background), timeout=timeout_s)
 
+    def sync_client(self) -> Any:
+        """A blocking client for work done in a worker thread (publish, product upserts)."""
+        if self.redis is not None:
+            return self.redis.client
+        if self._sync is None:
+            import redis
+
+            self._sync = redis.Redis.from_url(str(self.settings.redis_url))
+        return self._sync
+
     def publish_missing(self) -> None:
         """Embedded default: publish each loaded bundle whose version Redis lacks (runs in a thread)."""
         from service.publish import publish
 
-        if self.redis is not None:
-            client = self.redis.client
-        else:
-            import redis
-
-            client = redis.Redis.from_url(str(self.settings.redis_url))
+        client = self.sync_client()
         for bundle in {b.version: b for b in self.runtime.bundles.values() if b is not None}.values():
             if not client.exists(keys.complete(bundle.version)):
                 result = publish(bundle.path, client, activate=not client.exists(keys.ALIAS))
                 log.info("published %s into Redis: %s", bundle.version, result["counts"])
 
     async def refresh_published(self) -> None:
+        now = time.time()
         for v in self.runtime.loaded_versions():
-            self.published[v] = await self.store.version_complete(v)
+            published_at = await self.store.published_at(v)
+            self.published[v] = published_at is not None
+            if published_at is not None:
+                m.BUNDLE_AGE.labels(v).set(max(0.0, now - published_at))
+            upserted = await self.store.upserted_at(v)
+            if upserted is not None:
+                m.UPSERT_AGE.labels(v).set(max(0.0, now - upserted))
 
     async def check_health(self) -> None:
         try:

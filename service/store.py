@@ -16,16 +16,23 @@ from typing import Any, Protocol
 
 from contract import keys
 from contract.constants import FEEDBACK_STREAM_MAXLEN
+from contract.events import Event
+from service.histories import APPEND, AppendResult, append_events
 
-# ARGV: product prefix, summary prefix, query key, tail-query key, user key, history cap,
-#       want summaries (0/1), n given history (-1: read from Redis), history ids..., candidate ids...
+# ARGV: product prefix, summary prefix, product-meta prefix, query key, tail-query key, user key, history cap,
+#       wants ("s": summaries, "e": each candidate's feature source), n given history (-1: read from Redis),
+#       history ids..., candidate ids...
 _FETCH = """
-local pp, sp, qk, qck, uk = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local cap, want, nh = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local pp, sp, mp, qk, qck, uk = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local cap, want, nh = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local hist = {}
-local i = 9
+local i = 10
 if nh < 0 then
-  hist = redis.call('LRANGE', uk, 0, cap - 1)
+  -- the live history: members are "event_id \\31 product_id", newest first
+  for j, m in ipairs(redis.call('ZREVRANGE', uk, 0, cap - 1)) do
+    local sep = string.find(m, '\\31', 1, true)
+    hist[j] = sep and string.sub(m, sep + 1) or m
+  end
 else
   for j = 1, nh do hist[j] = ARGV[i + j - 1] end
   i = i + nh
@@ -42,8 +49,12 @@ local q = redis.call('GET', qk)
 local tail = 0
 if not q then q = redis.call('GET', qck); tail = 1 end
 local sm = {}
-if want == '1' then sm = mget(sp, cands) end
-return {q or false, tail, mget(pp, cands), hist, mget(pp, hist), sm}
+if string.find(want, 's', 1, true) then sm = mget(sp, cands) end
+local src = {}
+if string.find(want, 'e', 1, true) then
+  for j, id in ipairs(cands) do src[j] = redis.call('HGET', mp .. id, 'source') end
+end
+return {q or false, tail, mget(pp, cands), hist, mget(pp, hist), sm, src}
 """
 
 
@@ -56,19 +67,28 @@ class Fetched:
     history: list[bytes | None]
     summaries: list[str | None] = field(default_factory=list)
     seconds: float = 0.0
+    sources: list[str | None] = field(default_factory=list)  # per candidate, with explain: "encoded" or None
 
 
 class FeatureStore(Protocol):
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
-                    history_ids: list[str] | None, history_cap: int, want_summaries: bool) -> Fetched: ...
+                    history_ids: list[str] | None, history_cap: int, want_summaries: bool,
+                    want_sources: bool = False) -> Fetched: ...
 
     async def cache_query(self, version: str, query: str, vector: bytes, ttl_s: int) -> None: ...
 
     async def version_complete(self, version: str) -> bool: ...
 
+    async def published_at(self, version: str) -> float | None: ...
+
+    async def upserted_at(self, version: str) -> float | None: ...
+
     async def ping(self) -> bool: ...
 
     async def add_feedback(self, events: list[dict[str, Any]]) -> None: ...
+
+    async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
+                            cap: int, history_ttl_s: int) -> AppendResult: ...
 
 
 def _str(b: Any) -> str:
@@ -79,20 +99,24 @@ class RedisFeatureStore:
     def __init__(self, client: Any):
         self.client = client
         self._fetch = client.register_script(_FETCH)
+        self._append = client.register_script(APPEND)
 
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
-                    history_ids: list[str] | None, history_cap: int, want_summaries: bool) -> Fetched:
+                    history_ids: list[str] | None, history_cap: int, want_summaries: bool,
+                    want_sources: bool = False) -> Fetched:
         t = time.perf_counter()
         given = history_ids[:history_cap] if history_ids is not None else None
-        args = [keys.product(version, ""), keys.summary(version, ""), keys.query(version, query),
-                keys.tail_query(version, query), keys.user_history(version, user_id), history_cap,
-                1 if want_summaries else 0, -1 if given is None else len(given), *(given or []), *product_ids]
-        q, tail, cands, hist, hist_feats, summ = await self._fetch(keys=[], args=args)
+        wants = ("s" if want_summaries else "") + ("e" if want_sources else "") or "-"
+        args = [keys.product(version, ""), keys.summary(version, ""), keys.product_meta(version, ""),
+                keys.query(version, query), keys.tail_query(version, query), keys.user_history(user_id), history_cap,
+                wants, -1 if given is None else len(given), *(given or []), *product_ids]
+        q, tail, cands, hist, hist_feats, summ, src = await self._fetch(keys=[], args=args)
         return Fetched(
             query=q or None, query_from_cache=bool(q) and bool(tail),
             candidates=[c or None for c in cands],
             history_ids=[_str(h) for h in hist], history=[h or None for h in hist_feats],
             summaries=[_str(s) if s else None for s in summ], seconds=time.perf_counter() - t,
+            sources=[_str(s) if s else None for s in src],
         )
 
     async def cache_query(self, version: str, query: str, vector: bytes, ttl_s: int) -> None:
@@ -100,6 +124,15 @@ class RedisFeatureStore:
 
     async def version_complete(self, version: str) -> bool:
         return bool(await self.client.exists(keys.complete(version)))
+
+    async def upserted_at(self, version: str) -> float | None:
+        at = await self.client.get(keys.upserted_at(version))
+        return None if at is None else float(at)
+
+    async def published_at(self, version: str) -> float | None:
+        """When the version's publish completed (its ``complete`` marker), None while incomplete."""
+        marker = await self.client.get(keys.complete(version))
+        return None if marker is None else float(json.loads(marker).get("published_at", 0.0))
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -109,3 +142,7 @@ class RedisFeatureStore:
         for e in events:
             pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=FEEDBACK_STREAM_MAXLEN, approximate=True)
         await pipe.execute()
+
+    async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
+                            cap: int, history_ttl_s: int) -> AppendResult:
+        return await append_events(self.client, self._append, events, history_types, version, cap, history_ttl_s)

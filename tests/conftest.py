@@ -24,12 +24,22 @@ def amazon_2018() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small synthetic dataset (fast enough for every CI run)."""
-    from training.synthetic import SyntheticConfig, generate
+    """A small synthetic dataset (fast enough for every CI run), built the way a shop's data is:
+    own-data files whose purchases carry the text their buyers searched, read by ``hmpps data events``."""
+    from typer.testing import CliRunner
 
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    generate(SyntheticConfig(users=160, products=120, seed=7), out)
-    return out
+    from hmpps.cli import app
+
+    root = tmp_path_factory.mktemp("synthetic")
+    runner = CliRunner()
+    made = runner.invoke(app, ["data", "synthetic", "--users", "160", "--products", "120", "--seed", "7",
+                               "--format", "events", "--queries", "search", "--out", str(root / "source")])
+    assert made.exit_code == 0, made.output
+    built = runner.invoke(app, ["data", "events", "--products", str(root / "source" / "products.jsonl.gz"),
+                                "--events", str(root / "source" / "events.jsonl.gz"), "--out", str(root / "data"),
+                                "--name", "synthetic-s7"])
+    assert built.exit_code == 0, built.output
+    return root / "data"
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,8 @@ from contract.errors import InputError
 class RawInteraction:
     user_id: str
     product_id: str
-    timestamp: int  # unix seconds
+    timestamp: float  # unix seconds
+    query: str | None = None  # the real search text, when the source has it (own data)
 
 
 @dataclass

@@ -115,10 +115,14 @@ def build_dataset(
     min_core: int,
     parse_reports: list[ParseReport],
     params: dict[str, Any] | None = None,
-    image_root: Path | None = None,
-    extra_files: list[str] | None = None,
+    image_sources: dict[str, Path] | None = None,
+    side_files: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Write the normalized dataset directory atomically and return its stats."""
+    """Write the normalized dataset directory atomically and return its stats.
+
+    ``image_sources`` maps a product's ``image`` (its path inside the dataset) to the file to copy;
+    ``side_files`` maps a file name to a file copied as it is (the synthetic ground truth).
+    """
     t0 = time.time()
     if not interactions:
         raise InputError("no valid interactions were read; nothing to build (see the parse report above)")
@@ -137,11 +141,15 @@ def build_dataset(
     for r in cored:
         by_user[r.user_id].append(r)
     rows = []
+    event_queries = 0
     for user in sorted(by_user):
         seq = sorted(by_user[user], key=lambda r: (r.timestamp, r.product_id))
         cut = n_train(len(seq))
         for i, r in enumerate(seq):
             p = products[r.product_id]
+            # a real search text is used as it is; otherwise the product's category rule
+            query = " ".join(r.query.split()) if r.query and r.query.strip() else p["query"]
+            event_queries += bool(r.query and r.query.strip())
             rows.append({
                 "query_id": f"q{len(rows):07d}",
                 "user_id": user,
@@ -149,19 +157,19 @@ def build_dataset(
                 "timestamp": r.timestamp,
                 "seq": i,
                 "split": "train" if i < cut else "test",
-                "query": p["query"],
+                "query": query,
             })
 
     with atomic_dir(out) as tmp:
         write_jsonl(tmp / "products.jsonl", (products[pid] for pid in product_ids))
         write_jsonl(tmp / "interactions.jsonl", rows)
-        if image_root is not None:  # only the images of products that survived the k-core
-            for p in products.values():
-                if p["image"] and (image_root / p["image"]).is_file():
-                    (tmp / p["image"]).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(image_root / p["image"], tmp / p["image"])
-        for fname in extra_files or []:
-            shutil.copy2(Path(image_root or ".") / fname, tmp / fname)
+        for p in products.values():  # only the images of products that survived the k-core
+            src = (image_sources or {}).get(p["image"]) if p["image"] else None
+            if src is not None and src.is_file():
+                (tmp / p["image"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, tmp / p["image"])
+        for fname, src in (side_files or {}).items():
+            shutil.copy2(src, tmp / fname)
         fingerprint = fingerprint_files([tmp / "products.jsonl", tmp / "interactions.jsonl"])
         stats = dataset_stats(products, rows)
         stats.update({
@@ -172,6 +180,7 @@ def build_dataset(
                      "meta_records": len(meta)},
             "parse": [r.as_dict() for r in parse_reports],
             "query_sources": dict(query_sources),
+            "event_queries": event_queries,
             "seconds": round(time.time() - t0, 2),
         })
         write_json(tmp / "dataset.json", {

@@ -47,7 +47,8 @@ def stats_markdown(stats: dict[str, Any]) -> str:
         ("products with an image (file or URL)", f"{stats['products_with_image']:,}"),
         ("description words (mean / max)", f"{words['mean']} / {words['max']}"),
         ("title sources", counts(stats["title_sources"])),
-        ("query sources", counts(stats["query_sources"])),
+        ("query sources (products)", counts(stats["query_sources"])),
+        ("purchases searched with their own query", f"{stats.get('event_queries', 0):,}"),
     ]
     lines = [
         f"# Dataset statistics: {stats['name']}", "",

@@ -24,6 +24,7 @@ logo mark (a coloured square with the brand's initial) in the top-left corner.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import tempfile
@@ -266,40 +267,104 @@ def _consultations(cfg: SyntheticConfig, users: list[dict[str, Any]], products: 
     return out
 
 
+def _world(cfg: SyntheticConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[RawInteraction]]:
+    """Products, users (with their true preferences) and purchases, all from one seeded stream."""
+    rng = random.Random(cfg.seed)
+    products = _make_products(rng, cfg)
+    users = _make_users(rng, cfg)
+    return products, users, _purchases(rng, cfg, users, products)
+
+
+def _meta(p: dict[str, Any]) -> RawProduct:
+    return RawProduct(
+        product_id=p["product_id"],
+        title=p["title"],
+        brand=p["brand"] if p["brand_in_text"] else "",
+        categories=[[p["top"], p["mid"], p["leaf"]]],
+        main_category=p["top"],
+        description=p["description"],
+        image=f"images/{p['product_id']}.png",
+        extra={
+            "truth": {k: p[k] for k in ("brand", "colour", "style", "material", "brand_in_text",
+                                        "colour_in_text", "style_in_text")},
+            "noise": p["noise"],
+        },
+    )
+
+
 def generate(cfg: SyntheticConfig, out: str | Path) -> dict[str, Any]:
     """Generate raw records and images, then build the dataset like real data."""
     from tqdm import tqdm
 
     from training.prepare import build_dataset
 
-    rng = random.Random(cfg.seed)
-    products = _make_products(rng, cfg)
-    users = _make_users(rng, cfg)
-    interactions = _purchases(rng, cfg, users, products)
+    products, users, interactions = _world(cfg)
     meta = {}
     with tempfile.TemporaryDirectory(prefix="hmpps-synth-") as stage:
         (Path(stage) / "images").mkdir()
         for p in tqdm(products, desc="rendering images", unit="img", leave=False):
             render_image(Path(stage) / "images" / f"{p['product_id']}.png", p)
-            meta[p["product_id"]] = RawProduct(
-                product_id=p["product_id"],
-                title=p["title"],
-                brand=p["brand"] if p["brand_in_text"] else "",
-                categories=[[p["top"], p["mid"], p["leaf"]]],
-                main_category=p["top"],
-                description=p["description"],
-                image=f"images/{p['product_id']}.png",
-                extra={
-                    "truth": {k: p[k] for k in ("brand", "colour", "style", "material", "brand_in_text",
-                                                "colour_in_text", "style_in_text")},
-                    "noise": p["noise"],
-                },
-            )
+            meta[p["product_id"]] = _meta(p)
         write_jsonl(Path(stage) / "users_truth.jsonl", users)
         write_jsonl(Path(stage) / "consultations.jsonl", _consultations(cfg, users, products, interactions))
         report = ParseReport("synthetic", "synthetic", lines=len(interactions), valid=len(interactions))
         return build_dataset(
             interactions, meta, out, name=f"synthetic-s{cfg.seed}", min_core=cfg.min_core,
-            parse_reports=[report], params={"synthetic": asdict(cfg)}, image_root=Path(stage),
-            extra_files=["users_truth.jsonl", "consultations.jsonl"],
+            parse_reports=[report], params={"synthetic": asdict(cfg)},
+            image_sources={m.image: Path(stage) / m.image for m in meta.values() if m.image},
+            side_files={f: Path(stage) / f for f in ("users_truth.jsonl", "consultations.jsonl")},
         )
+
+
+def _search_text(rng: random.Random, p: dict[str, Any]) -> str:
+    """What a shopper might have typed before buying ``p``: its leaf category, often with one of its attributes."""
+    leaf = p["leaf"].lower()
+    r = rng.random()
+    if r < 0.3:
+        return f"{p['colour']} {leaf}".lower()
+    if r < 0.5:
+        return f"{p['style']} {leaf}".lower()
+    if r < 0.65:
+        return f"{p['brand']} {leaf}".lower()
+    if r < 0.8:
+        return f"{p['mid']} {leaf}".lower()
+    return leaf
+
+
+def export_events(cfg: SyntheticConfig, out: str | Path, queries: str = "search") -> dict[str, int]:
+    """The same world in the own-data schema (``hmpps-owndata/1``): products.jsonl.gz, events.jsonl.gz,
+    images/ and the ground-truth side files. ``queries``: ``search`` gives each purchase the text its
+    buyer searched; ``category`` leaves the query out, so ``hmpps data events`` applies the category rule."""
+    import gzip
+
+    from tqdm import tqdm
+
+    from training.artifacts import atomic_dir
+
+    if queries not in ("search", "category"):
+        raise ValueError(f"queries must be 'search' or 'category', got {queries!r}")
+    products, users, interactions = _world(cfg)
+    by_id = {p["product_id"]: p for p in products}
+    qrng = random.Random(cfg.seed + 7919)  # its own stream: the world is the same either way
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        with gzip.open(tmp / "products.jsonl.gz", "wt", encoding="utf-8") as f:
+            for p in tqdm(products, desc="rendering images", unit="img", leave=False):
+                render_image(tmp / "images" / f"{p['product_id']}.png", p)
+                m = _meta(p)
+                row = {"product_id": m.product_id, "title": m.title, "brand": m.brand or None,
+                       "category": m.categories[0], "description": m.description, "image": m.image,
+                       "attributes": m.extra}
+                f.write(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n")
+        seq: dict[str, int] = {}
+        with gzip.open(tmp / "events.jsonl.gz", "wt", encoding="utf-8") as f:
+            for r in interactions:
+                seq[r.user_id] = seq.get(r.user_id, 0) + 1
+                event = {"event_id": f"{r.user_id}-{seq[r.user_id]}", "user_id": r.user_id,
+                         "product_id": r.product_id, "type": "purchase", "timestamp": r.timestamp}
+                if queries == "search":
+                    event["query"] = _search_text(qrng, by_id[r.product_id])
+                f.write(json.dumps(event) + "\n")
+        write_jsonl(tmp / "users_truth.jsonl", users)
+        write_jsonl(tmp / "consultations.jsonl", _consultations(cfg, users, products, interactions))
+    return {"products": len(products), "events": len(interactions), "users": len(users)}

@@ -116,3 +116,23 @@ def reliability(
     md = markdown(rep, command_line())
     write_report(out, rep, md)
     typer.echo(md)
+
+
+@app.command("bench-events", rich_help_panel="Benchmarks")
+@friendly_errors
+def bench_events(
+    url: str = typer.Option(..., "--url", help="service base URL, e.g. http://127.0.0.1:8000"),
+    bundle: Path = typer.Option(..., "--bundle", help="bundle whose users and products the events name"),
+    seconds: float = typer.Option(10.0, "--seconds", help="how long to post"),
+    batch: int = typer.Option(50, "--batch", help="events per POST (1..500)"),
+    concurrency: int = typer.Option(2, "--concurrency", help="clients posting back to back"),
+    out: Path = typer.Option(None, "--out", help="JSON report (Markdown next to it)"),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="allow a non-loopback target"),
+) -> None:
+    """Events per second that POST /events records (each event a new history append)."""
+    from loadtest.events_bench import markdown, run_events_bench
+
+    rep = run_events_bench(url, bundle, seconds, batch, concurrency, allow_remote)
+    md = markdown(rep, command_line())
+    write_report(out, rep, md)
+    typer.echo(md)

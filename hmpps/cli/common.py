@@ -59,6 +59,16 @@ class AblationGroup(str, Enum):  # training.teacher.ablate.GROUPS
     fraction = "fraction"
 
 
+class SyntheticFormat(str, Enum):
+    dataset = "dataset"
+    events = "events"
+
+
+class SyntheticQueries(str, Enum):
+    search = "search"
+    category = "category"
+
+
 class MetricsProtocol(str, Enum):
     hmpps = "hmpps"  # the paper's top-10 list metrics
     sampled = "sampled"  # MAPS's 1 target + 99 sampled negatives (first-stage retrievers only)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from hmpps.cli.common import friendly_errors
+from contract.events import DEFAULT_POSITIVE_TYPES
+from hmpps.cli.common import SyntheticFormat, SyntheticQueries, friendly_errors, split_list
 from hmpps.cli.root import data_app
 
 
@@ -43,15 +44,53 @@ def data_amazon(
 @data_app.command("synthetic")
 @friendly_errors
 def data_synthetic(
-    out: Path = typer.Option(..., "--out", help="dataset directory to write"),
+    out: Path = typer.Option(..., "--out", help="dataset directory to write (with --format events: the source files)"),
     users: int = typer.Option(400, "--users", min=10, max=1_000_000),
     products: int = typer.Option(300, "--products", min=20, max=1_000_000),
     seed: int = typer.Option(0, "--seed"),
     min_core: int = typer.Option(5, "--min-core", min=1),
+    fmt: SyntheticFormat = typer.Option(SyntheticFormat.dataset, "--format",
+                                        help="dataset: the normalized dataset directory | events: the same world as "
+                                             "own-data files (products.jsonl.gz, events.jsonl.gz, images/) for "
+                                             "'hmpps data events'"),
+    queries: SyntheticQueries = typer.Option(SyntheticQueries.search, "--queries",
+                                             help="with --format events: search (each purchase carries the text its "
+                                                  "buyer searched) | category (no query: the category rule applies)"),
 ) -> None:
-    """Generate a deterministic Amazon-like dataset with rendered product images."""
+    """Generate a deterministic Amazon-like world with rendered product images."""
     from training.report import print_stats
-    from training.synthetic import SyntheticConfig, generate
+    from training.synthetic import SyntheticConfig, export_events, generate
 
-    stats = generate(SyntheticConfig(users=users, products=products, seed=seed, min_core=min_core), out)
+    cfg = SyntheticConfig(users=users, products=products, seed=seed, min_core=min_core)
+    if fmt == SyntheticFormat.events:
+        counts = export_events(cfg, out, queries.value)
+        typer.echo(f"wrote {counts['products']} products and {counts['events']} purchase events of {counts['users']} "
+                   f"users to {out} (schema hmpps-owndata/1); build the dataset with:\n  hmpps data events "
+                   f"--products {out / 'products.jsonl.gz'} --events {out / 'events.jsonl.gz'} --out DIR")
+        return
+    print_stats(generate(cfg, out), out)
+
+
+@data_app.command("events")
+@friendly_errors
+def data_events(
+    products: Path = typer.Option(..., "--products", help="products, JSONL or CSV (gzipped or not), schema hmpps-owndata/1"),
+    events: Path = typer.Option(..., "--events", help="events, JSONL or CSV (gzipped or not), schema hmpps-owndata/1"),
+    out: Path = typer.Option(..., "--out", help="dataset directory to write"),
+    positive: str = typer.Option(",".join(DEFAULT_POSITIVE_TYPES), "--positive",
+                                 help="comma-separated event types that count as purchases"),
+    min_core: int = typer.Option(5, "--min-core", min=1, help="iterative k-core on users and products"),
+    name: str = typer.Option(None, "--name", help="dataset name (default: the events file's folder name)"),
+) -> None:
+    """Read a shop's own products and events (README "Bring your own data") into a dataset directory."""
+    from training.owndata import build_from_events
+    from training.report import print_stats
+
+    stats, counts = build_from_events(products, events, out, positive=split_list(positive), min_core=min_core,
+                                      name=name or events.resolve().parent.name)
+    for rep in stats["parse"]:
+        typer.echo(f"{rep['path']}: {rep['valid']:,} valid, {rep['malformed']:,} malformed lines"
+                   + "".join(f"\n  {e}" for e in rep["malformed_examples"]))
+    typer.echo(f"events by type: {dict(counts.by_type)}; {counts.positive:,} positive events of known products "
+               f"({counts.with_query:,} with their own query); {counts.unknown_product:,} for unknown products")
     print_stats(stats, out)

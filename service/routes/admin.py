@@ -8,8 +8,11 @@ import anyio
 from fastapi import APIRouter, Depends
 
 from contract.errors import HmppsError, Unavailable
+from service import metrics as m
 from service.deps import State, require_admin
+from service.products import upsert_products
 from service.runtime import load_runtime
+from service.schemas import ProductsBatch, ProductsUpserted
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -28,3 +31,25 @@ async def reload(state: State) -> dict[str, Any]:
         await state.refresh_published()
         state.gauges.set(runtime.versions(), {a.name: a.weight for a in runtime.experiment.arms})
     return {"reloaded": True, "versions": runtime.versions(), "previous": old.versions()}
+
+
+@router.post("/admin/products", response_model=ProductsUpserted,
+             summary="Upsert new or changed products into every loaded bundle version, encoded online")
+async def upsert(batch: ProductsBatch, state: State) -> ProductsUpserted:
+    products = [p.to_product() for p in batch.products]
+    bundles = {b.version: b for b in state.runtime.bundles.values() if b is not None}
+    if not bundles:
+        raise Unavailable("no bundle is loaded (every arm is passthrough)")
+
+    def run() -> dict[str, dict[str, float]]:
+        client = state.sync_client()
+        return {v: upsert_products(client, b, products).as_dict() for v, b in bundles.items()}
+    try:
+        results = await anyio.to_thread.run_sync(run, limiter=state.limiter)
+    except HmppsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the previous features stay; the caller may retry (idempotent)
+        raise Unavailable(f"product upsert failed, nothing changed for the failing products ({type(e).__name__})") from None
+    m.PRODUCT_UPSERTS.inc(sum(r["written"] for r in results.values()))
+    await state.refresh_published()
+    return ProductsUpserted(versions=results)

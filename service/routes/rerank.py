@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -31,5 +32,9 @@ async def rerank(req: RerankRequest, state: State) -> Response:
         raise
     m.REQUESTS.labels(arm.name, "fallback" if resp.fallback else "ok").inc()
     m.LATENCY.labels(arm.name).observe(time.perf_counter() - t0)
-    # built from validated models already: serialize once, skip FastAPI's re-validation
-    return Response(resp.model_dump_json(), media_type="application/json")
+    # built from validated models already: serialize once, skip FastAPI's re-validation;
+    # the explain fields appear only when asked for
+    return Response(resp.model_dump_json(exclude=None if req.explain else _NO_EXPLAIN), media_type="application/json")
+
+
+_NO_EXPLAIN: Any = {"explain": True, "results": {"__all__": {"explain"}}}

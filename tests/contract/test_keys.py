@@ -15,18 +15,23 @@ def test_query_keys_ignore_case_and_spacing_but_not_words():
 def test_model_data_is_namespaced_by_version_and_user_data_is_not_mixed_up_with_it():
     version = "magazine-0123456789ab"
     made = [keys.manifest(version), keys.complete(version), keys.product(version, "P1"), keys.summary(version, "P1"),
-            keys.query(version, "q"), keys.tail_query(version, "q"), keys.user_history(version, "U1")]
+            keys.query(version, "q"), keys.tail_query(version, "q")]
     assert all(k.startswith(f"hmpps:v:{version}:") for k in made)
     assert len(set(made)) == len(made), "each kind of key has its own prefix"
     assert keys.product("a", "P1") != keys.product("b", "P1")
     assert keys.tail_query(version, "q") != keys.query(version, "q")
-    for k in (keys.ALIAS, keys.FEEDBACK_STREAM):
-        assert k.startswith("hmpps:") and ":v:" not in k
+    for k in (keys.ALIAS, keys.FEEDBACK_STREAM, keys.EVENTS_STREAM, keys.user_history("U1"), keys.event_seen("e1")):
+        assert k.startswith("hmpps:") and ":v:" not in k  # user data outlives every version
 
 
 def test_key_layout_is_the_documented_one():
     # the layout is the contract with running services and published data: a change here is a migration
     assert keys.product("V", "P") == "hmpps:v:V:p:P"
     assert keys.summary("V", "P") == "hmpps:v:V:s:P"
-    assert keys.user_history("V", "U") == "hmpps:v:V:u:U"
+    assert keys.user_history("U") == "hmpps:h:U" and keys.event_seen("E") == "hmpps:ev:E"
+
+
+def test_history_members_carry_the_event_and_the_product():
+    m = keys.history_member("evt-1", "P|with:odd\tchars")
+    assert keys.history_product(m) == "P|with:odd\tchars" and keys.history_product(m.encode()) == "P|with:odd\tchars"
     assert keys.ALIAS == "hmpps:live" and keys.FEEDBACK_STREAM == "hmpps:feedback"

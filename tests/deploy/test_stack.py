@@ -140,7 +140,8 @@ def test_dashboard_has_the_panels_and_the_provisioned_datasource() -> None:
     exprs = " ".join(e for _, e in _dashboard_exprs())
     for needed in ("hmpps_rerank_request_seconds_bucket", "hmpps_rerank_stage_seconds_bucket", "hmpps_rerank_requests_total",
                    "hmpps_rerank_fallbacks_total", 'reason="overloaded"', 'type="click"', "hmpps_feedback_efficient_clicks_total",
-                   "hmpps_rerank_feature_misses_total", "hmpps_bundle_info"):
+                   "hmpps_rerank_feature_misses_total", "hmpps_bundle_info", "hmpps_events_total",
+                   "hmpps_history_appends_total", "hmpps_bundle_age_seconds"):
         assert needed in exprs, needed
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le, arm)" in exprs
@@ -230,6 +231,11 @@ def _traffic(base: str, bundle: Path, seconds: float) -> dict[str, int]:
                         "product_id": top, "dwell_s": 3.0 + (i % 5)}]
             assert c.post("/feedback", json={"events": ev}).status_code == 200
             counts["feedback"] += len(ev)
+            if i % 4 == 0:  # the user buys what was shown first: the freshness panel's events
+                bought = {"event_id": f"stack-{i}", "user_id": body["user_id"], "type": "purchase",
+                          "product_id": resp["results"][0]["product_id"], "timestamp": time.time()}
+                assert c.post("/events", json={"events": [bought]}).json()["history_appends"] == 1
+                counts["events"] = counts.get("events", 0) + 1
             i += 1
             time.sleep(0.01)
     return counts

@@ -135,10 +135,12 @@ def test_publish_into_embedded_redis_is_complete_idempotent_and_atomic(bundle_di
         assert r.get(keys.query(version, q.upper() + "  ")) is not None  # keys normalise the query
         hist = [json.loads(x) for x in (bundle_dir / "features" / "histories.jsonl").read_text().splitlines()]
         row = next(h for h in hist if h["history"])
-        assert [x.decode() for x in r.lrange(keys.user_history(version, row["user_id"]), 0, -1)] == row["history"]
+        live = [keys.history_product(m) for m in r.zrevrange(keys.user_history(row["user_id"]), 0, -1)]
+        assert live == row["history"] and len(row["timestamps"]) == len(row["history"])
         size = r.dbsize()
         again = publish(bundle_dir, r, activate=True)  # idempotent: same keys, same values
         assert r.dbsize() == size + 1 and again["counts"]["products"] == len(index["products"])  # + the alias
+        assert [keys.history_product(m) for m in r.zrevrange(keys.user_history(row["user_id"]), 0, -1)] == live
         assert r.get(keys.ALIAS).decode() == version
         r.set(keys.manifest(version), json.dumps({"dataset_fingerprint": "another-catalog"}))
         with pytest.raises(ArtifactMismatch, match="refusing to mix"):

@@ -26,7 +26,8 @@ def redis(tmp_path):
         c.set(keys.product(V, pid), _vec(x))
         c.set(keys.summary(V, pid), f"summary of {pid}")
     c.set(keys.query(V, "known query"), _vec(9.0))
-    c.rpush(keys.user_history(V, "U1"), "H2", "H1", "GONE")  # newest first
+    c.zadd(keys.user_history("U1"), {keys.history_member("e1", "GONE"): 10, keys.history_member("e2", "H1"): 20,
+                                      keys.history_member("e3", "H2"): 30})
     yield handle
     handle.close()
 
@@ -80,7 +81,8 @@ def test_a_tail_query_is_read_from_its_cache_and_flagged(redis):
     assert hit.query == _vec(5.0) and hit.query_from_cache
 
 
-def test_another_version_sees_nothing(redis):
+def test_another_version_sees_no_model_data_but_the_same_history(redis):
     f = _fetch(redis, version="other", user_id="U1", query="known query", product_ids=["P1"], history_ids=None,
                history_cap=50, want_summaries=True)
-    assert f.query is None and f.candidates == [None] and f.history_ids == [] and f.summaries == [None]
+    assert f.query is None and f.candidates == [None] and f.summaries == [None]
+    assert f.history_ids == ["H2", "H1", "GONE"] and f.history == [None, None, None]

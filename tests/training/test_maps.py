@@ -65,9 +65,11 @@ def test_consultations_precede_purchases_and_leave_the_data_unchanged(synthetic_
     first = next(iter(chats.values()))
     assert [c["timestamp"] for c in first] == sorted(c["timestamp"] for c in first)
     assert all("looking for" in c["text"] for c in first)
-    generate(SyntheticConfig(users=160, products=120, seed=7, consultation_rate=0.0), tmp_path / "none")
+    generate(SyntheticConfig(users=60, products=50, seed=7), tmp_path / "with")
+    generate(SyntheticConfig(users=60, products=50, seed=7, consultation_rate=0.0), tmp_path / "none")
     quiet = load_dataset(tmp_path / "none")
-    assert quiet.fingerprint == ds.fingerprint, "consultations use their own random stream"
+    assert load_dataset(tmp_path / "with").consultations()
+    assert quiet.fingerprint == load_dataset(tmp_path / "with").fingerprint, "consultations use their own random stream"
     assert quiet.consultations() == {}
 
 

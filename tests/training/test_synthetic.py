@@ -44,11 +44,17 @@ def test_descriptions_carry_recorded_noise(synthetic_dir):
         assert any("font" in n for n in p["extra"]["noise"])
 
 
-def test_personalization_decides_between_products_of_one_query(synthetic_dir):
-    ds = load_dataset(synthetic_dir)
-    users = {u["user_id"]: u for u in map(json.loads, (synthetic_dir / "users_truth.jsonl").read_text().splitlines())}
+def test_personalization_decides_between_products_of_one_query(synthetic_dir, tmp_path):
+    from training.synthetic import SyntheticConfig, generate
+
+    direct = tmp_path / "direct"  # the category rule: one query per category path
+    generate(SyntheticConfig(users=160, products=120, seed=7), direct)
+    ds = load_dataset(direct)
+    users = {u["user_id"]: u for u in map(json.loads, (direct / "users_truth.jsonl").read_text().splitlines())}
     by_query = Counter(r["query"] for r in ds.interactions)
     assert len(by_query) <= 20, "queries are category paths shared by many products"
+    searched = Counter(r["query"] for r in load_dataset(synthetic_dir).interactions)
+    assert len(searched) > 5 * len(by_query), "the searched texts of the events schema are many and distinct"
     brand = {pid: p["extra"]["truth"]["brand"] for pid, p in ds.products.items()}
     by_leaf = {}
     for pid, p in ds.products.items():

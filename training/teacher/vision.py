@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
+
+from contract.images import pixels
 
 
 class SmallCNN(nn.Module):
@@ -35,9 +36,5 @@ class SmallCNN(nn.Module):
 
 
 def load_image(path: str, size: int) -> torch.Tensor:
-    """(3, size, size) float tensor in [-1, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+    """(3, size, size) float tensor in [-1, 1]: ``contract.images.pixels``, the service reads images the same way."""
+    return torch.from_numpy(pixels(path, size))

@@ -1,0 +1,126 @@
+"""New and changed products into a live bundle version, without retraining.
+
+The bundle's product encoder (``service.bundle.OnnxProductEncoder``) computes
+their features by the offline recipe. Only changed products are written (a
+content hash per product), each atomically with its summary and a record of
+the upsert, behind a per-product timestamp guard; encoding happens before any
+write, so a failure leaves the previous features intact.
+Used by ``hmpps publish --products`` and ``POST /admin/products``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract import keys
+from contract.errors import BundleError, InputError
+from contract.events import Product
+from contract.products import DESCRIPTION_WORDS, product_text
+from service.bundle import LoadedBundle
+
+# KEYS: product meta hash, product features, summary, version's upserted_at
+# ARGV: content hash, updated_at, features, summary
+# returns 1 written, 0 unchanged, -1 stale (a newer record was applied)
+UPSERT = """
+local old = redis.call('HMGET', KEYS[1], 'hash', 'ts')
+if old[1] == ARGV[1] then return 0 end
+if old[2] and tonumber(old[2]) > tonumber(ARGV[2]) then return -1 end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4])
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'ts', ARGV[2], 'source', 'encoded')
+local at = redis.call('GET', KEYS[4])
+if not at or tonumber(at) < tonumber(ARGV[2]) then redis.call('SET', KEYS[4], ARGV[2]) end
+return 1
+"""
+
+
+@dataclass
+class UpsertResult:
+    written: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__ | {"seconds": round(self.seconds, 3)}
+
+
+def image_file(p: Product, base: Path | None) -> Path | None:
+    if not p.image:
+        return None
+    path = Path(p.image)
+    return path if path.is_absolute() or base is None else base / path
+
+
+def content_hash(p: Product, image: Path | None) -> str:
+    h = hashlib.sha256(json.dumps([p.title, p.brand, list(p.category), p.description, p.attributes],
+                                  sort_keys=True).encode())
+    if image is not None and image.is_file():
+        h.update(image.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], base: Path | None = None,
+                    prune: bool = False, now: float | None = None) -> UpsertResult:
+    """Encode and write the changed products into ``bundle``'s version (sync client; runs in a thread)."""
+    t0 = time.perf_counter()
+    if bundle.product_encoder is None:
+        raise BundleError(f"bundle {bundle.version} has no product encoder; rebuild it with this version's 'hmpps distill'")
+    version, now = bundle.version, time.time() if now is None else now
+    images = [image_file(p, base) for p in products]
+    hashes = [content_hash(p, img) for p, img in zip(products, images, strict=True)]
+    stored = client.pipeline(transaction=False)
+    for p in products:
+        stored.hget(keys.product_meta(version, p.product_id), "hash")
+    known = [(h.decode() if isinstance(h, bytes) else h) for h in stored.execute()] if products else []
+    out = UpsertResult()
+    todo = [i for i, (h, k) in enumerate(zip(hashes, known, strict=True)) if h != k]
+    out.unchanged = len(products) - len(todo)
+    try:
+        features = bundle.product_encoder.encode([(product_text(products[i].title, products[i].brand,
+                                                                products[i].category, products[i].description),
+                                                   images[i]) for i in todo])
+    except (OSError, ValueError) as e:  # an unreadable image, typically: nothing has been written yet
+        raise InputError(f"could not encode the products, nothing was written: {type(e).__name__}: {e}") from None
+    if todo and features.shape != (len(todo), bundle.spec.product_dim):
+        raise BundleError(f"the product encoder returned shape {features.shape}, the spec wants "
+                          f"({len(todo)}, {bundle.spec.product_dim})")
+    script = client.register_script(UPSERT)
+    pipe = client.pipeline(transaction=False)
+    for i, vec in zip(todo, features, strict=True):
+        p = products[i]
+        summary = " ".join(p.description.split()[:DESCRIPTION_WORDS]) or p.title
+        script(keys=[keys.product_meta(version, p.product_id), keys.product(version, p.product_id),
+                     keys.summary(version, p.product_id), keys.upserted_at(version)],
+               args=[hashes[i], p.updated_at if p.updated_at is not None else now,
+                     np.ascontiguousarray(vec, dtype=np.float32).tobytes(), summary], client=pipe)
+    for code in pipe.execute() if todo else []:
+        out.written += code == 1
+        out.unchanged += code == 0
+        out.stale += code == -1
+    if prune:
+        out.deleted = _prune(client, version, {p.product_id for p in products})
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _prune(client: Any, version: str, keep: set[str]) -> int:
+    """Delete the features, summaries and upsert records of this version's products absent from ``keep``."""
+    prefix = keys.product(version, "")
+    gone = [k[len(prefix):] for k in (x.decode() if isinstance(x, bytes) else x
+                                      for x in client.scan_iter(match=f"{prefix}*", count=1000))
+            if k[len(prefix):] not in keep]
+    pipe = client.pipeline(transaction=False)
+    for pid in gone:
+        pipe.delete(keys.product(version, pid), keys.summary(version, pid), keys.product_meta(version, pid))
+    if gone:
+        pipe.execute()
+    return len(gone)

