@@ -37,7 +37,8 @@ EVENT_UNKNOWN_PRODUCTS = Counter("hmpps_events_unknown_products_total",
                                  "Accepted events for products the live bundle has no features for")
 BUNDLE_AGE = Gauge("hmpps_bundle_age_seconds", "Seconds since each loaded bundle's version was published to Redis",
                    ["version"], multiprocess_mode="max")
-UPSERT_AGE = Gauge("hmpps_product_upsert_age_seconds", "Seconds since the newest product upsert into each loaded version",
+UPSERT_AGE = Gauge("hmpps_product_upsert_age_seconds",
+                   "Seconds since the newest product write into each loaded version (its publish, or a later upsert)",
                    ["version"], multiprocess_mode="min")
 PRODUCT_UPSERTS = Counter("hmpps_product_upserts_total", "Products written by POST /admin/products")
 TAIL_CACHE_FAILURES = Counter("hmpps_tail_query_cache_failures_total", "Tail-query cache writes that failed (best effort)")

@@ -99,9 +99,10 @@ class AppState:
             self.published[v] = published_at is not None
             if published_at is not None:
                 m.BUNDLE_AGE.labels(v).set(max(0.0, now - published_at))
-            upserted = await self.store.upserted_at(v)
-            if upserted is not None:
-                m.UPSERT_AGE.labels(v).set(max(0.0, now - upserted))
+                # the newest product write into the version: its publish, or an upsert since
+                upserted = await self.store.upserted_at(v)
+                newest = max(published_at, upserted or 0.0)
+                m.UPSERT_AGE.labels(v).set(max(0.0, now - newest))
 
     async def check_health(self) -> None:
         try:

@@ -141,7 +141,8 @@ def test_dashboard_has_the_panels_and_the_provisioned_datasource() -> None:
     for needed in ("hmpps_rerank_request_seconds_bucket", "hmpps_rerank_stage_seconds_bucket", "hmpps_rerank_requests_total",
                    "hmpps_rerank_fallbacks_total", 'reason="overloaded"', 'type="click"', "hmpps_feedback_efficient_clicks_total",
                    "hmpps_rerank_feature_misses_total", "hmpps_bundle_info", "hmpps_events_total",
-                   "hmpps_history_appends_total", "hmpps_bundle_age_seconds"):
+                   "hmpps_history_appends_total", "hmpps_bundle_age_seconds",
+                   "hmpps_product_upsert_age_seconds"):
         assert needed in exprs, needed
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le, arm)" in exprs

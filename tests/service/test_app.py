@@ -23,15 +23,6 @@ def _settings(tmp_path, bundle_dir, **kw):
                     health_interval_s=0.2, admin_token="s3cret", **kw)
 
 
-@pytest.fixture(scope="module")
-def catalog(bundle_dir):
-    index = json.loads((bundle_dir / "features" / "index.json").read_text())
-    hist = [json.loads(x) for x in (bundle_dir / "features" / "histories.jsonl").read_text().splitlines()]
-    user = next(h for h in hist if len(h["history"]) >= 3)
-    return {"products": index["products"], "queries": index["queries"], "user": user["user_id"],
-            "history": user["history"]}
-
-
 def _body(catalog, k=10, **kw):
     return {"user_id": catalog["user"], "query": catalog["queries"][0],
             "candidates": [{"product_id": p, "score": float(k - i)} for i, p in enumerate(catalog["products"][:k])]} | kw

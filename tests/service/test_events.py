@@ -16,15 +16,6 @@ from service.publish import publish
 from service.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def catalog(bundle_dir):
-    index = json.loads((bundle_dir / "features" / "index.json").read_text())
-    hist = [json.loads(x) for x in (bundle_dir / "features" / "histories.jsonl").read_text().splitlines()]
-    user = next(h for h in hist if len(h["history"]) >= 3)
-    return {"products": index["products"], "queries": index["queries"], "user": user["user_id"],
-            "history": user["history"]}
-
-
 @pytest.fixture
 def client(tmp_path, bundle_dir):
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
