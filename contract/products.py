@@ -17,9 +17,14 @@ DESCRIPTION_WORDS = 60
 def product_text(title: str, brand: str = "", category: Sequence[str] = (), description: str = "",
                  summary: str | None = None) -> str:
     """Title, brand, category path and the summary (or else the description), trimmed."""
-    desc = " ".join((summary or description or "").split()[:DESCRIPTION_WORDS])
+    desc = summary_text(description, summary)
     path = " > ".join(category or [])
     return ". ".join(s for s in (title, brand, path, desc) if s)
+
+
+def summary_text(description: str, summary: str | None = None) -> str:
+    """What Redis keeps as a product's summary: the summary, or else the description, trimmed."""
+    return " ".join((summary or description or "").split()[:DESCRIPTION_WORDS])
 
 
 def record_text(p: dict[str, Any]) -> str:

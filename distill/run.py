@@ -24,7 +24,7 @@ from tqdm import tqdm
 from contract.bundle import PRODUCT_ENCODER, QUERY_ENCODER, STUDENT, STUDENT_INT8, TOKENIZER, write_manifest
 from contract.constants import HISTORY_CAP
 from contract.errors import InputError
-from contract.products import record_text
+from contract.products import record_text, summary_text
 from contract.reports import markdown_table
 from contract.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
 from distill.export import (
@@ -135,7 +135,9 @@ def write_bundle(dst: Path, ds: Dataset, tables: FeatureTables, files: dict[str,
     np.save(dst / "features" / "queries.npy", tables.query_features)
     write_json(dst / "features" / "index.json", {"products": tables.product_ids, "queries": tables.queries})
     write_jsonl(dst / "features" / "summaries.jsonl",
-                ({"product_id": p, "summary": _summary_text(ds.products[p])} for p in tables.product_ids))
+                ({"product_id": p, "summary": summary_text(ds.products[p].get("description") or "",
+                                                           ds.products[p].get("summary"))}
+                 for p in tables.product_ids))
     write_jsonl(dst / "features" / "histories.jsonl", _histories(ds))
     manifest = write_manifest(dst, _slug(ds.name), ds.name, ds.fingerprint, tables.spec, **fields)
     return manifest.version
@@ -143,11 +145,6 @@ def write_bundle(dst: Path, ds: Dataset, tables: FeatureTables, files: dict[str,
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower())[:32].strip("-") or "bundle"
-
-
-def _summary_text(p: dict[str, Any], words: int = 60) -> str:
-    text = p.get("summary") or p.get("description") or ""
-    return " ".join(text.split()[:words])
 
 
 def _histories(ds: Dataset) -> list[dict[str, Any]]:
@@ -210,6 +207,11 @@ def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: 
                     {"text_max_abs_diff": qe_parity, "sel_cosine_known_queries": qe_cos, "final_loss": qe_curve[-1]})
 
 
+def encoder_image_size(teacher_cfg: dict[str, Any]) -> int:
+    """Pixels per side the product encoder reads (1 for a text-only teacher: its image input is unused)."""
+    return int(teacher_cfg.get("image_size", 1)) if teacher_cfg.get("vision") == "cnn" else 1
+
+
 HELDOUT_SHARE = 0.1  # products the product encoder's projection never sees: its quality check
 
 
@@ -227,9 +229,9 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
     heldout[rng.permutation(len(heldout))[: max(1, int(HELDOUT_SHARE * len(heldout)))]] = True
     rest = tables.products[:, : spec.product_dim - spec.sel_dim]
     curve = fit_projection(module, rest[~heldout], tables.products[~heldout][:, spec.product_sel], seed=seed)
-    image_size = int(teacher.config.get("image_size", 0)) if cnn is not None else 0
-    export_product_encoder(module, minilm.tokenizer, max(image_size, 1), work / "product_encoder.onnx")
-    encoder = OnnxProductEncoder(work / "product_encoder.onnx", minilm_dir() / "tokenizer.json", max(image_size, 1))
+    image_size = encoder_image_size(teacher.config)
+    export_product_encoder(module, minilm.tokenizer, image_size, work / "product_encoder.onnx")
+    encoder = OnnxProductEncoder(work / "product_encoder.onnx", minilm_dir() / "tokenizer.json", image_size)
     encoded = encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in tables.product_ids])
     cos = (unit(encoded[:, spec.product_sel]) * tables.products[:, spec.product_sel]).sum(1)
     report: dict[str, Any] = {
@@ -237,7 +239,8 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
         "image_max_abs_diff": float(np.abs(encoded[:, spec.text_dim: spec.product_dim - spec.sel_dim]
                                            - rest[:, spec.text_dim:]).max()),
         "sel_cosine_fitted": float(cos[~heldout].mean()), "sel_cosine_heldout": float(cos[heldout].mean()),
-        "final_loss": curve[-1], "image_size": image_size, "heldout_products": int(heldout.sum()),
+        "final_loss": curve[-1], "image_size": image_size if cnn is not None else 0,
+        "heldout_products": int(heldout.sum()),
     }
     held = {p for p, h in zip(tables.product_ids, heldout, strict=True) if h}
     touched = [s for s in test if held & set(_candidate_ids(s))]
@@ -275,7 +278,7 @@ def bundle_manifest_fields(ds: Dataset, tables: FeatureTables, teacher: TeacherR
         "features": {"products": "features/products.npy", "queries": "features/queries.npy",
                      "index": "features/index.json", "summaries": "features/summaries.jsonl",
                      "histories": "features/histories.jsonl", "history_cap": HISTORY_CAP,
-                     "image_size": max(int(tcfg.get("image_size", 0)) if tcfg.get("vision") == "cnn" else 0, 1)},
+                     "image_size": encoder_image_size(tcfg)},
         "extra": {
             "teacher": {"lm": tcfg["lm"], "vision": tcfg["vision"], "k_s1": tcfg["k_s1"], "k_s2": tcfg["k_s2"]},
             "student_config": cfg.to_dict(),

@@ -22,7 +22,7 @@ import numpy as np
 from contract import keys
 from contract.errors import BundleError, InputError
 from contract.events import Product
-from contract.products import DESCRIPTION_WORDS, product_text
+from contract.products import product_text, summary_text
 from service.bundle import LoadedBundle
 
 # KEYS: product meta hash, product features, summary, version's upserted_at
@@ -97,7 +97,7 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     pipe = client.pipeline(transaction=False)
     for i, vec in zip(todo, features, strict=True):
         p = products[i]
-        summary = " ".join(p.description.split()[:DESCRIPTION_WORDS]) or p.title
+        summary = summary_text(p.description) or p.title
         script(keys=[keys.product_meta(version, p.product_id), keys.product(version, p.product_id),
                      keys.summary(version, p.product_id), keys.upserted_at(version)],
                args=[hashes[i], p.updated_at if p.updated_at is not None else now,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from contract.events import MAX_ID, MAX_TEXT, TYPE_PATTERN, Event, Product, parse_product, parse_timestamp
 
@@ -169,13 +169,15 @@ class ProductIn(BaseModel):
     attributes: dict[str, Any] | None = None
     updated_at: float | str | None = Field(None, description="ISO 8601 or unix seconds; an older record is skipped")
 
+    _product: Product = PrivateAttr()
+
     @model_validator(mode="after")
     def _contract(self) -> ProductIn:
-        parse_product(self.model_dump(exclude_none=True))  # the one set of rules; raises naming the field
+        self._product = parse_product(self.model_dump(exclude_none=True))  # the one set of rules; names the field
         return self
 
     def to_product(self) -> Product:
-        return parse_product(self.model_dump(exclude_none=True))
+        return self._product
 
 
 class ProductsBatch(BaseModel):

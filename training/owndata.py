@@ -18,7 +18,7 @@ from typing import Any
 
 from contract.errors import InputError
 from contract.events import SCHEMA, Product, parse_event, parse_product
-from training.amazon import ParseReport, RawInteraction, RawProduct, _open_text
+from training.amazon import ParseReport, RawInteraction, RawProduct, _first_lines, _open_text
 
 # side files the synthetic generator writes beside its events: carried into the dataset when present
 SIDE_FILES = ("users_truth.jsonl", "consultations.jsonl")
@@ -38,15 +38,10 @@ class EventCounts:
 
 def _records(path: Path, report: ParseReport) -> Any:
     """(line number, dict) for each record of a JSONL or CSV file; bad JSON lines are counted here."""
-    with _open_text(path) as f:
-        first = ""
-        for line in f:
-            if line.strip():
-                first = line.lstrip("\ufeff").strip()
-                break
-    if not first:
+    head = _first_lines(path, 1)
+    if not head:
         raise InputError(f"{path} is empty")
-    is_json = first.startswith("{")
+    is_json = head[0].lstrip("\ufeff").strip().startswith("{")
     report.format = f"{SCHEMA} {'jsonl' if is_json else 'csv'}"
     with _open_text(path) as f:
         if is_json:

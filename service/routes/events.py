@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi import APIRouter
 
+from contract.constants import HISTORY_CAP
 from contract.errors import Unavailable
 from service import metrics as m
 from service.deps import State
@@ -18,9 +19,9 @@ router = APIRouter(tags=["events"])
              summary="Record events (purchases, add-to-cart, clicks, ...); history types join the user's history")
 async def events(batch: EventsBatch, state: State) -> EventsAccepted:
     evs = [e.to_event() for e in batch.events]
-    # unknown products are counted against the first loaded bundle (the default arm's)
-    version = next(iter(sorted(state.runtime.loaded_versions())), None)
-    cap = next((b.history_cap for b in state.runtime.bundles.values() if b is not None), 50)
+    # unknown products are counted against the first arm's bundle; its history cap applies
+    bundle = next((b for b in state.runtime.bundles.values() if b is not None), None)
+    version, cap = (bundle.version, bundle.history_cap) if bundle is not None else (None, HISTORY_CAP)
     try:
         async with asyncio.timeout(max(1.0, state.settings.request_budget_ms / 1000 * 10)):
             res = await state.store.append_events(evs, state.settings.history_types, version, cap,
