@@ -19,3 +19,5 @@ PASSTHROUGH = "passthrough"
 EFFICIENT_DWELL_S = 5.0
 # Approximate cap of the feedback stream (XADD MAXLEN ~).
 FEEDBACK_STREAM_MAXLEN = 5_000_000
+# Approximate cap of the served-rankings stream (XADD MAXLEN ~): about 5M rerank responses.
+SERVED_STREAM_MAXLEN = 5_000_000

@@ -6,7 +6,8 @@ One set of rules for both sides: ``hmpps data events`` reads files with it, and
 Product (one JSON object, or one CSV row)::
 
     product_id   required, 1-128 characters
-    title        required
+    title        required, unless brand, category or description can name the product (its title is then
+                 the first words of the description, else the brand, else the category's last level)
     brand        optional
     category     optional: a path as a list, or one string with levels joined by ">"
     description  optional
@@ -159,14 +160,26 @@ def parse_category(value: Any) -> tuple[str, ...]:
     return tuple(p.strip() for p in parts if p.strip())
 
 
+def _fallback_title(d: dict[str, Any]) -> str:
+    # real catalogues hold a few untitled products (3 in the paper's Office data); dropping them would
+    # also drop their purchases and shrink the k-core
+    words = _text(d, "description").split()
+    if words:
+        return " ".join(words[:12])
+    if brand := _text(d, "brand").strip():
+        return brand
+    category = parse_category(d.get("category")) if d.get("category") not in (None, "") else ()
+    return category[-1] if category else ""
+
+
 def parse_product(d: Any) -> Product:
     if not isinstance(d, dict):
         raise ValueError("a product must be a JSON object")
     _unknown(d, PRODUCT_FIELDS)
     pid = _id(d, "product_id")
-    title = _text(d, "title").strip()
+    title = _text(d, "title").strip() or _fallback_title(d)
     if not title:
-        raise ValueError("missing title")
+        raise ValueError("missing title (and no description, brand or category to name the product by)")
     attributes = d.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise ValueError("attributes must be an object")

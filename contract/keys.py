@@ -33,6 +33,7 @@ PREFIX = "hmpps"
 ALIAS = f"{PREFIX}:live"
 FEEDBACK_STREAM = f"{PREFIX}:feedback"
 EVENTS_STREAM = f"{PREFIX}:events"
+SERVED_STREAM = f"{PREFIX}:served"  # one record per served ranking (contract/served.py)
 HISTORY_SEP = "\x1f"  # between event id and product id in a history member
 
 _WS = re.compile(r"\s+")

@@ -5,7 +5,12 @@ arrays built by the same function, so offline and online agree by construction.
 
 Product features, one float32 vector per product (computed offline):
 
-    [ text (MiniLM-L6, unit) | image (teacher vision tower, unit or 0) | has_image | sel (stage-1, unit) ]
+    [ text (MiniLM-L6, unit) | image (teacher vision tower, unit or 0) | has_image | sel (stage-1, unit)
+      | pop (0 or 1: popularity) | cf (0 or more: co-purchase vector, unit) ]
+
+The first four parts come from the product's content (the product encoder
+computes them for a new product); ``pop`` and ``cf`` come from the training
+interactions and are 0 for a product nobody has bought yet.
 
 Query features: ``[ text (MiniLM-L6, unit) | sel (stage-1 space, unit) ]``.
 
@@ -14,6 +19,7 @@ The ``sel`` slices are the stage-1 embeddings (Eq. 4-5) that history selection
 
     query (N, Dq), candidate (N, Dp), history (N, H, Dp), history_mask (N, H)
 
+plus ``signals`` (N, S) when the spec names signal groups (``contract.signals``),
 and returns ``logits`` (N, 2) for ["yes", "no"]; the score is their softmax (Eq. 3).
 """
 
@@ -25,8 +31,10 @@ from typing import Any
 import numpy as np
 
 from contract.history import select_history
+from contract.signals import Listing, check_groups, compute_signals, signal_dim
 
 INPUT_NAMES = ("query", "candidate", "history", "history_mask")
+SIGNALS = "signals"
 OUTPUT_NAME = "logits"
 
 
@@ -36,31 +44,71 @@ class FeatureSpec:
     image_dim: int
     sel_dim: int
     k_s2: int
+    pop_dim: int = 0
+    cf_dim: int = 0
+    signals: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signals", check_groups(self.signals))
+        if self.pop_dim not in (0, 1):
+            raise ValueError(f"pop_dim={self.pop_dim}: must be 0 or 1")
+        if "popularity" in self.signals and not self.pop_dim:
+            raise ValueError("the popularity signal needs a pop slice (pop_dim=1)")
+        if "copurchase" in self.signals and not self.cf_dim:
+            raise ValueError("the copurchase signal needs co-purchase vectors (cf_dim > 0)")
+
+    @property
+    def content_dim(self) -> int:
+        """The parts a product's content gives (what the product encoder computes)."""
+        return self.text_dim + self.image_dim + 1 + self.sel_dim
 
     @property
     def product_dim(self) -> int:
-        return self.text_dim + self.image_dim + 1 + self.sel_dim
+        return self.content_dim + self.pop_dim + self.cf_dim
 
     @property
     def query_dim(self) -> int:
         return self.text_dim + self.sel_dim
 
     @property
+    def product_text(self) -> slice:
+        return slice(0, self.text_dim)
+
+    @property
     def product_sel(self) -> slice:
-        return slice(self.product_dim - self.sel_dim, self.product_dim)
+        return slice(self.content_dim - self.sel_dim, self.content_dim)
+
+    @property
+    def product_pop(self) -> slice:
+        return slice(self.content_dim, self.content_dim + self.pop_dim)
+
+    @property
+    def product_cf(self) -> slice:
+        return slice(self.content_dim + self.pop_dim, self.product_dim)
+
+    @property
+    def signal_dim(self) -> int:
+        return signal_dim(self.signals)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return INPUT_NAMES + ((SIGNALS,) if self.signals else ())
 
     @property
     def query_sel(self) -> slice:
         return slice(self.text_dim, self.query_dim)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"product_dim": self.product_dim, "query_dim": self.query_dim,
-                               "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME, "output_classes": ["yes", "no"]}
+        return asdict(self) | {"signals": list(self.signals), "product_dim": self.product_dim,
+                               "query_dim": self.query_dim, "signal_dim": self.signal_dim,
+                               "inputs": list(self.input_names), "output": OUTPUT_NAME, "output_classes": ["yes", "no"]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        spec = cls(int(d["text_dim"]), int(d["image_dim"]), int(d["sel_dim"]), int(d["k_s2"]))
-        for key in ("product_dim", "query_dim"):
+        # bundles from before the ranking signals have none of the last three fields
+        spec = cls(int(d["text_dim"]), int(d["image_dim"]), int(d["sel_dim"]), int(d["k_s2"]),
+                   int(d.get("pop_dim", 0)), int(d.get("cf_dim", 0)), tuple(d.get("signals", ())))
+        for key in ("product_dim", "query_dim", "signal_dim"):
             if key in d and int(d[key]) != getattr(spec, key):
                 raise ValueError(f"spec {key}={d[key]} disagrees with its parts ({getattr(spec, key)})")
         return spec
@@ -74,7 +122,7 @@ def select_for(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, his
 
 
 def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, history: np.ndarray,
-                 selected: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 selected: np.ndarray | None = None, listing: Listing | None = None) -> dict[str, np.ndarray]:
     """Arrays for one request: K candidates, each with its own K_s2 selected history items.
 
     Args:
@@ -82,6 +130,7 @@ def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, h
         candidates: (K, Dp) candidate features.
         history: (n, Dp) features of the user's purchases, oldest first (n may be 0).
         selected: ``select_for``'s result when the caller already has it (to explain a request).
+        listing: the request's order, scores and ids; required when the spec has signals.
     """
     k = candidates.shape[0]
     h = spec.k_s2
@@ -92,16 +141,22 @@ def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, h
         m = idx.shape[1]
         hist[:, :m] = history[idx]
         mask[:, :m] = 1.0
-    return {
+    out = {
         "query": np.broadcast_to(query.astype(np.float32), (k, spec.query_dim)).copy(),
         "candidate": candidates.astype(np.float32, copy=False),
         "history": hist,
         "history_mask": mask,
     }
+    if spec.signals:
+        if listing is None:
+            raise ValueError(f"this spec's signals {list(spec.signals)} need the request's listing")
+        out[SIGNALS] = compute_signals(spec.signals, candidates, history, listing, spec.product_text,
+                                       spec.product_sel, spec.product_pop, spec.product_cf)
+    return out
 
 
 def concat_inputs(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in INPUT_NAMES}
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
 
 
 def yes_probability(logits: np.ndarray) -> np.ndarray:

@@ -8,17 +8,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.spec import INPUT_NAMES, OUTPUT_NAME
+from contract.spec import OUTPUT_NAME
 
 OPSET = 17
 
 
 def export_student(model: nn.Module, example: dict[str, np.ndarray], path: Path) -> None:
     model.eval()
-    args = tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES)
-    dynamic = {"query": {0: "n"}, "candidate": {0: "n"}, "history": {0: "n"}, "history_mask": {0: "n"},
-               OUTPUT_NAME: {0: "n"}}
-    torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+    names = list(model.spec.input_names)  # type: ignore[union-attr]
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    dynamic = {n: {0: "n"} for n in names} | {OUTPUT_NAME: {0: "n"}}
+    torch.onnx.export(model, args, str(path), input_names=names, output_names=[OUTPUT_NAME],
                       dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
 
 

@@ -125,3 +125,71 @@ def build_features(ds: Dataset, emb: Embeddings, teacher_dir: Path, teacher_cfg:
     q_text = minilm.encode(queries, max_tokens=32)
     query_features = np.concatenate([q_text, unit(emb.query_vectors)], axis=1).astype(np.float32)
     return FeatureTables(spec, pids, products, queries, query_features)
+
+
+CF_DIM = 32
+
+
+def interaction_slices(product_ids: list[str], baskets: list[list[str]], cf_dim: int = CF_DIM
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Popularity (P, 1) and co-purchase vectors (P, cf_dim) from the training interactions.
+
+    Popularity is log1p(purchases) / log1p(the most purchases). Co-purchase vectors come from the
+    leading eigenvectors of the (symmetric) item-item positive PMI matrix over users' baskets, each scaled
+    by sqrt(eigenvalue), rows made unit: products bought by the same people point the same way. An
+    eigendecomposition rather than an SVD: with the diagonal left out, the SVD's left vectors of two
+    products always bought together are orthogonal. A product nobody bought gets zeros.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    index = {p: i for i, p in enumerate(product_ids)}
+    n = len(product_ids)
+    rows, cols = [], []
+    for u, basket in enumerate(baskets):
+        items = sorted({index[p] for p in basket if p in index})
+        rows += [u] * len(items)
+        cols += items
+    b = sp.csr_matrix((np.ones(len(rows), np.float64), (rows, cols)), shape=(len(baskets), n))
+    counts = np.asarray(b.sum(0)).ravel()
+    pop = (np.log1p(counts) / max(np.log1p(counts.max()), 1e-12)).astype(np.float32)[:, None] if n else \
+        np.zeros((0, 1), np.float32)
+    co = (b.T @ b).tocoo()
+    keep = co.row != co.col
+    r, c, v = co.row[keep], co.col[keep], co.data[keep]
+    total = v.sum()
+    cf = np.zeros((n, cf_dim), np.float32)
+    if total > 0:
+        marg = np.asarray(sp.coo_matrix((v, (r, c)), shape=(n, n)).sum(1)).ravel()
+        pmi = np.log(v * total / (marg[r] * marg[c]))
+        pos = pmi > 0
+        m = sp.csr_matrix((pmi[pos], (r[pos], c[pos])), shape=(n, n))
+        k = min(cf_dim, n - 2)
+        if k >= 1 and m.nnz:
+            v0 = np.random.default_rng(0).standard_normal(n)
+            lam, vecs = eigsh(m, k=k, which="LA", v0=v0)
+            order = np.argsort(-lam)
+            lam, vecs = lam[order], vecs[:, order]
+            vec = vecs * np.sqrt(np.maximum(lam, 0.0))
+            # eigsh's sign per component is arbitrary: fix it so the same data gives the same vectors
+            vec *= np.where(vec[np.abs(vec).argmax(0), np.arange(k)] < 0, -1.0, 1.0)
+            cf[:, :k] = vec
+    cf = np.where(np.linalg.norm(cf, axis=1, keepdims=True) > 1e-9, unit(cf), 0.0).astype(np.float32)
+    return pop, cf
+
+
+def with_signals(tables: FeatureTables, signals: tuple[str, ...], baskets: list[list[str]],
+                 cf_dim: int = CF_DIM) -> FeatureTables:
+    """The tables with the spec's signal groups and the product slices they need (from ``baskets``)."""
+    from dataclasses import replace
+
+    base = tables.spec
+    content = tables.products[:, : base.content_dim]
+    need_pop, need_cf = "popularity" in signals, "copurchase" in signals
+    spec = replace(base, pop_dim=int(need_pop), cf_dim=cf_dim if need_cf else 0, signals=tuple(signals))
+    parts = [content]
+    if need_pop or need_cf:
+        pop, cf = interaction_slices(tables.product_ids, baskets, cf_dim)
+        parts += ([pop] if need_pop else []) + ([cf] if need_cf else [])
+    return FeatureTables(spec, tables.product_ids, np.concatenate(parts, axis=1).astype(np.float32),
+                         tables.queries, tables.query_features)

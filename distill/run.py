@@ -11,6 +11,7 @@ Reads the pipeline's dataset, first-stage candidates and teacher outputs
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +27,8 @@ from contract.constants import HISTORY_CAP
 from contract.errors import InputError
 from contract.products import record_text, summary_text
 from contract.reports import markdown_table
-from contract.spec import INPUT_NAMES, build_inputs, concat_inputs, yes_probability
+from contract.signals import Listing
+from contract.spec import build_inputs, concat_inputs, yes_probability
 from distill.export import (
     ProductEncoderModule,
     QueryEncoderModule,
@@ -37,10 +39,10 @@ from distill.export import (
     onnx_logits,
     quantize_int8,
 )
-from distill.features import FeatureTables, MiniLM, build_features, load_vision_tower, unit
-from distill.student import Student, StudentConfig, distill_loss
+from distill.features import FeatureTables, MiniLM, build_features, load_vision_tower, unit, with_signals
+from distill.student import Student, StudentConfig, distill_loss, listwise_loss
 from service.bundle import OnnxProductEncoder, OnnxQueryEncoder, OnnxScorer
-from training.artifacts import atomic_dir, write_json, write_jsonl
+from training.artifacts import atomic_dir, read_jsonl, write_json, write_jsonl
 from training.dataset import Dataset, as_dataset, with_summaries
 from training.metrics import PAPER_KEYS, kept_gain, paired_bootstrap, paper_metrics, relative_gain, rerank
 from training.pretrained import minilm_dir
@@ -49,65 +51,184 @@ from training.teacher.run import TeacherRun
 PARITY_TOL = 1e-4
 
 
-def _request_arrays(tables: FeatureTables, ds: Dataset, row: dict[str, Any], pids: list[str],
-                    query_features: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    hist = [p for p in ds.history(row) if tables.has_product(p)]
+def _request_arrays(tables: FeatureTables, ds: Dataset, row: dict[str, Any], lst: dict[str, Any],
+                    extra: list[str] | None = None, query_features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays the service builds for this list: the same history cap, order, scores and ids.
+
+    ``extra`` products (random negatives) are appended below the caller's list, without a score.
+    """
+    hist = [p for p in ds.history(row) if tables.has_product(p)][-HISTORY_CAP:]
     q = tables.query(row["query"]) if query_features is None else query_features
     hist_feats = tables.product(hist) if hist else np.zeros((0, tables.spec.product_dim), np.float32)
-    return build_inputs(tables.spec, q, tables.product(pids), hist_feats)
+    pids = _candidate_ids(lst) + list(extra or [])
+    listing = None
+    if tables.spec.signals:
+        k = len(lst["candidates"])
+        scores = [c.get("first_stage_score") for c in lst["candidates"]] + [None] * len(extra or [])
+        listing = Listing(np.arange(len(pids)), k, np.array([np.nan if x is None else x for x in scores], float),
+                          pids, hist)
+    return build_inputs(tables.spec, q, tables.product(pids), hist_feats, listing=listing)
 
 
-def training_arrays(tables: FeatureTables, ds: Dataset, rows: dict[str, dict[str, Any]], scored: list[dict[str, Any]],
-                    cfg: StudentConfig, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs, teacher logits (N, 2), has-teacher mask and hard labels for every scored train query.
+@dataclass
+class TrainingArrays:
+    inputs: dict[str, np.ndarray]  # the student's inputs, N rows; each list's rows are contiguous
+    teacher_logits: np.ndarray  # (N, 2)
+    has_teacher: np.ndarray  # (N,) 1 where the teacher scored the pair
+    labels: np.ndarray  # (N,) 1 for the purchased product
+    starts: np.ndarray  # (L + 1,) row offsets of the L lists
+    listed: np.ndarray  # (N,) True for the caller's candidates, False for the added random negatives
 
-    Each query adds ``extra_negatives`` random catalog products with a hard label only:
+
+def training_arrays(tables: dict[int | None, FeatureTables], ds: Dataset, rows: dict[str, dict[str, Any]],
+                    lists: list[dict[str, Any]], cfg: StudentConfig, rng: np.random.Generator) -> TrainingArrays:
+    """Inputs, teacher logits, has-teacher mask, hard labels and list offsets for every training list,
+    each list's features from the tables of its cross-fitting fold (``training_tables``).
+
+    Each list adds ``extra_negatives`` random catalog products with a hard label only:
     the teacher never scored them, so they carry no soft target.
     """
-    parts, t_logits, has_t, labels = [], [], [], []
-    catalog = np.array(tables.product_ids)
-    for s in scored:
-        pids = [c["product_id"] for c in s["candidates"]]
+    parts, t_logits, has_t, labels, starts, listed = [], [], [], [], [0], []
+    catalog = np.array(next(iter(tables.values())).product_ids)
+    for s in lists:
+        pids = _candidate_ids(s)
         taken = set(pids)
         extra = [p for p in rng.choice(catalog, size=min(len(catalog), cfg.extra_negatives + len(pids)), replace=False)
                  if p not in taken][: cfg.extra_negatives]
-        parts.append(_request_arrays(tables, ds, rows[s["query_id"]], pids + extra))
-        t_logits += [[c["teacher_logit"], 0.0] for c in s["candidates"]] + [[0.0, 0.0]] * len(extra)
-        has_t += [1.0] * len(pids) + [0.0] * len(extra)
+        parts.append(_request_arrays(tables[s.get("fold")], ds, rows[s["query_id"]], s, extra))
+        t_logits += [[c.get("teacher_logit") or 0.0, 0.0] for c in s["candidates"]] + [[0.0, 0.0]] * len(extra)
+        has_t += [float(c.get("teacher_logit") is not None) for c in s["candidates"]] + [0.0] * len(extra)
         labels += [c["label"] for c in s["candidates"]] + [0] * len(extra)
-    return (concat_inputs(parts), np.asarray(t_logits, np.float32), np.asarray(has_t, np.float32),
-            np.asarray(labels, np.float32))
+        starts.append(starts[-1] + len(pids) + len(extra))
+        listed += [True] * len(pids) + [False] * len(extra)
+    return TrainingArrays(concat_inputs(parts), np.asarray(t_logits, np.float32), np.asarray(has_t, np.float32),
+                          np.asarray(labels, np.float32), np.asarray(starts, np.int64), np.asarray(listed, bool))
 
 
-def train_student(spec: Any, cfg: StudentConfig, data: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]
-                  ) -> tuple[Student, list[dict[str, float]]]:
+def _val_ndcg4(margins: np.ndarray, labels: np.ndarray, rows: list[np.ndarray]) -> float:
+    """Mean NDCG@4 of the purchased product over validation lists that hold it (stable ties)."""
+    out = []
+    for r in rows:
+        m, y = margins[r], labels[r]
+        if y.max() <= 0:
+            continue
+        p = int(np.argmax(y))
+        rank = 1 + int((m > m[p]).sum() + (m[:p] == m[p]).sum())
+        out.append(1.0 / np.log2(rank + 1) if rank <= 4 else 0.0)
+    return float(np.mean(out)) if out else 0.0
+
+
+def student_lists(teacher: TeacherRun, scored_train: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """What the student trains on, and where it came from.
+
+    The first stage's holdout lists (``holdout.jsonl``: queries its shadow fit never saw) when it wrote
+    them, with the teacher's logit on every (query, product) pair it scored; else the teacher-scored
+    train lists, whose candidates the first stage ranked in-sample (positions there overstate it).
+    """
+    path = Path(teacher.info["first_stage"]["dir"]) / "holdout.jsonl"
+    if not path.is_file():
+        return scored_train, "teacher-scored train lists (in-sample first stage)"
+    logits = {(s["query_id"], c["product_id"]): c["teacher_logit"] for s in scored_train for c in s["candidates"]}
+    lists = []
+    for line in read_jsonl(path):
+        cands = [{"product_id": c["product_id"], "first_stage_score": c["score"],
+                  "teacher_logit": logits.get((line["query_id"], c["product_id"])),
+                  "label": int(c["product_id"] == line["target"])} for c in line["candidates"]]
+        lists.append({"query_id": line["query_id"], "split": "train", "target": line["target"], "candidates": cands,
+                      "fold": line.get("fold", 0)})
+    return lists, "the first stage's holdout lists (ranked by models that never saw their queries)"
+
+
+def training_tables(content: FeatureTables, signals: tuple[str, ...], ds: Dataset, lists: list[dict[str, Any]],
+                    cf_dim: int) -> dict[int | None, FeatureTables]:
+    """Feature tables per cross-fitting fold: popularity and co-purchase vectors from the train purchases
+    outside the fold (else a list's own target would look co-bought with its history by construction).
+    Lists without a fold (in-sample ones) share tables from every train purchase."""
+    folds: dict[int | None, set[str]] = {}
+    for lst in lists:
+        folds.setdefault(lst.get("fold"), set()).add(lst["query_id"])
+    return {f: with_signals(content, signals, train_baskets(ds, ids if f is not None else set()), cf_dim)
+            for f, ids in folds.items()}
+
+
+def train_baskets(ds: Dataset, exclude: set[str]) -> list[list[str]]:
+    """Each user's train purchases (popularity and co-purchase vectors), without the ``exclude`` queries'."""
+    return [[r["product_id"] for r in seq if r["split"] == "train" and r.get("query_id") not in exclude]
+            for _, seq in sorted(ds.by_user().items())]
+
+
+def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[Student, list[dict[str, float]]]:
+    """Mini-batches of whole lists, so the listwise term sees each list's candidates together.
+
+    A seeded ``val_fraction`` of the lists is held out; the weights of the epoch with the best
+    validation NDCG@4 are kept, and training stops after ``patience`` epochs without a better one
+    (a few thousand lists and a 100k-parameter network overfit well before ``epochs``).
+    """
     torch.manual_seed(cfg.seed)
-    inputs, t_logits, has_t, labels = data
-    tensors = [torch.from_numpy(inputs[n]) for n in INPUT_NAMES]
-    tl, ht, lab = torch.from_numpy(t_logits), torch.from_numpy(has_t), torch.from_numpy(labels)
+    tensors = [torch.from_numpy(data.inputs[n]) for n in spec.input_names]
+    tl, ht, lab = (torch.from_numpy(x) for x in (data.teacher_logits, data.has_teacher, data.labels))
     model = Student(spec, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
-    n = lab.shape[0]
-    curve = []
+    starts = data.starts
+    n_lists = len(starts) - 1
+    width = int(np.diff(starts).max()) if n_lists else 0
+    # (L, width) row index of each list, -1 padded
+    pad = np.full((n_lists, width), -1, np.int64)
+    for i in range(n_lists):
+        pad[i, : starts[i + 1] - starts[i]] = np.arange(starts[i], starts[i + 1])
+    perm = np.random.default_rng(cfg.seed + 99).permutation(n_lists)
+    n_val = int(round(cfg.val_fraction * n_lists)) if n_lists >= 20 else 0
+    val, fit = perm[:n_val], perm[n_val:]
+    val_rows = [np.arange(starts[i], starts[i + 1])[data.listed[starts[i]:starts[i + 1]]] for i in val]
+    val_idx = torch.from_numpy(np.concatenate(val_rows)) if n_val else None
+    per_batch = max(1, cfg.batch // max(1, width))
+    curve: list[dict[str, float]] = []
+    best, best_state, bad = -1.0, None, 0
     bar = tqdm(range(cfg.epochs), desc="student epochs", unit="ep")
     for epoch in bar:
         model.train()
-        perm = torch.randperm(n)
-        total = 0.0
-        for i in range(0, n, cfg.batch):
-            idx = perm[i:i + cfg.batch]
+        order = fit[torch.randperm(len(fit)).numpy()]
+        total, seen = 0.0, 0
+        for i in range(0, len(order), per_batch):
+            grid = torch.from_numpy(pad[order[i:i + per_batch]])
+            valid = grid >= 0
+            idx = grid[valid]
             logits = model(*(t[idx] for t in tensors))
             loss = distill_loss(logits, tl[idx], ht[idx], lab[idx], cfg)
+            if cfg.listwise_weight > 0:
+                loss = loss + cfg.listwise_weight * listwise_loss(logits, lab[idx], valid)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss) * len(idx)
+            seen += len(idx)
         sched.step()
-        curve.append({"epoch": epoch + 1, "loss": round(total / n, 5)})
-        bar.set_postfix(loss=curve[-1]["loss"])
+        point = {"epoch": epoch + 1, "loss": round(total / max(1, seen), 5)}
+        if val_idx is not None:
+            model.eval()
+            with torch.no_grad():
+                z = model(*(t[val_idx] for t in tensors)).numpy()
+            margins = np.zeros(len(lab), np.float64)
+            margins[val_idx.numpy()] = z[:, 0] - z[:, 1]
+            point["val_NDCG@4"] = round(_val_ndcg4(margins, data.labels, val_rows), 5)
+            if point["val_NDCG@4"] > best:
+                best, best_state, bad = point["val_NDCG@4"], copy.deepcopy(model.state_dict()), 0
+            else:
+                bad += 1
+        curve.append(point)
+        bar.set_postfix(point)
+        if best_state is not None and bad >= cfg.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return model, curve
+
+
+def student_logits(model: Student, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        return model(*(torch.from_numpy(inputs[n]) for n in model.spec.input_names)).numpy()
 
 
 def _rerank_metrics(test: list[dict[str, Any]], scores: list[np.ndarray], n_test: int) -> dict[str, Any]:
@@ -188,7 +309,7 @@ def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: 
     quantize_int8(work / "student.onnx", work / "student.int8.onnx")
     # per request, as the service calls it: dynamic int8 picks activation ranges per call
     int8_scorer = OnnxScorer(work / "student.int8.onnx")
-    test_parts = [_request_arrays(tables, ds, rows[s["query_id"]], _candidate_ids(s)) for s in test]
+    test_parts = [_request_arrays(tables, ds, rows[s["query_id"]], s) for s in test]
     onnx_int8 = np.concatenate([int8_scorer.logits(p) for p in test_parts]) if test_parts else onnx_fp32
 
     qe = QueryEncoderModule(minilm.model, minilm.dim, tables.spec.sel_dim)
@@ -201,7 +322,7 @@ def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: 
     qe_parity = float(np.abs(tail[:, :sel.text_dim] - tables.query_features[:, :sel.text_dim]).max())
     qe_cos = float((unit(tail[:, sel.query_sel]) * tables.query_features[:, sel.query_sel]).sum(1).mean())
     tail_tables = FeatureTables(tables.spec, tables.product_ids, tables.products, tables.queries, tail)
-    tail_inputs = concat_inputs([_request_arrays(tail_tables, ds, rows[s["query_id"]], _candidate_ids(s)) for s in test])
+    tail_inputs = concat_inputs([_request_arrays(tail_tables, ds, rows[s["query_id"]], s) for s in test])
     onnx_tail = onnx_logits(work / "student.onnx", tail_inputs)
     return Exported(onnx_fp32, onnx_int8, onnx_tail, parity,
                     {"text_max_abs_diff": qe_parity, "sel_cosine_known_queries": qe_cos, "final_loss": qe_curve[-1]})
@@ -227,7 +348,7 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
     rng = np.random.default_rng(seed + 17)
     heldout = np.zeros(len(tables.product_ids), dtype=bool)
     heldout[rng.permutation(len(heldout))[: max(1, int(HELDOUT_SHARE * len(heldout)))]] = True
-    rest = tables.products[:, : spec.product_dim - spec.sel_dim]
+    rest = tables.products[:, : spec.content_dim - spec.sel_dim]
     curve = fit_projection(module, rest[~heldout], tables.products[~heldout][:, spec.product_sel], seed=seed)
     image_size = encoder_image_size(teacher.config)
     export_product_encoder(module, minilm.tokenizer, image_size, work / "product_encoder.onnx")
@@ -236,7 +357,7 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
     cos = (unit(encoded[:, spec.product_sel]) * tables.products[:, spec.product_sel]).sum(1)
     report: dict[str, Any] = {
         "text_max_abs_diff": float(np.abs(encoded[:, : spec.text_dim] - tables.products[:, : spec.text_dim]).max()),
-        "image_max_abs_diff": float(np.abs(encoded[:, spec.text_dim: spec.product_dim - spec.sel_dim]
+        "image_max_abs_diff": float(np.abs(encoded[:, spec.text_dim: spec.content_dim - spec.sel_dim]
                                            - rest[:, spec.text_dim:]).max()),
         "sel_cosine_fitted": float(cos[~heldout].mean()), "sel_cosine_heldout": float(cos[heldout].mean()),
         "final_loss": curve[-1], "image_size": image_size if cnn is not None else 0,
@@ -246,11 +367,12 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
     touched = [s for s in test if held & set(_candidate_ids(s))]
     if touched:
         swapped = tables.products.copy()
-        swapped[heldout] = encoded[heldout]
+        # the encoder computes the content parts; popularity and co-purchase stay as learned offline
+        swapped[np.ix_(heldout, np.arange(spec.content_dim))] = encoded[heldout]
         enc_tables = FeatureTables(spec, tables.product_ids, swapped, tables.queries, tables.query_features)
         ranked = {}
         for name, t in (("offline", tables), ("encoded", enc_tables)):
-            inputs = concat_inputs([_request_arrays(t, ds, rows[s["query_id"]], _candidate_ids(s)) for s in touched])
+            inputs = concat_inputs([_request_arrays(t, ds, rows[s["query_id"]], s) for s in touched])
             scores = _split_scores(yes_probability(onnx_logits(work / "student.onnx", inputs)), touched)
             ranked[name] = [rerank(_candidate_ids(s), list(sc)) for s, sc in zip(touched, scores, strict=True)]
         targets = [s["target"] for s in touched]
@@ -308,17 +430,20 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
 
     t = time.time()
     minilm = MiniLM()
-    tables = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, minilm, int(teacher.config["k_s2"]))
+    content = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, minilm, int(teacher.config["k_s2"]))
+    lists, lists_source = student_lists(teacher, train)
+    train_tables = training_tables(content, tuple(cfg.signals), ds, lists, cfg.cf_dim)
+    # for serving (and the test queries): from every train purchase
+    tables = with_signals(content, tuple(cfg.signals), train_baskets(ds, set()), cfg.cf_dim)
     timings["features"] = time.time() - t
 
     t = time.time()
     rng = np.random.default_rng(cfg.seed)
-    model, curve = train_student(tables.spec, cfg, training_arrays(tables, ds, rows, train, cfg, rng))
+    model, curve = train_student(tables.spec, cfg, training_arrays(train_tables, ds, rows, lists, cfg, rng))
     timings["train"] = time.time() - t
 
-    test_inputs = concat_inputs([_request_arrays(tables, ds, rows[s["query_id"]], _candidate_ids(s)) for s in test])
-    with torch.no_grad():
-        torch_logits = model(*(torch.from_numpy(test_inputs[n]) for n in INPUT_NAMES)).numpy()
+    test_inputs = concat_inputs([_request_arrays(tables, ds, rows[s["query_id"]], s) for s in test])
+    torch_logits = student_logits(model, test_inputs)
 
     with atomic_dir(out) as tmp:
         t = time.time()
@@ -341,7 +466,9 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
         detail = {
             "stage": "distill", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "bundle_version": version,
             "teacher_dir": str(teacher_dir), "config": cfg.to_dict(), "spec": tables.spec.to_dict(),
-            "train_rows": int(sum(len(s["candidates"]) for s in train)), "train_queries": len(train),
+            "train_rows": int(sum(len(s["candidates"]) for s in lists)), "train_queries": len(lists),
+            "train_source": lists_source, "teacher_scored_pairs": int(sum(
+                c.get("teacher_logit") is not None for s in lists for c in s["candidates"])),
             "test_queries_scored": len(test), "test_queries_total": teacher.n_test,
             "parity_max_abs_diff": exported.parity, "query_encoder": exported.query_encoder,
             "product_encoder": product_encoder,
@@ -353,6 +480,10 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
         }
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "distill.json", detail)
+        # per-query rankings of the shipped (ONNX fp32) student: paired comparisons read them
+        write_jsonl(tmp / "test_rankings.jsonl", (
+            {"query_id": s["query_id"], "ranked": rerank(_candidate_ids(s), list(sc))}
+            for s, sc in zip(test, _split_scores(yes_probability(exported.logits_fp32), test), strict=True)))
         (tmp / "report.md").write_text(_report(ds.name, fs_metrics, teacher.metrics, metrics, detail))
     final_bundle = out / "bundle"
     if bundle_dir is not None and Path(bundle_dir).resolve() != final_bundle.resolve():
@@ -402,8 +533,13 @@ def _report(name: str, fs: dict[str, Any], teacher: dict[str, Any], metrics: dic
     lines = [f"# Distillation on {name}", "", f"Bundle version `{d['bundle_version']}`.", "",
              markdown_table(["model", *PAPER_KEYS, "n", "kept share of teacher gain (NDCG@4)"],
                             [[label, *(f"{m[k]:.4f}" for k in PAPER_KEYS), m["n"], kept(label)] for label, m in rows])]
-    lines += ["", f"- trained on {d['train_queries']} teacher-scored train queries ({d['train_rows']} scored pairs) "
-              f"plus {d['config']['extra_negatives']} random negatives each (hard label only)",
+    lines += ["", f"- trained on {d['train_queries']} lists ({d['train_rows']} pairs, {d.get('teacher_scored_pairs', 0)} "
+              f"of them with a teacher logit) from {d.get('train_source', 'teacher-scored train lists')}, plus "
+              f"{d['config']['extra_negatives']} random negatives each (hard label only)",
+              f"- signals: {', '.join(d['spec'].get('signals') or []) or 'none'}",
+              *([f"- epochs: {len(d['curve'])} run, the best validation NDCG@4 "
+                 f"({max(c['val_NDCG@4'] for c in d['curve']):.4f}) kept"] if d["curve"] and "val_NDCG@4" in d["curve"][0]
+                else []),
               f"- ONNX fp32 vs PyTorch max abs diff on {d['test_queries_scored']} test queries: {d['parity_max_abs_diff']:.2e}",
               f"- int8 vs fp32 max abs logit diff: {d['int8_max_abs_diff']:.3f}",
               f"- query encoder: mean cosine to stage-1 query embeddings {d['query_encoder']['sel_cosine_known_queries']:.3f}; "

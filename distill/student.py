@@ -9,12 +9,13 @@ one batched call for K=10 is a few small matrix products.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from contract.signals import GROUPS, check_groups
 from contract.spec import FeatureSpec
 
 
@@ -25,13 +26,26 @@ class StudentConfig:
     dropout: float = 0.1
     temperature: float = 2.0
     hard_weight: float = 0.5  # weight of the hard-label CE next to the soft KL term
-    extra_negatives: int = 2  # random catalog products per scored train query (hard label only)
+    extra_negatives: int = 2  # random catalog products per training list (hard label only)
+    # ranking signals the student reads (contract/signals.py); [] gives the content-only student
+    signals: list[str] = field(default_factory=lambda: list(GROUPS))
+    cf_dim: int = 32  # co-purchase vector size
+    # softmax cross-entropy of the purchased product over its list (NDCG rewards the list's order,
+    # which the pointwise terms see one pair at a time)
+    listwise_weight: float = 1.0
+    val_fraction: float = 0.1  # of the training lists: picks the epoch (early stopping)
+    patience: int = 8
     epochs: int = 40
     batch: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 0
+
+    def __post_init__(self) -> None:
+        check_groups(self.signals)  # names an unknown group before any training starts
+        if self.cf_dim < 1:
+            raise ValueError(f"cf_dim={self.cf_dim}: must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,14 +63,17 @@ class Student(nn.Module):
         self.p_proj = nn.Sequential(nn.Linear(spec.product_dim, d), nn.LayerNorm(d))
         self.q_proj = nn.Sequential(nn.Linear(spec.query_dim, d), nn.LayerNorm(d))
         n_sims = 4
+        n_sig = spec.signal_dim
         self.head = nn.Sequential(
-            nn.Linear(5 * d + n_sims + 1, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(5 * d + n_sims + 1 + n_sig, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, cfg.hidden // 2), nn.GELU(),
             nn.Linear(cfg.hidden // 2, 2),
         )
+        # wide path: a rule such as "bought before -> lower" is one weight away, not a pattern to discover
+        self.wide = nn.Linear(n_sig, 2) if n_sig else None
 
     def forward(self, query: torch.Tensor, candidate: torch.Tensor, history: torch.Tensor,
-                history_mask: torch.Tensor) -> torch.Tensor:
+                history_mask: torch.Tensor, signals: torch.Tensor | None = None) -> torch.Tensor:
         s = self.spec
         t, ps, qs = slice(0, s.text_dim), s.product_sel, s.query_sel
         q = self.q_proj(query)  # (N, d)
@@ -80,8 +97,12 @@ class Student(nn.Module):
             (hist_t * cand_t.unsqueeze(1)).sum(-1).sum(-1) / n_hist,
             (hist_s * cand_s.unsqueeze(1)).sum(-1).sum(-1) / n_hist,
         ], dim=-1)
-        x = torch.cat([q, c, hv, q * c, hv * c, sims, has_hist], dim=-1)
-        return self.head(x)
+        parts = [q, c, hv, q * c, hv * c, sims, has_hist]
+        if self.wide is None:
+            return self.head(torch.cat(parts, dim=-1))
+        if signals is None:
+            raise ValueError(f"this student reads signals {list(s.signals)}; none were given")
+        return self.head(torch.cat([*parts, signals], dim=-1)) + self.wide(signals)
 
 
 def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, has_teacher: torch.Tensor,
@@ -95,3 +116,21 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, has_teacher
     # class 0 is "yes": label 1 (purchased) -> target index 0
     ce = nn.functional.cross_entropy(logits, (1 - labels).long())
     return (1 - cfg.hard_weight) * kl + cfg.hard_weight * ce
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over lists with a purchase of -log softmax(yes - no margin over the list)[purchased].
+
+    ``logits`` and ``labels`` are the rows of ``valid``'s True cells, row-major: (L, width) lists.
+    """
+    margin = logits[:, 0] - logits[:, 1]
+    grid = torch.full(valid.shape, -1e4, dtype=margin.dtype)
+    grid[valid] = margin
+    pos = torch.zeros(valid.shape, dtype=labels.dtype)
+    pos[valid] = labels
+    has = pos.sum(1) > 0
+    if not bool(has.any()):
+        return margin.sum() * 0.0
+    lse = torch.logsumexp(grid[has], dim=1)
+    target = (grid[has] * pos[has]).sum(1) / pos[has].sum(1)
+    return (lse - target).mean()

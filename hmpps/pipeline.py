@@ -8,18 +8,21 @@ already exists for the same dataset is reused, so a rerun resumes.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from contract.reports import markdown_table
 from distill.run import DistillResult, run_distill
 from distill.student import StudentConfig
-from training.artifacts import read_json, write_json
-from training.dataset import load_dataset, with_summaries
+from training.artifacts import read_json, read_jsonl, write_json
+from training.candidates import load_first_stage, scored_test_rows
+from training.dataset import Dataset, load_dataset, with_summaries
 from training.first_stage.run import run_retrieval
-from training.metrics import PAPER_KEYS
+from training.headroom import versus_rules, versus_rules_table
+from training.metrics import PAPER_KEYS, rerank
 from training.teacher.config import TeacherConfig
 from training.teacher.run import TeacherRun, run_teacher
 
@@ -60,6 +63,33 @@ def _pct(x: float | None, teacher_gain: float) -> str:
     return f"{x:.1%}"
 
 
+def model_free_comparison(ds: Dataset, fs_dir: Path, teacher: TeacherRun, distill_dir: Path) -> dict[str, Any]:
+    """Chance, the model-free rules, the teacher and the student over the teacher's test sample."""
+    fs = load_first_stage(fs_dir, ds)
+    rows = scored_test_rows(ds, fs, float(teacher.config["test_fraction"]), int(teacher.config["seed"]))
+    models = {
+        "HMPPS teacher": {s["query_id"]: rerank([c["product_id"] for c in s["candidates"]],
+                                                [c["teacher_score"] for c in s["candidates"]])
+                          for s in teacher.scores() if s["split"] == "test"},
+        "ONNX student": {r["query_id"]: r["ranked"] for r in read_jsonl(distill_dir / "test_rankings.jsonl")},
+    }
+    return versus_rules(ds, fs, rows, models)
+
+
+def _complete_teacher(ds: Dataset, fs_dir: Path, teacher_dir: Path, cfg: TeacherConfig) -> TeacherRun | None:
+    """A finished teacher run of this dataset, config and first stage (a rerun resumes after it);
+    candidates newer than its scores mean it is stale."""
+    info_path = teacher_dir / "teacher.json"
+    if not info_path.is_file():
+        return None
+    info = read_json(info_path)
+    same = (info.get("complete") and info.get("dataset_fingerprint") == ds.fingerprint
+            and info.get("config") == json.loads(json.dumps(asdict(cfg)))
+            and Path(info["first_stage"]["dir"]).resolve() == fs_dir.resolve()
+            and (fs_dir / "candidates.jsonl").stat().st_mtime <= (teacher_dir / "scores.jsonl").stat().st_mtime)
+    return TeacherRun.load(teacher_dir, ds) if same else None
+
+
 @dataclass(frozen=True)
 class PipelineResult:
     metrics: dict[str, Any]  # {"first_stage", "teacher", "student"}: what metrics.json holds
@@ -83,11 +113,14 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     if not (prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model):
         run_retrieval(ds, first_stage_model, fs_dir)
     summarized = with_summaries(ds, summaries)
-    teacher = run_teacher(summarized, fs_dir, out / "teacher", cfg)
+    teacher = _complete_teacher(summarized, fs_dir, out / "teacher", cfg) or run_teacher(summarized, fs_dir,
+                                                                                       out / "teacher", cfg)
     # the teacher's first-stage figures: the same (possibly sampled) test queries as every other row
     fs_metrics = teacher.first_stage_metrics
     distilled = run_distill(summarized, teacher.dir, out / "distill", student, bundle_dir=out / "bundle")
     metrics = {"first_stage": fs_metrics, "teacher": teacher.metrics, "student": distilled.metrics["student_onnx"]}
+    rules = model_free_comparison(ds, fs_dir, teacher, out / "distill")
+    metrics["versus_rules"] = rules
     write_json(out / "metrics.json", metrics)
     (out / "report.md").write_text(pipeline_report(ds.name, ds.fingerprint, first_stage_model, out, teacher, distilled,
                                                    metrics, time.time() - t0))
@@ -118,6 +151,8 @@ def pipeline_report(name: str, fingerprint: str, first_stage_model: str, out: Pa
         f"(int8: {_pct(d['kept_gain']['student_int8'], tg)}; every query through the tail-query encoder: "
         f"{_pct(d['kept_gain']['student_tail_queries'], tg)}). Bundle `{d['bundle_version']}` in `{out / 'bundle'}`; "
         "details in `distill/report.md`.", "",
+        "## Against chance and the model-free rules", "",
+        versus_rules_table(metrics["versus_rules"]), "",
         "## Teacher", "",
         f"- trained on {info['train_queries']} train queries (fraction {info['config']['train_fraction']}), "
         f"K_s1={info['config']['k_s1']}, K_s2={info['config']['k_s2']}, "

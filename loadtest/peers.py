@@ -21,7 +21,7 @@ import numpy as np
 
 from contract.errors import InputError
 from service.bundle import LoadedBundle, make_session
-from service.rerank import Scored, score_sync
+from service.rerank import Listed, Scored, score_sync
 from service.store import Fetched
 
 PEERS = ("student", "eager", "cross-encoder")
@@ -44,10 +44,8 @@ class TorchStudent:
         self._torch = torch
 
     def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        from contract.spec import INPUT_NAMES
-
         with self._torch.no_grad():
-            return self.model(*(self._torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).numpy()
+            return self.model(*(self._torch.from_numpy(inputs[n]) for n in self.model.spec.input_names)).numpy()
 
 
 class EagerStudentScorer:
@@ -58,11 +56,12 @@ class EagerStudentScorer:
         self.model = TorchStudent(checkpoint, threads)
         self._bundles: dict[str, LoadedBundle] = {}
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
+                 explain: bool = False) -> Scored:
         swapped = self._bundles.get(bundle.version)
         if swapped is None:  # same decoding, selection and query encoder; the scoring call is torch
             swapped = self._bundles[bundle.version] = dataclasses.replace(bundle, scorer=self.model)
-        return score_sync(swapped, query, fetched)
+        return score_sync(swapped, query, fetched, listed)
 
 
 class CrossEncoderScorer:
@@ -79,7 +78,8 @@ class CrossEncoderScorer:
         self.tokenizer.enable_truncation(max_tokens, strategy="longest_first")
         self.tokenizer.enable_padding(length=max_tokens, pad_id=0, pad_token="[PAD]")
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
+                 explain: bool = False) -> Scored:
         t = time.perf_counter()
         known = [i for i, s in enumerate(fetched.summaries) if s is not None]
         scores: list[float | None] = [None] * len(fetched.candidates)

@@ -16,7 +16,7 @@ from contract.constants import QUERY_MAX_TOKENS
 from contract.errors import BundleError
 from contract.images import pixels
 from contract.products import TEXT_MAX_TOKENS
-from contract.spec import INPUT_NAMES, OUTPUT_NAME, FeatureSpec
+from contract.spec import INPUT_NAMES, OUTPUT_NAME, SIGNALS, FeatureSpec
 
 
 class Scorer(Protocol):
@@ -54,11 +54,15 @@ def make_session(path: Path, threads: int, providers: list[str]) -> Any:
 
 
 class OnnxScorer:
-    def __init__(self, path: Path, threads: int = 1, providers: list[str] | None = None):
+    def __init__(self, path: Path, threads: int = 1, providers: list[str] | None = None,
+                 spec: FeatureSpec | None = None):
         self.session = make_session(path, threads, providers or ["CPUExecutionProvider"])
         names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise BundleError(f"{path} has inputs {names}, expected {list(INPUT_NAMES)}")
+        # without a spec (offline checks): the base inputs, with or without signals
+        expected = list(spec.input_names) if spec is not None else \
+            list(INPUT_NAMES) + ([SIGNALS] if SIGNALS in names else [])
+        if sorted(names) != sorted(expected):
+            raise BundleError(f"{path} has inputs {names}, expected {expected}")
 
     def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], inputs)[0]
@@ -99,9 +103,10 @@ class OnnxProductEncoder:
     """
 
     def __init__(self, model: Path, tokenizer: Path, image_size: int, threads: int = 1,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, product_dim: int | None = None):
         from tokenizers import Tokenizer
 
+        self.product_dim = product_dim
         self.session = make_session(model, threads, providers or ["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.enable_truncation(TEXT_MAX_TOKENS)
@@ -124,7 +129,11 @@ class OnnxProductEncoder:
                      "token_type_ids": np.asarray([e.type_ids for e in encs], np.int64),
                      "pixels": pix, "has_image": has}
             out.append(self.session.run(["features"], {k: v for k, v in feeds.items() if k in self.input_names})[0])
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+        feats = np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.product_dim or 0), np.float32)
+        if self.product_dim is not None and feats.shape[1] < self.product_dim:
+            # the popularity and co-purchase slices: nobody has bought a new product yet
+            feats = np.pad(feats, ((0, 0), (0, self.product_dim - feats.shape[1])))
+        return feats
 
 
 @dataclass
@@ -154,11 +163,12 @@ def load_bundle(path: Path, threads: int = 1, providers: list[str] | None = None
     path = Path(path)
     manifest = verify_bundle(path)
     student = manifest.student_file(int8)
-    scorer = OnnxScorer(path / student, threads, providers)
+    scorer = OnnxScorer(path / student, threads, providers, manifest.spec)
     encoder = OnnxQueryEncoder(path / manifest.models[QUERY_ENCODER], path / manifest.models[TOKENIZER],
                                threads, providers)
     products = None
     if PRODUCT_ENCODER in manifest.models:
         products = OnnxProductEncoder(path / manifest.models[PRODUCT_ENCODER], path / manifest.models[TOKENIZER],
-                                      int(manifest.features.get("image_size", 0)), threads, providers)
+                                      int(manifest.features.get("image_size", 0)), threads, providers,
+                                      manifest.spec.product_dim)
     return LoadedBundle(path, manifest, scorer, encoder, products, {"student_file": student})

@@ -41,6 +41,9 @@ UPSERT_AGE = Gauge("hmpps_product_upsert_age_seconds",
                    "Seconds since the newest product write into each loaded version (its publish, or a later upsert)",
                    ["version"], multiprocess_mode="min")
 PRODUCT_UPSERTS = Counter("hmpps_product_upserts_total", "Products written by POST /admin/products")
+SERVED_LOGGED = Counter("hmpps_served_rankings_logged_total", "Served rankings written to the served stream")
+SERVED_LOG_FAILURES = Counter("hmpps_served_log_failures_total",
+                              "Served rankings that could not be logged (best effort, never the caller's error)")
 TAIL_CACHE_FAILURES = Counter("hmpps_tail_query_cache_failures_total", "Tail-query cache writes that failed (best effort)")
 READY = Gauge("hmpps_ready", "1 when this worker is ready", multiprocess_mode="liveall")
 ARM_WEIGHT = Gauge("hmpps_arm_weight", "Configured traffic weight per arm (0: removed)", ["arm"], multiprocess_mode="max")

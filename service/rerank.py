@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from contract.constants import PASSTHROUGH
-from contract.spec import build_inputs, select_for, yes_probability
+from contract.served import ServedItem, ServedRanking
+from contract.signals import Listing, column_names
+from contract.spec import SIGNALS, build_inputs, select_for, yes_probability
 from service import metrics as m
 from service.arms import Arm
 from service.bundle import LoadedBundle
@@ -37,6 +40,7 @@ class Scored:
     # with explain: the history the model saw (most recent first) and, per candidate, what selection picked
     history_ids: list[str] | None = None
     selected: list[list[str]] | None = None
+    signals: list[dict[str, float]] | None = None  # per candidate, by column name
 
 
 def _vec(b: bytes | None, dim: int) -> np.ndarray | None:
@@ -45,8 +49,20 @@ def _vec(b: bytes | None, dim: int) -> np.ndarray | None:
     return np.frombuffer(b, dtype=np.float32)
 
 
-def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
-    """Decode features, select history (Eq. 6), one batched ONNX call, yes/no softmax."""
+@dataclass(frozen=True)
+class Listed:
+    """The caller's candidate list: ids in its order, and its first-stage scores (None where not sent)."""
+
+    ids: list[str]
+    scores: list[float | None]
+
+    @classmethod
+    def of(cls, req: RerankRequest) -> Listed:
+        return cls([c.product_id for c in req.candidates], [c.score for c in req.candidates])
+
+
+def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed, explain: bool = False) -> Scored:
+    """Decode features, select history (Eq. 6), signals, one batched ONNX call, yes/no softmax."""
     spec = bundle.spec
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -70,7 +86,12 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool
     hist_mat = np.stack([v for _, v in pairs]) if pairs else np.zeros((0, spec.product_dim), np.float32)
     cand_mat = np.stack([cand[i] for i in known])  # type: ignore[misc]
     selected = select_for(spec, q, cand_mat, hist_mat) if explain else None
-    inputs = build_inputs(spec, q, cand_mat, hist_mat, selected)
+    listing = None
+    if spec.signals:  # positions count every listed candidate, known or not
+        listing = Listing(np.asarray(known), len(cand), np.array([np.nan if listed.scores[i] is None
+                                                                  else listed.scores[i] for i in known], float),
+                          [listed.ids[i] for i in known], [pid for pid, _ in pairs])
+    inputs = build_inputs(spec, q, cand_mat, hist_mat, selected, listing)
     stages["selection"] = time.perf_counter() - t
     t = time.perf_counter()
     probs = yes_probability(bundle.scorer.logits(inputs))
@@ -84,6 +105,11 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool
         for row, i in zip(selected, known, strict=True):
             picks[i] = [pairs[j][0] for j in sorted(row.tolist(), reverse=True)]  # most recent first
         out.selected = picks
+        if spec.signals:
+            names = column_names(spec.signals)
+            out.signals = [{} for _ in cand]
+            for row, i in zip(inputs[SIGNALS], known, strict=True):
+                out.signals[i] = {n: round(float(v), 4) for n, v in zip(names, row, strict=True)}
     return out
 
 
@@ -98,15 +124,17 @@ class RequestScorer(Protocol):
     name: str
     needs_summaries: bool  # fetch candidate summaries from Redis on every request
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored: ...
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
+                 explain: bool = False) -> Scored: ...
 
 
 class StudentScorer:
     name = "student"
     needs_summaries = False
 
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, explain: bool = False) -> Scored:
-        return score_sync(bundle, query, fetched, explain)
+    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
+                 explain: bool = False) -> Scored:
+        return score_sync(bundle, query, fetched, listed, explain)
 
 
 STUDENT = StudentScorer()
@@ -141,6 +169,33 @@ class RequestContext:
     tail_ttl_s: int
     scorer: RequestScorer
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # best-effort work after the response
+    served_log_sample: float = 0.0  # share of responses logged to the served stream
+
+
+async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
+    """``handle_rerank``, then (sampled) the served ranking is logged after the response."""
+    resp = await handle_rerank(req, ctx)
+    if ctx.served_log_sample > 0 and (ctx.served_log_sample >= 1 or random.random() < ctx.served_log_sample):
+        ctx.spawn(_log_served(ctx, served_record(req, resp)))
+    return resp
+
+
+def served_record(req: RerankRequest, resp: RerankResponse) -> str:
+    # the candidates the caller received (top_n trims them), in served order
+    return ServedRanking(resp.request_id, req.user_id, req.query, resp.arm, resp.model_version, resp.fallback,
+                         time.time(), tuple(ServedItem(r.product_id, r.original_rank - 1, r.score)
+                                            for r in resp.results)).to_json()
+
+
+async def _log_served(ctx: RequestContext, record: str) -> None:
+    try:
+        # off the request's path: a slow write costs nothing but a task, so its limit is generous
+        async with asyncio.timeout(max(2.0, ctx.budget_s * 20)):
+            await ctx.store.log_served(record)
+        m.SERVED_LOGGED.inc()
+    except Exception as e:  # noqa: BLE001 - best effort, counted, never the caller's error
+        m.SERVED_LOG_FAILURES.inc()
+        log.warning("could not log a served ranking: %s", e)
 
 
 async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
@@ -162,8 +217,8 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
                                             req.explain)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, req.explain,
-                                                    limiter=ctx.limiter)
+            scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, Listed.of(req),
+                                                    req.explain, limiter=ctx.limiter)
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:
@@ -197,7 +252,8 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
     results = []
     for rank, i in enumerate(order(scored.scores), 1):
         s = scored.scores[i]
-        why = (ResultExplain(selected_history=scored.selected[i], features=_source(s, fetched, i))
+        why = (ResultExplain(selected_history=scored.selected[i], features=_source(s, fetched, i),
+                             signals=scored.signals[i] if scored.signals else {})
                if scored.selected is not None else None)
         results.append(Result(product_id=ids[i], score=None if s is None else round(s, 6), rank=rank,
                               original_rank=i + 1, missing_features=s is None,

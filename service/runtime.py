@@ -17,7 +17,7 @@ from contract.constants import PASSTHROUGH
 from contract.errors import HmppsError, InputError
 from service.arms import Experiment, load_experiment, single_arm
 from service.bundle import LoadedBundle, load_bundle
-from service.rerank import score_sync
+from service.rerank import Listed, score_sync
 from service.settings import Settings
 from service.store import Fetched
 
@@ -77,6 +77,7 @@ def warm_up(bundle: LoadedBundle, rounds: int = 3) -> None:
         return np.asarray(rng.standard_normal(d), dtype=np.float32).tobytes()
     fetched = Fetched(vec(spec.query_dim), False, [vec(spec.product_dim) for _ in range(10)],
                       [f"warm-{i}" for i in range(5)], [vec(spec.product_dim) for _ in range(5)])
+    listed = Listed([f"cand-{i}" for i in range(10)], [float(10 - i) for i in range(10)])
     for i in range(rounds):
-        score_sync(bundle, "warm up", fetched, explain=i == 0)
+        score_sync(bundle, "warm up", fetched, listed, explain=i == 0)
     bundle.query_encoder.encode("warm up query")

@@ -67,6 +67,9 @@ class ResultExplain(BaseModel):
                                                     "most recent first")
     features: Literal["offline", "encoded", "missing"] = Field(
         description="offline: computed with the bundle; encoded: by the product encoder online; missing: none")
+    signals: dict[str, float] = Field(default_factory=dict,
+                                      description="the ranking signals the student read for this candidate "
+                                                  "(contract/signals.py), by column name")
 
 
 class RequestExplain(BaseModel):

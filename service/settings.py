@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Live histories: which event types join a user's history, and how long an idle history lives (0: forever).
     history_event_types: str = ",".join(DEFAULT_POSITIVE_TYPES)
     history_ttl_s: int = Field(HISTORY_TTL_S, ge=0)
+    # Share of rerank responses logged to the served-rankings stream (learning from traffic); 0: none.
+    served_log_sample: float = Field(1.0, ge=0.0, le=1.0)
     health_interval_s: float = Field(1.0, gt=0)
     admin_token: str | None = None
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from contract import keys
-from contract.constants import FEEDBACK_STREAM_MAXLEN
+from contract.constants import FEEDBACK_STREAM_MAXLEN, SERVED_STREAM_MAXLEN
 from contract.events import Event
+from contract.served import FIELD as SERVED_FIELD
 from service.histories import APPEND, AppendResult, append_events
 
 # ARGV: product prefix, summary prefix, product-meta prefix, query key, tail-query key, user key, history cap,
@@ -87,6 +88,8 @@ class FeatureStore(Protocol):
 
     async def add_feedback(self, events: list[dict[str, Any]]) -> None: ...
 
+    async def log_served(self, record: str) -> None: ...
+
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult: ...
 
@@ -142,6 +145,10 @@ class RedisFeatureStore:
         for e in events:
             pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=FEEDBACK_STREAM_MAXLEN, approximate=True)
         await pipe.execute()
+
+    async def log_served(self, record: str) -> None:
+        await self.client.xadd(keys.SERVED_STREAM, {SERVED_FIELD: record}, maxlen=SERVED_STREAM_MAXLEN,
+                               approximate=True)
 
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult:

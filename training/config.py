@@ -51,4 +51,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
             checked[name] = TypeAdapter(hints[name]).validate_python(value, strict=True)
         except ValidationError as e:
             raise InputError(f"{cls.__name__}.{name}: {e.errors()[0]['msg'].lower()}, got {value!r}") from None
-    return cls(**checked)
+    try:
+        return cls(**checked)
+    except ValueError as e:  # a config's own cross-field checks (__post_init__)
+        raise InputError(f"{cls.__name__}: {e}") from None

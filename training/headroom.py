@@ -12,6 +12,8 @@ Any dataset:
 - ``already bought last``: candidates the user bought before the query go to
   the end. Shows how much a reranker gains just by reading the history for
   repeats (and how much it loses where people do buy again).
+- ``popularity within the candidates``: the most bought products (train
+  purchases) first, already-bought ones last.
 
 Synthetic data only, from the generator's ground truth (``extra.truth``,
 ``users_truth.jsonl``):
@@ -58,6 +60,33 @@ def _weights() -> dict[str, float]:
 def _bought_last(history: list[str], candidates: list[str]) -> list[float]:
     seen = set(history)
     return [-100.0 if p in seen else 0.0 for p in candidates]
+
+
+def popularity_scorer(ds: Dataset) -> Scorer:
+    counts = Counter(r["product_id"] for r in ds.interactions if r["split"] == "train")
+
+    def score(row: dict[str, Any], hist: list[str], cands: list[str]) -> list[float]:
+        seen = set(hist)
+        return [float(counts.get(p, 0)) - (1e9 if p in seen else 0.0) for p in cands]
+    return score
+
+
+def reference_lists(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]]) -> dict[str, list[list[str]]]:
+    """The model-free rules' reranked lists over ``rows`` (the first stage's own order first)."""
+    scorers: dict[str, Scorer | None] = {
+        f"first stage ({fs.model})": None,
+        "already bought last": lambda row, hist, cands: _bought_last(hist, cands),
+        "popularity within the candidates": popularity_scorer(ds),
+    }
+    out = {}
+    for name, scorer in scorers.items():
+        lists = []
+        for row in rows:
+            cands = fs.ids(row["query_id"])
+            # rerank is stable: ties keep the first stage's order
+            lists.append(cands if scorer is None else rerank(cands, scorer(row, ds.history(row), cands)))
+        out[name] = lists
+    return out
 
 
 def _guessed_preferences(ds: Dataset, history: list[str], text_only: bool) -> dict[str, str]:
@@ -151,6 +180,7 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
     scorers: dict[str, Scorer | None] = {
         f"first stage ({fs.model})": None,
         "already bought last": lambda row, hist, cands: _bought_last(hist, cands),
+        "popularity within the candidates": popularity_scorer(ds),
     }
     users_path = Path(data) / "users_truth.jsonl"
     synthetic = users_path.exists() and any(_truth(ds, p) for p in list(ds.products)[:20])
@@ -214,3 +244,50 @@ def write_headroom(result: dict[str, Any], out: Path) -> None:
             f"# Headroom over the first stage: {result['dataset']}\n\n"
             f"Model-free reference rerankers (see `training/headroom.py`) over `{result['first_stage']}`, "
             f"test_fraction {result['test_fraction']}, seed {result['seed']}.\n\n{headroom_table(result)}\n")
+
+
+def versus_rules(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]],
+                 models: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    """Chance, the model-free rules and the given models' rerankings over the same test ``rows``, each with
+    a paired 95% bootstrap interval of its NDCG@4 minus the first stage's.
+
+    ``models`` maps a name to {query_id: reranked ids}; a query it did not rerank (its target is not in
+    the top K, a miss for every reranker) keeps the first stage's order.
+    """
+    from training.metrics import chance_per_query, paired_values_bootstrap, per_query
+
+    targets = [r["product_id"] for r in rows]
+    lists = reference_lists(ds, fs, rows)
+    base_name = next(iter(lists))
+    base = lists[base_name]
+    for name, ranked in models.items():
+        lists[name] = [ranked.get(r["query_id"], b) for r, b in zip(rows, base, strict=True)]
+    base_vals = per_query(base, targets)
+    out: dict[str, Any] = {"queries": len(rows), "first_stage": base_name, "rows": {}}
+    chance = chance_per_query(base, targets)
+    out["rows"]["chance (random order, expected)"] = {
+        "metrics": random_order(base, targets, rounds=0)["expected"],
+        "versus_first_stage": paired_values_bootstrap(chance, base_vals)}
+    for name, ranked in lists.items():
+        out["rows"][name] = {"metrics": paper_metrics(ranked, targets),
+                             "versus_first_stage": paired_values_bootstrap(per_query(ranked, targets), base_vals)}
+    rules = [n for n in out["rows"] if n not in models and n != base_name]
+    out["best_rule"] = max(rules, key=lambda n: out["rows"][n]["metrics"]["NDCG@4"])
+    best_vals = per_query(lists[out["best_rule"]], targets) if out["best_rule"] in lists else chance
+    out["versus_best_rule"] = {name: paired_values_bootstrap(per_query(lists[name], targets), best_vals)
+                               for name in models}
+    return out
+
+
+def versus_rules_table(result: dict[str, Any]) -> str:
+    def ci(d: dict[str, Any]) -> str:
+        return f"{d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+    base = result["rows"][result["first_stage"]]["metrics"]["NDCG@4"]
+    table = markdown_table(
+        ["reranker", *PAPER_KEYS, "vs first stage", "NDCG@4 − first stage [95% CI]", f"vs {result['best_rule']}"],
+        [[name, *(f"{r['metrics'][k]:.4f}" for k in PAPER_KEYS),
+          f"{100 * (r['metrics']['NDCG@4'] / base - 1):+.1f}%" if base > 0 else "n/a", ci(r["versus_first_stage"]),
+          ci(result["versus_best_rule"][name]) if name in result["versus_best_rule"] else ""]
+         for name, r in result["rows"].items()])
+    return table + (f"\n\n{result['queries']} test queries; intervals are paired bootstraps (10,000 resamples) of "
+                    "the per-query NDCG@4 difference; the last column compares with the best model-free rule.")

@@ -97,7 +97,23 @@ def paired_bootstrap(reranked: Sequence[Sequence[str]], base: Sequence[Sequence[
     """
     a = np.array([query_metrics(target_rank(r, t))[key] for r, t in zip(reranked, targets, strict=True)])
     b = np.array([query_metrics(target_rank(r, t))[key] for r, t in zip(base, targets, strict=True)])
-    diff = a - b
+    return paired_values_bootstrap(a, b, key, resamples, seed)
+
+
+def per_query(ranked_lists: Sequence[Sequence[str]], targets: Sequence[str], key: str = "NDCG@4") -> np.ndarray:
+    return np.array([query_metrics(target_rank(r, t))[key] for r, t in zip(ranked_lists, targets, strict=True)])
+
+
+def chance_per_query(ranked_lists: Sequence[Sequence[str]], targets: Sequence[str], key: str = "NDCG@4") -> np.ndarray:
+    """Each query's expected ``key`` when its list is shuffled at random (0 where the target is absent)."""
+    return np.array([_mean_over_ranks(len(r))[key] if t in r else 0.0
+                     for r, t in zip(ranked_lists, targets, strict=True)])
+
+
+def paired_values_bootstrap(a: np.ndarray, b: np.ndarray, key: str = "NDCG@4", resamples: int = 10_000,
+                            seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap of mean(a - b) over per-query values of the same queries."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
     if not len(diff):
         return {"metric": key, "diff": float("nan"), "ci95": [float("nan")] * 2, "wins": 0, "losses": 0, "n": 0}
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""The offline stages: retrieve, summarize, teacher, distill, pipeline, ablate, headroom, metrics."""
+"""The offline stages: retrieve, summarize, teacher, distill, ablate-student, pipeline, ablate, headroom, metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from hmpps.cli.common import (
 )
 from hmpps.cli.root import app
 
+# the contract's names, without importing numpy for every command's --help
+SIGNAL_GROUPS = ("position", "score", "popularity", "repeat", "whole_history", "copurchase")
+
 
 @app.command("retrieve", rich_help_panel="Offline stages")
 @friendly_errors
@@ -29,12 +32,15 @@ def retrieve(
     epochs: int = typer.Option(None, "--epochs", min=1),
     top_k: int = typer.Option(10, "--top-k", min=1, max=1000, help="candidates kept per query (K_p)"),
     sets: list[str] = typer.Option(None, "--set", help="config override key=value (repeatable), e.g. moae=false"),
+    holdout_folds: int = typer.Option(3, "--holdout-folds", min=0,
+                                      help="learned models: rank every train query with a model fitted on the other "
+                                           "folds (holdout.jsonl, the student's training lists); 0: none"),
 ) -> None:
     """First stage: rank the catalogue per query and keep the top K_p candidates."""
     from training.first_stage.run import run_retrieval
 
     overrides = parse_sets(sets) | {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
-    metrics = run_retrieval(data, model.value, out, config_path=config, overrides=overrides, k=top_k)
+    metrics = run_retrieval(data, model.value, out, config_path=config, overrides=overrides, k=top_k, holdout_folds=holdout_folds)
     from training.report import metrics_table
 
     typer.echo(metrics_table({model.value: metrics}))
@@ -117,6 +123,32 @@ def distill(
 
     cfg = load_config(StudentConfig, config, parse_sets(sets))
     run_distill(data, teacher, out, cfg)
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command("ablate-student", rich_help_panel="Offline stages")
+@friendly_errors
+def ablate_student(
+    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    teacher: Path = typer.Option(..., "--teacher", help="teacher output directory"),
+    out: Path = typer.Option(..., "--out", help="output directory (ablation.json, report.md)"),
+    groups: str = typer.Option(",".join(SIGNAL_GROUPS), "--groups",
+                               help="comma-separated signal groups: the full student, and each one left out"),
+    config: Path = typer.Option(None, "--config", help="YAML with StudentConfig fields"),
+    sets: list[str] = typer.Option(None, "--set", help="override a student config field: --set epochs=20"),
+) -> None:
+    """Each ranking signal's worth: the student with all groups, none, and each one left out."""
+    from distill.ablate import ablate_student as run_ablation
+    from distill.student import StudentConfig
+    from training.config import load_config
+
+    chosen = split_list(groups)
+    unknown = [g for g in chosen if g not in SIGNAL_GROUPS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown signal group(s) {unknown}; choose from {', '.join(SIGNAL_GROUPS)}",
+                                 param_hint="--groups")
+    cfg = load_config(StudentConfig, config, parse_sets(sets))
+    run_ablation(data, teacher, out, cfg, tuple(g for g in SIGNAL_GROUPS if g in chosen))
     typer.echo((out / "report.md").read_text())
 
 

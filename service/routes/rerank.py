@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from service import metrics as m
 from service.deps import State
-from service.rerank import RequestContext, handle_rerank
+from service.rerank import RequestContext, rerank_and_log
 from service.schemas import RerankRequest, RerankResponse
 
 router = APIRouter(tags=["rerank"])
@@ -24,9 +24,10 @@ async def rerank(req: RerankRequest, state: State) -> Response:
     arm = runtime.experiment.assign(req.user_id)
     ctx = RequestContext(request_id=req.request_id or uuid.uuid4().hex, arm=arm, bundle=runtime.bundles[arm.name],
                          store=state.store, limiter=state.limiter, budget_s=state.settings.request_budget_ms / 1000,
-                         tail_ttl_s=state.settings.tail_query_ttl_s, scorer=state.scorer, spawn=state.spawn)
+                         tail_ttl_s=state.settings.tail_query_ttl_s, scorer=state.scorer, spawn=state.spawn,
+                         served_log_sample=state.settings.served_log_sample)
     try:
-        resp = await handle_rerank(req, ctx)
+        resp = await rerank_and_log(req, ctx)
     except BaseException:
         m.REQUESTS.labels(arm.name, "error").inc()
         raise

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from contract import keys
 from contract.bundle import verify_bundle
 from contract.errors import ArtifactMismatch, BundleError
-from contract.spec import INPUT_NAMES, FeatureSpec, build_inputs, concat_inputs
+from contract.signals import Listing
+from contract.spec import FeatureSpec, build_inputs, concat_inputs
 from distill.student import Student, StudentConfig, distill_loss
 from hmpps.cli import app
 from service.bundle import load_bundle
@@ -27,8 +28,11 @@ def _random_inputs(spec: FeatureSpec, n_requests: int, seed: int) -> dict[str, n
     parts = []
     for i in range(n_requests):
         hist = rng.standard_normal((i % 4, spec.product_dim)).astype(np.float32)  # includes empty histories
+        ids = [f"P{j}" for j in range(10)]
+        listing = Listing.in_order(ids, ids[: hist.shape[0]], rng.standard_normal(10).tolist())
         parts.append(build_inputs(spec, rng.standard_normal(spec.query_dim).astype(np.float32),
-                                  rng.standard_normal((10, spec.product_dim)).astype(np.float32), hist))
+                                  rng.standard_normal((10, spec.product_dim)).astype(np.float32), hist,
+                                  listing=listing))
     return concat_inputs(parts)
 
 
@@ -54,7 +58,7 @@ def test_onnx_matches_pytorch_on_held_out_inputs(tiny_pipeline):
     model.eval()
     inputs = _random_inputs(spec, 7, seed=123)  # never seen in training or in the export trace
     with torch.no_grad():
-        ref = model(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).numpy()
+        ref = model(*(torch.from_numpy(inputs[n]) for n in spec.input_names)).numpy()
     bundle = load_bundle(tiny_pipeline / "bundle")
     got = bundle.scorer.logits(inputs)
     assert got.shape == (70, 2)

@@ -54,6 +54,10 @@ def test_a_purchase_joins_the_history_and_the_next_rerank_uses_it(client, catalo
     assert after["explain"]["history"][0] == bought  # newest first; the click is not history
     assert after["explain"]["history"][1:] == before["explain"]["history"][: len(after["explain"]["history"]) - 1]
     for r in after["results"]:
+        # the ranking signals the student read: its place in the caller's list and the live history
+        sig = r["explain"]["signals"]
+        assert sig["position_fraction"] == pytest.approx((r["original_rank"] - 1) / 7, abs=1e-4)
+        assert sig["bought_before"] == float(r["product_id"] in after["explain"]["history"])
         assert r["explain"]["features"] == "offline"
         assert set(r["explain"]["selected_history"]) <= set(after["explain"]["history"])
         assert 0 < len(r["explain"]["selected_history"]) <= read_manifest(client.app.state.hmpps.runtime

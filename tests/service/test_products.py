@@ -32,8 +32,10 @@ def test_product_encoder_reproduces_the_offline_features(bundle_dir, synthetic_d
     encoded = bundle.product_encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in pids])
     spec = bundle.spec
     assert np.abs(encoded[:, : spec.text_dim] - offline[:24, : spec.text_dim]).max() <= 1e-4
-    rest = spec.product_dim - spec.sel_dim
+    rest = spec.content_dim - spec.sel_dim
     assert np.abs(encoded[:, spec.text_dim: rest] - offline[:24, spec.text_dim: rest]).max() <= 1e-4  # image, has_image
+    # a new product has no purchases yet: its popularity and co-purchase slices are 0
+    assert encoded.shape[1] == spec.product_dim and not encoded[:, spec.content_dim:].any()
     sel = encoded[:, spec.product_sel]
     assert np.allclose(np.linalg.norm(sel, axis=1), 1.0, atol=1e-4)
 

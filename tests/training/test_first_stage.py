@@ -16,7 +16,8 @@ def runs(synthetic_dir, tmp_path_factory):
     out = {}
     root = tmp_path_factory.mktemp("retrieve")
     for model in ("pop", "bm25", "hem", "zam", "qem"):
-        res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", model, "--out", str(root / model), "--epochs", "15"])
+        res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", model, "--out", str(root / model), "--epochs", "15",
+                                   "--holdout-folds", "0"])
         assert res.exit_code == 0, res.output
         out[model] = root / model
     return out
@@ -28,7 +29,9 @@ def test_candidates_contract(runs, synthetic_dir):
     assert len(lines) == len(ds.queries())
     assert {line["split"] for line in lines} == {"train", "test"}
     for line in lines[:50]:
-        assert set(line) == {"query_id", "user_id", "query", "split", "target", "candidates"}
+        assert set(line) == {"query_id", "user_id", "query", "split", "target", "candidates", "fit"}
+        # test queries were never fitted; most train queries were (the rest validated the fit)
+        assert not line["fit"] or line["split"] == "train"
         assert len(line["candidates"]) == 10
         scores = [c["score"] for c in line["candidates"]]
         assert scores == sorted(scores, reverse=True), "best first"
@@ -67,13 +70,31 @@ def test_bad_arguments_are_named(synthetic_dir, tmp_path):
     assert res.exit_code == 2 and "dataset directory not found" in res.output
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dimm: 3\n")
-    res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "x"), "--config", str(cfg)])
+    res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "x"), "--config", str(cfg),
+                               "--holdout-folds", "0"])
     assert res.exit_code == 2 and "dimm" in res.output
     assert not (tmp_path / "x").exists()
 
 
 def test_seeded_runs_are_reproducible(synthetic_dir, tmp_path):
-    a = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "a"), "--epochs", "2"])
-    b = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "b"), "--epochs", "2"])
+    a = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "a"), "--epochs", "2",
+                            "--holdout-folds", "2"])
+    b = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "b"), "--epochs", "2",
+                            "--holdout-folds", "2"])
     assert a.exit_code == b.exit_code == 0
     assert (tmp_path / "a" / "candidates.jsonl").read_text() == (tmp_path / "b" / "candidates.jsonl").read_text()
+    assert (tmp_path / "a" / "holdout.jsonl").read_text() == (tmp_path / "b" / "holdout.jsonl").read_text()
+
+
+def test_holdout_ranks_every_train_query_with_a_model_that_never_saw_it(synthetic_dir, tmp_path):
+    res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "h"),
+                              "--epochs", "2", "--holdout-folds", "2"])
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(synthetic_dir)
+    lines = [json.loads(x) for x in (tmp_path / "h" / "holdout.jsonl").read_text().splitlines()]
+    assert sorted(x["query_id"] for x in lines) == sorted(r["query_id"] for r in ds.queries("train"))
+    assert all(not x["fit"] and x["fold"] in (0, 1) and len(x["candidates"]) == 10 for x in lines)
+    assert {x["fold"] for x in lines} == {0, 1}
+    bad = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "x"),
+                              "--holdout-folds", "1"])
+    assert bad.exit_code != 0 and "holdout_folds=1" in bad.output and not (tmp_path / "x").exists()

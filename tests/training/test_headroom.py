@@ -30,7 +30,8 @@ def bm25(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reference_rerankers_on_synthetic_truth(synthetic_dir, bm25):
     result = headroom(synthetic_dir, bm25)
     m = result["metrics"]
-    assert list(m) == ["first stage (bm25)", "random order (expected)", "already bought last", "history preferences (text)",
+    assert list(m) == ["first stage (bm25)", "random order (expected)", "already bought last",
+                       "popularity within the candidates", "history preferences (text)",
                        "history preferences (text + image)", "true preferences"]
     ds = load_dataset(synthetic_dir)
     fs = load_first_stage(bm25, ds)
@@ -104,3 +105,19 @@ def test_headroom_names_bad_input(synthetic_dir, bm25, tmp_path):
     assert not (tmp_path / "hr").exists()
     res = runner.invoke(app, ["headroom", "--data", str(synthetic_dir), "--candidates", str(tmp_path)])
     assert res.exit_code == 2 and "retrieve.json missing" in res.output
+
+
+def test_popularity_rule_puts_the_most_bought_first_and_bought_ones_last(synthetic_dir, bm25):
+    from collections import Counter
+
+    from training.headroom import reference_lists
+
+    ds = load_dataset(synthetic_dir)
+    fs = load_first_stage(bm25, ds)
+    rows = scored_test_rows(ds, fs, 1.0, 0)[:40]
+    counts = Counter(r["product_id"] for r in ds.interactions if r["split"] == "train")
+    lists = reference_lists(ds, fs, rows)["popularity within the candidates"]
+    for row, ranked in zip(rows, lists, strict=True):
+        seen = set(ds.history(row))
+        key = [(p in seen, -counts[p]) for p in ranked]
+        assert key == sorted(key) and sorted(ranked) == sorted(fs.ids(row["query_id"]))

@@ -200,8 +200,8 @@ def test_training_resumes_from_its_checkpoint(ds, synthetic_dir, tmp_path):
 def test_tiny_pipeline_end_to_end(synthetic_dir, tiny_pipeline):
     out = tiny_pipeline
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"first_stage", "teacher", "student"}
-    for m in metrics.values():
+    assert set(metrics) == {"first_stage", "teacher", "student", "versus_rules"}
+    for m in (metrics[k] for k in ("first_stage", "teacher", "student")):
         assert set(m) == {"MRR@8", "NDCG@4", "Recall@4", "Recall@1", "n"}
     assert metrics["teacher"]["n"] == metrics["first_stage"]["n"]
     assert "Rel.Impr" in (out / "report.md").read_text()

@@ -1,0 +1,156 @@
+"""Ranking signals: what a ranking engineer gives a reranker besides content vectors.
+
+The student's optional ``signals`` input holds, per candidate, a few numbers
+computed from the request (its order and scores, the user's full history) and
+from two offline product slices (popularity, co-purchase vectors). Groups can
+be switched on one by one in the bundle's spec, which is how their worth is
+measured (``hmpps ablate-student``). Columns, in this order:
+
+    position       2  caller's rank as a fraction of the list; 1/log2(rank + 2)
+    score          2  caller's score given (0/1); its z-score within the request
+    popularity     2  log-count in the training interactions (offline, 0 for a new product);
+                      the same minus the request's mean
+    repeat         4  bought before (0/1); 1/(1 + purchases since); a near-duplicate (text cosine
+                      >= NEAR_DUP_COSINE, another id) bought before (0/1); its 1/(1 + purchases since)
+    whole_history  5  mean and max cosine to every other history item, text and stage-1 slices;
+                      log1p(history length) / log1p(HISTORY_CAP)
+    copurchase     3  co-purchase vectors (offline, from the training interactions): max and mean
+                      cosine to the history's other items, cosine to the most recent one
+
+"Other" history items exclude the candidate's own id, so the groups do not
+leak into each other: only ``repeat`` knows whether the candidate was bought.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract.constants import HISTORY_CAP
+
+GROUPS: dict[str, int] = {"position": 2, "score": 2, "popularity": 2, "repeat": 4, "whole_history": 5,
+                          "copurchase": 3}
+NEAR_DUP_COSINE = 0.9
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "position": ("position_fraction", "position_discount"),
+    "score": ("score_given", "score_z"),
+    "popularity": ("popularity", "popularity_vs_list"),
+    "repeat": ("bought_before", "bought_recency", "near_duplicate_bought", "near_duplicate_recency"),
+    "whole_history": ("history_text_mean", "history_text_max", "history_sel_mean", "history_sel_max",
+                      "history_length"),
+    "copurchase": ("copurchase_max", "copurchase_mean", "copurchase_newest"),
+}
+
+
+def column_names(groups: Sequence[str]) -> list[str]:
+    return [c for g in groups for c in COLUMNS[g]]
+
+
+def check_groups(groups: Sequence[str]) -> tuple[str, ...]:
+    """Known group names, in the canonical order (so a spec's columns never depend on how they were listed)."""
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown signal group(s) {unknown}; known: {', '.join(GROUPS)}")
+    return tuple(g for g in GROUPS if g in set(groups))
+
+
+def signal_dim(groups: Sequence[str]) -> int:
+    return sum(GROUPS[g] for g in groups)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the request says about its candidates besides their ids' features.
+
+    Attributes:
+        positions: (K,) each scored candidate's index in the caller's list.
+        listed: length of the caller's list (unknown candidates included).
+        scores: (K,) the caller's first-stage scores, NaN where not sent.
+        candidate_ids: K ids, aligned with the candidate rows.
+        history_ids: n ids, aligned with the history rows (oldest first).
+    """
+
+    positions: np.ndarray
+    listed: int
+    scores: np.ndarray
+    candidate_ids: Sequence[str]
+    history_ids: Sequence[str]
+
+    @classmethod
+    def in_order(cls, candidate_ids: Sequence[str], history_ids: Sequence[str],
+                 scores: Sequence[float | None] | None = None) -> Listing:
+        """Candidates in the caller's order, every one of them scored."""
+        k = len(candidate_ids)
+        sc = np.full(k, np.nan) if scores is None else np.array([np.nan if s is None else s for s in scores], float)
+        return cls(np.arange(k), k, sc, list(candidate_ids), list(history_ids))
+
+
+def _masked_stats(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row mean and max of ``sim`` over ``mask``; 0 where a row has nothing."""
+    n = mask.sum(1)
+    mean = np.where(n > 0, (sim * mask).sum(1) / np.maximum(n, 1), 0.0)
+    mx = np.where(n > 0, np.where(mask, sim, -np.inf).max(1, initial=-np.inf), 0.0)
+    return mean, mx
+
+
+def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.ndarray, listing: Listing,
+                    text: slice, sel: slice, pop: slice, cf: slice) -> np.ndarray:
+    """(K, signal_dim(groups)) float32 for K candidates against n history rows (oldest first).
+
+    The slices say where the unit text, stage-1, popularity and co-purchase parts sit in a product row.
+    """
+    k, n = candidates.shape[0], history.shape[0]
+    if len(listing.candidate_ids) != k or len(listing.history_ids) != n or listing.positions.shape[0] != k:
+        raise ValueError(f"listing has {len(listing.candidate_ids)} candidates and {len(listing.history_ids)} history "
+                         f"ids for {k} candidate and {n} history rows")
+    cols: list[np.ndarray] = []
+    same = np.zeros((k, n), bool)  # candidate i is history item j
+    if n and {"repeat", "whole_history", "copurchase"} & set(groups):
+        where: dict[str, list[int]] = {}
+        for j, h in enumerate(listing.history_ids):
+            where.setdefault(h, []).append(j)
+        for i, c in enumerate(listing.candidate_ids):
+            same[i, where.get(c, [])] = True
+    other = ~same
+    since = (n - 1 - np.arange(n)).astype(np.float64)  # purchases since each history item (0: the newest)
+    for g in groups:
+        if g == "position":
+            pos = listing.positions.astype(np.float64)
+            cols += [pos / max(1, listing.listed - 1), 1.0 / np.log2(pos + 2.0)]
+        elif g == "score":
+            s = np.asarray(listing.scores, np.float64)
+            given = ~np.isnan(s)
+            z = np.zeros(k)
+            if given.sum() >= 2 and s[given].std() > 1e-9:
+                z[given] = (s[given] - s[given].mean()) / s[given].std()
+            cols += [given.astype(np.float64), z]
+        elif g == "popularity":
+            p = candidates[:, pop].astype(np.float64).reshape(k)
+            cols += [p, p - p.mean()]
+        elif g == "repeat":
+            newest = np.where(same, since, np.inf).min(1, initial=np.inf)
+            tsim = candidates[:, text] @ history[:, text].T if n else np.zeros((k, 0))
+            near = (tsim >= NEAR_DUP_COSINE) & other
+            near_newest = np.where(near, since, np.inf).min(1, initial=np.inf)
+            cols += [np.isfinite(newest).astype(np.float64), np.where(np.isfinite(newest), 1.0 / (1.0 + newest), 0.0),
+                     np.isfinite(near_newest).astype(np.float64),
+                     np.where(np.isfinite(near_newest), 1.0 / (1.0 + near_newest), 0.0)]
+        elif g == "whole_history":
+            for part in (text, sel):
+                sim = candidates[:, part] @ history[:, part].T if n else np.zeros((k, 0))
+                cols += list(_masked_stats(sim, other))
+            cols.append(np.full(k, np.log1p(n) / np.log1p(HISTORY_CAP)))
+        elif g == "copurchase":
+            sim = candidates[:, cf] @ history[:, cf].T if n else np.zeros((k, 0))
+            mean, mx = _masked_stats(sim, other)
+            # the most recent history item that is not the candidate itself
+            last = np.where(other, np.arange(n), -1).max(1, initial=-1)
+            recent = np.where(last >= 0, sim[np.arange(k), np.maximum(last, 0)] if n else 0.0, 0.0)
+            cols += [mx, mean, recent]
+        else:
+            raise ValueError(f"unknown signal group {g!r}")
+    if not cols:
+        return np.zeros((k, 0), np.float32)
+    return np.stack(cols, axis=1).astype(np.float32)
