@@ -20,7 +20,7 @@ from distill.student import StudentConfig
 from training.artifacts import read_json, read_jsonl, write_json
 from training.candidates import load_first_stage, scored_test_rows
 from training.dataset import Dataset, load_dataset, with_summaries
-from training.first_stage.run import run_retrieval
+from training.first_stage.run import NEURAL, run_retrieval
 from training.headroom import versus_rules, versus_rules_table
 from training.metrics import PAPER_KEYS, rerank
 from training.teacher.config import TeacherConfig
@@ -110,7 +110,9 @@ def run_pipeline(data: Path, first_stage_model: str, out: Path, cfg: TeacherConf
     ds = load_dataset(data)
     fs_dir = out / "first_stage"
     prev = read_json(fs_dir / "retrieve.json") if (fs_dir / "retrieve.json").exists() else {}
-    if not (prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model):
+    # a learned first stage from before cross-fitting has no holdout lists for the student: refit it
+    fresh = not (first_stage_model in NEURAL and not (fs_dir / "holdout.jsonl").exists())
+    if not (prev.get("dataset_fingerprint") == ds.fingerprint and prev.get("model") == first_stage_model and fresh):
         run_retrieval(ds, first_stage_model, fs_dir)
     summarized = with_summaries(ds, summaries)
     teacher = _complete_teacher(summarized, fs_dir, out / "teacher", cfg) or run_teacher(summarized, fs_dir,
