@@ -22,24 +22,21 @@ from contract.reports import markdown_table
 from contract.signals import GROUPS
 from contract.spec import concat_inputs, yes_probability
 from distill.export import export_student
-from distill.features import FeatureTables, MiniLM, build_features, with_signals
+from distill.features import FeatureTables
 from distill.run import (
     _candidate_ids,
     _request_arrays,
     _split_scores,
-    student_lists,
+    load_student_data,
     student_logits,
-    train_baskets,
     train_student,
     training_arrays,
-    training_tables,
 )
 from distill.student import StudentConfig
 from service.bundle import OnnxScorer
 from training.artifacts import atomic_dir, write_json
-from training.dataset import Dataset, as_dataset, with_summaries
+from training.dataset import Dataset
 from training.metrics import PAPER_KEYS, paired_values_bootstrap, paper_metrics, per_query, rerank
-from training.teacher.run import TeacherRun
 
 
 def variants(groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -70,17 +67,8 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
                    groups: tuple[str, ...] = tuple(GROUPS)) -> dict[str, Any]:
     cfg = cfg or StudentConfig()
     t0 = time.time()
-    ds = as_dataset(data)
-    teacher = TeacherRun.load(teacher_dir, ds)
-    ds = with_summaries(ds, teacher.summaries_dir)
-    scored = teacher.scores()
-    train = [s for s in scored if s["split"] == "train"]
-    test = [s for s in scored if s["split"] == "test"]
-    rows = {r["query_id"]: r for r in ds.queries()}
-    content = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, MiniLM(),
-                             int(teacher.config["k_s2"]))
-    lists, source = student_lists(teacher, train)
-    serve_baskets = train_baskets(ds, set())
+    sd = load_student_data(data, teacher_dir)
+    ds, teacher, test, rows, lists = sd.ds, sd.teacher, sd.test, sd.rows, sd.lists
     targets = [s["target"] for s in test]
     # a test query whose target is outside the top K is a miss for every reranker (n counts them)
     missing = teacher.n_test - len(test)
@@ -91,8 +79,7 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
     for name, sig in tqdm(variants(groups).items(), desc="student variants", unit="variant"):
         t = time.time()
         vcfg = replace(cfg, signals=list(sig))
-        train_tables = training_tables(content, sig, ds, lists, cfg.cf_dim)
-        tables = with_signals(content, sig, serve_baskets, cfg.cf_dim)
+        train_tables, tables = sd.tables(sig, cfg.cf_dim)
         model, _ = train_student(tables.spec, vcfg, training_arrays(train_tables, ds, rows, lists, vcfg,
                                                                     np.random.default_rng(cfg.seed)))
         inputs = concat_inputs([_request_arrays(tables, ds, rows[s["query_id"]], s) for s in test])
@@ -110,7 +97,7 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
         vals = np.concatenate([per_query(ranked_by[name], targets), np.zeros(missing)])
         r["versus_first_stage"] = paired_values_bootstrap(vals, fs_vals)
         r["versus_all_signals"] = paired_values_bootstrap(vals, full_vals)
-    out_info = {"dataset": ds.name, "teacher_dir": str(teacher_dir), "train_lists": len(lists), "train_source": source,
+    out_info = {"dataset": ds.name, "teacher_dir": str(teacher_dir), "train_lists": len(lists), "train_source": sd.lists_source,
                 "test_lists": len(test), "test_total": teacher.n_test, "config": cfg.to_dict(),
                 "first_stage": paper_metrics(fs_lists + [[]] * missing, targets + ["\0miss"] * missing),
                 "variants": results, "seconds": round(time.time() - t0, 1)}

@@ -44,7 +44,15 @@ from distill.student import Student, StudentConfig, distill_loss, listwise_loss
 from service.bundle import OnnxProductEncoder, OnnxQueryEncoder, OnnxScorer
 from training.artifacts import atomic_dir, read_jsonl, write_json, write_jsonl
 from training.dataset import Dataset, as_dataset, with_summaries
-from training.metrics import PAPER_KEYS, kept_gain, paired_bootstrap, paper_metrics, relative_gain, rerank
+from training.metrics import (
+    PAPER_KEYS,
+    kept_gain,
+    paired_bootstrap,
+    paper_metrics,
+    query_metrics,
+    relative_gain,
+    rerank,
+)
 from training.pretrained import minilm_dir
 from training.teacher.run import TeacherRun
 
@@ -114,7 +122,7 @@ def _val_ndcg4(margins: np.ndarray, labels: np.ndarray, rows: list[np.ndarray]) 
             continue
         p = int(np.argmax(y))
         rank = 1 + int((m > m[p]).sum() + (m[:p] == m[p]).sum())
-        out.append(1.0 / np.log2(rank + 1) if rank <= 4 else 0.0)
+        out.append(query_metrics(rank)["NDCG@4"])
     return float(np.mean(out)) if out else 0.0
 
 
@@ -409,14 +417,28 @@ def bundle_manifest_fields(ds: Dataset, tables: FeatureTables, teacher: TeacherR
     }
 
 
-def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: StudentConfig | None = None,
-                bundle_dir: Path | None = None) -> DistillResult:
-    """Distill; the bundle lands in ``bundle_dir`` (default OUT/bundle), each directory renamed into place whole."""
-    cfg = cfg or StudentConfig()
-    t0 = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out, teacher_dir = Path(out), Path(teacher_dir)
+@dataclass
+class StudentData:
+    """What every student trained on one teacher run shares: the dataset, the teacher's lists, the
+    content features and the training lists (``run_distill`` and ``hmpps ablate-student`` read it)."""
+
+    ds: Dataset
+    teacher: TeacherRun
+    train: list[dict[str, Any]]  # the teacher-scored train lists
+    test: list[dict[str, Any]]  # the teacher-scored test lists
+    rows: dict[str, dict[str, Any]]  # query id -> purchase row
+    minilm: MiniLM
+    content: FeatureTables  # content parts only, no signal slices
+    lists: list[dict[str, Any]]  # what the student trains on (``student_lists``)
+    lists_source: str
+
+    def tables(self, signals: tuple[str, ...], cf_dim: int) -> tuple[dict[int | None, FeatureTables], FeatureTables]:
+        """Per-fold training tables, and the tables for serving and the test queries (every train purchase)."""
+        return (training_tables(self.content, signals, self.ds, self.lists, cf_dim),
+                with_signals(self.content, signals, train_baskets(self.ds, set()), cf_dim))
+
+
+def load_student_data(data: Dataset | Path, teacher_dir: Path) -> StudentData:
     ds = as_dataset(data)
     teacher = TeacherRun.load(teacher_dir, ds)
     ds = with_summaries(ds, teacher.summaries_dir)  # a no-op when the pipeline already applied them
@@ -425,16 +447,27 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
     test = [s for s in scored if s["split"] == "test"]
     if not train:
         raise InputError(f"{teacher_dir}/scores.jsonl has no scored train queries; raise score_train_fraction")
-    rows = {r["query_id"]: r for r in ds.queries()}
-    timings: dict[str, float] = {}
-
-    t = time.time()
     minilm = MiniLM()
     content = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, minilm, int(teacher.config["k_s2"]))
-    lists, lists_source = student_lists(teacher, train)
-    train_tables = training_tables(content, tuple(cfg.signals), ds, lists, cfg.cf_dim)
-    # for serving (and the test queries): from every train purchase
-    tables = with_signals(content, tuple(cfg.signals), train_baskets(ds, set()), cfg.cf_dim)
+    lists, source = student_lists(teacher, train)
+    return StudentData(ds, teacher, train, test, {r["query_id"]: r for r in ds.queries()}, minilm, content, lists,
+                       source)
+
+
+def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: StudentConfig | None = None,
+                bundle_dir: Path | None = None) -> DistillResult:
+    """Distill; the bundle lands in ``bundle_dir`` (default OUT/bundle), each directory renamed into place whole."""
+    cfg = cfg or StudentConfig()
+    t0 = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out, teacher_dir = Path(out), Path(teacher_dir)
+    timings: dict[str, float] = {}
+    t = time.time()
+    sd = load_student_data(data, teacher_dir)
+    ds, teacher, test, rows, minilm = sd.ds, sd.teacher, sd.test, sd.rows, sd.minilm
+    lists, lists_source = sd.lists, sd.lists_source
+    train_tables, tables = sd.tables(tuple(cfg.signals), cfg.cf_dim)
     timings["features"] = time.time() - t
 
     t = time.time()

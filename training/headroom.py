@@ -71,22 +71,27 @@ def popularity_scorer(ds: Dataset) -> Scorer:
     return score
 
 
-def reference_lists(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]]) -> dict[str, list[list[str]]]:
-    """The model-free rules' reranked lists over ``rows`` (the first stage's own order first)."""
-    scorers: dict[str, Scorer | None] = {
+def rule_scorers(ds: Dataset, fs: FirstStage) -> dict[str, Scorer | None]:
+    """The rules any dataset has, after the first stage's own order (None)."""
+    return {
         f"first stage ({fs.model})": None,
         "already bought last": lambda row, hist, cands: _bought_last(hist, cands),
         "popularity within the candidates": popularity_scorer(ds),
     }
-    out = {}
-    for name, scorer in scorers.items():
-        lists = []
-        for row in rows:
-            cands = fs.ids(row["query_id"])
-            # rerank is stable: ties keep the first stage's order
-            lists.append(cands if scorer is None else rerank(cands, scorer(row, ds.history(row), cands)))
-        out[name] = lists
-    return out
+
+
+def reranked_lists(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]], scorer: Scorer | None) -> list[list[str]]:
+    lists = []
+    for row in rows:
+        cands = fs.ids(row["query_id"])
+        # rerank is stable: ties keep the first stage's order
+        lists.append(cands if scorer is None else rerank(cands, scorer(row, ds.history(row), cands)))
+    return lists
+
+
+def reference_lists(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]]) -> dict[str, list[list[str]]]:
+    """The model-free rules' reranked lists over ``rows`` (the first stage's own order first)."""
+    return {name: reranked_lists(ds, fs, rows, scorer) for name, scorer in rule_scorers(ds, fs).items()}
 
 
 def _guessed_preferences(ds: Dataset, history: list[str], text_only: bool) -> dict[str, str]:
@@ -177,11 +182,7 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
     ds = load_dataset(data)
     fs = load_first_stage(first_stage, ds)
     rows = scored_test_rows(ds, fs, test_fraction, seed)
-    scorers: dict[str, Scorer | None] = {
-        f"first stage ({fs.model})": None,
-        "already bought last": lambda row, hist, cands: _bought_last(hist, cands),
-        "popularity within the candidates": popularity_scorer(ds),
-    }
+    scorers = rule_scorers(ds, fs)
     users_path = Path(data) / "users_truth.jsonl"
     synthetic = users_path.exists() and any(_truth(ds, p) for p in list(ds.products)[:20])
     if synthetic:
@@ -193,11 +194,7 @@ def headroom(data: Path, first_stage: Path, test_fraction: float = 1.0, seed: in
     histories = [ds.history(r) for r in rows]
     results: dict[str, dict[str, Any]] = {}
     for name, scorer in scorers.items():
-        lists = []
-        for row, hist in zip(rows, histories, strict=True):
-            cands = fs.ids(row["query_id"])
-            # rerank is stable: ties keep the first stage's order
-            lists.append(cands if scorer is None else rerank(cands, scorer(row, hist, cands)))
+        lists = reranked_lists(ds, fs, rows, scorer)
         results[name] = paper_metrics(lists, targets)
         if scorer is None:  # chance level, right under the first stage it shuffles
             results["random order (expected)"] = random_order(lists, targets, rounds=0)["expected"]

@@ -17,9 +17,6 @@ from hmpps.cli.common import (
 )
 from hmpps.cli.root import app
 
-# the contract's names, without importing numpy for every command's --help
-SIGNAL_GROUPS = ("position", "score", "popularity", "repeat", "whole_history", "copurchase")
-
 
 @app.command("retrieve", rich_help_panel="Offline stages")
 @friendly_errors
@@ -132,23 +129,24 @@ def ablate_student(
     data: Path = typer.Option(..., "--data", help="dataset directory"),
     teacher: Path = typer.Option(..., "--teacher", help="teacher output directory"),
     out: Path = typer.Option(..., "--out", help="output directory (ablation.json, report.md)"),
-    groups: str = typer.Option(",".join(SIGNAL_GROUPS), "--groups",
-                               help="comma-separated signal groups: the full student, and each one left out"),
+    groups: str = typer.Option("", "--groups", show_default="all",
+                               help="comma-separated signal groups (contract/signals.py): the full student, "
+                                    "and each one left out"),
     config: Path = typer.Option(None, "--config", help="YAML with StudentConfig fields"),
     sets: list[str] = typer.Option(None, "--set", help="override a student config field: --set epochs=20"),
 ) -> None:
     """Each ranking signal's worth: the student with all groups, none, and each one left out."""
+    from contract.signals import GROUPS, check_groups
     from distill.ablate import ablate_student as run_ablation
     from distill.student import StudentConfig
     from training.config import load_config
 
-    chosen = split_list(groups)
-    unknown = [g for g in chosen if g not in SIGNAL_GROUPS]
-    if unknown or not chosen:
-        raise typer.BadParameter(f"unknown signal group(s) {unknown}; choose from {', '.join(SIGNAL_GROUPS)}",
-                                 param_hint="--groups")
+    try:
+        chosen = check_groups(split_list(groups)) or tuple(GROUPS)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--groups") from None
     cfg = load_config(StudentConfig, config, parse_sets(sets))
-    run_ablation(data, teacher, out, cfg, tuple(g for g in SIGNAL_GROUPS if g in chosen))
+    run_ablation(data, teacher, out, cfg, chosen)
     typer.echo((out / "report.md").read_text())
 
 
