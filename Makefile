@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
 PORT ?= 8000
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?= -m "not slow and not loop"
 
-.PHONY: setup tools demo bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-loop bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ demo: setup
 	$(BIN)/hmpps bundle verify $(DEMO)/pipeline/bundle
 	BIN=$(BIN) scripts/demo_serve.sh $(DEMO)/pipeline/bundle $(PORT)
 
+# the learning loop on simulated users (after make demo): runs/simulate/report.md
+simulate: setup
+	@test -f $(DEMO)/pipeline/bundle/manifest.json || { echo "no demo bundle in $(DEMO): run 'make demo' first"; exit 1; }
+	$(BIN)/hmpps simulate --demo $(DEMO) --out runs/simulate
+
 bench: setup
 	BIN=$(BIN) DEMO=$(DEMO) scripts/bench.sh
 
@@ -61,6 +66,10 @@ test: setup tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy service contract
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# the learning-loop simulation end to end (service processes, Redis, retraining): its own target
+test-loop: setup
+	$(BIN)/pytest -m loop
 
 test-all: setup tools
 	$(BIN)/pytest

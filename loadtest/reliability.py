@@ -47,12 +47,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class GaveUp(RuntimeError):
+    """What a readiness probe raises when waiting longer cannot help (the process died)."""
+
+
 def _wait(fn: Any, timeout_s: float, what: str) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         try:
             if fn():
                 return
+        except GaveUp:
+            raise
         except Exception:  # noqa: BLE001 - not up yet
             pass
         time.sleep(0.1)
@@ -87,15 +93,28 @@ class RedisServer:
 
 
 @contextmanager
-def service(bundle: Path, redis_url: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def service(bundle: Path | None, redis_url: str, arms: Path | None = None, log: Path | None = None,
+            **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m service`` on a free loopback port (one bundle, or an arms file), ready; stopped after."""
     port = _free_port()
     e = os.environ | {"REDIS_URL": redis_url, "HMPPS_AUTO_PUBLISH": "1", "HMPPS_ADMIN_TOKEN": ADMIN_TOKEN,
                       "HMPPS_HEALTH_INTERVAL_S": "0.2"} | env
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)], env=e,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    model = ["--arms", str(arms)] if arms is not None else ["--bundle", str(bundle)]
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "service", *model, "--port", str(port)], env=e,
+                                stdout=out, stderr=out)
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: httpx.get(url + "/readyz", timeout=1).status_code == 200, 90, "the service")
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise GaveUp(f"the service exited during startup (code {proc.returncode})"
+                                   + (f"; see {log}" if log else ""))
+            return httpx.get(url + "/readyz", timeout=1).status_code == 200
+        _wait(ready, 90, "the service")
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -103,6 +122,7 @@ def service(bundle: Path, redis_url: str, **env: str) -> Iterator[tuple[str, sub
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def rss_mb(pid: int) -> float:

@@ -22,13 +22,19 @@ from contract.constants import EFFICIENT_DWELL_S
 from contract.reports import markdown_table
 
 
-def read_events(client: Any, batch: int = 10_000) -> list[dict[str, Any]]:
+def read_events(client: Any, batch: int = 10_000, since: float | None = None,
+                until: float | None = None) -> list[dict[str, Any]]:
+    """The feedback stream's events, optionally those written between two unix times (stream ids
+    start with the write time in ms, so the filter is a range read)."""
     events: list[dict[str, Any]] = []
-    last = "-"
+    last = "-" if since is None else str(int(since * 1000))
+    hi = "+" if until is None else str(int(until * 1000))
+    first = True
     while True:
-        chunk = client.xrange(keys.FEEDBACK_STREAM, min=last, max="+", count=batch)
-        if last != "-":
+        chunk = client.xrange(keys.FEEDBACK_STREAM, min=last, max=hi, count=batch)
+        if not first:
             chunk = chunk[1:]  # the range is inclusive of the last id seen
+        first = False
         if not chunk:
             return events
         for _, fields in chunk:
@@ -97,13 +103,17 @@ def ab_report(events: list[dict[str, Any]], expected: dict[str, float] | None = 
     for arm, s in out.items():
         for metric, vi in (("query_ctr", 0), ("efficient_click_rate", 1)):
             if arm == control:
-                s[f"{metric}_lift"], s[f"{metric}_p"] = None, None
+                s[f"{metric}_lift"], s[f"{metric}_p"], s[f"{metric}_diff"], s[f"{metric}_ci95"] = None, None, None, None
                 continue
             diff = s[metric] - base[metric]
             se = math.sqrt(s["_var"][vi] + base["_var"][vi]) if not any(
                 math.isnan(v) for v in (s["_var"][vi], base["_var"][vi])) else float("nan")
             s[f"{metric}_lift"] = diff / base[metric] if base[metric] else None
-            s[f"{metric}_p"] = _normal_p(diff / se) if se and not math.isnan(se) and se > 0 else None
+            ok = bool(se) and not math.isnan(se) and se > 0
+            s[f"{metric}_p"] = _normal_p(diff / se) if ok else None
+            # the absolute difference to control, normal interval over users (delta method)
+            s[f"{metric}_diff"] = diff
+            s[f"{metric}_ci95"] = [diff - 1.96 * se, diff + 1.96 * se] if ok else None
     for s in out.values():
         s.pop("_var")
     users = {a: out[a]["users"] for a in arms}
@@ -125,10 +135,15 @@ def report_markdown(rep: dict[str, Any]) -> str:
             return "n/a"
         return f"{x:+.2%}" if pct else (f"{x:.4f}" if isinstance(x, float) else str(x))
 
+    def ci(x: Any) -> str:
+        return "n/a" if not x else f"[{x[0]:+.4f}, {x[1]:+.4f}]"
+
     lines = [f"# A/B report (control: `{rep['control']}`)", "", markdown_table(
-        ["arm", "users", "queries", "query-CTR", "lift", "p", "efficient-click rate", "lift", "p"],
-        [[arm, s["users"], s["queries"], f(s["query_ctr"]), f(s["query_ctr_lift"], True), f(s["query_ctr_p"]),
-          f(s["efficient_click_rate"]), f(s["efficient_click_rate_lift"], True), f(s["efficient_click_rate_p"])]
+        ["arm", "users", "queries", "query-CTR", "lift", "95% CI (diff)", "p", "efficient-click rate", "lift",
+         "95% CI (diff)", "p"],
+        [[arm, s["users"], s["queries"], f(s["query_ctr"]), f(s["query_ctr_lift"], True), ci(s["query_ctr_ci95"]),
+          f(s["query_ctr_p"]), f(s["efficient_click_rate"]), f(s["efficient_click_rate_lift"], True),
+          ci(s["efficient_click_rate_ci95"]), f(s["efficient_click_rate_p"])]
          for arm, s in rep["arms"].items()])]
     srm = rep["srm"]
     if srm:

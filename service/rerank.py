@@ -183,8 +183,9 @@ async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankRespo
 def served_record(req: RerankRequest, resp: RerankResponse) -> str:
     # the candidates the caller received (top_n trims them), in served order
     return ServedRanking(resp.request_id, req.user_id, req.query, resp.arm, resp.model_version, resp.fallback,
-                         time.time(), tuple(ServedItem(r.product_id, r.original_rank - 1, r.score)
-                                            for r in resp.results)).to_json()
+                         time.time(), tuple(ServedItem(r.product_id, r.original_rank - 1, r.score,
+                                                       req.candidates[r.original_rank - 1].score)
+                                            for r in resp.results), len(req.candidates)).to_json()
 
 
 async def _log_served(ctx: RequestContext, record: str) -> None:

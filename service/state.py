@@ -115,6 +115,8 @@ class AppState:
         m.READY.set(1 if self.ready else 0)
 
     async def health_loop(self) -> None:
-        while True:
+        # the flag, not only the cancel, ends it: on Python 3.11 a cancel that lands as the ping's
+        # asyncio.timeout expires can surface as TimeoutError, which check_health swallows
+        while not self.stopping:
             await asyncio.sleep(self.settings.health_interval_s)
             await self.check_health()

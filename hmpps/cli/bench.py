@@ -136,3 +136,25 @@ def bench_events(
     md = markdown(rep, command_line())
     write_report(out, rep, md)
     typer.echo(md)
+
+
+@app.command("simulate", rich_help_panel="Benchmarks")
+@friendly_errors
+def simulate(
+    demo: Path = typer.Option(Path("runs/demo"), "--demo", help="a 'make demo' directory: data/ and pipeline/"),
+    out: Path = typer.Option(Path("runs/simulate"), "--out", help="output directory (report.md, simulate.json)"),
+    requests: int = typer.Option(3000, "--requests", min=10, help="rerank requests per A/B phase"),
+    seed: int = typer.Option(0, "--seed"),
+    sets: list[str] = typer.Option(None, "--set", help="override a SimConfig field: --set eta=0.8"),
+    retrain_sets: list[str] = typer.Option(None, "--retrain-set", help="override a RetrainConfig field"),
+) -> None:
+    """The learning loop on simulated users over real HTTP: (a) passthrough vs the student, (b) from-logs and
+    retraining with inverse propensity weights, (c) the retrained student vs the original."""
+    from hmpps.cli.common import parse_sets
+    from loadtest.simulate import SimConfig, SimInputs
+    from loadtest.simulate import simulate as run
+    from training.config import load_config
+
+    cfg = load_config(SimConfig, None, parse_sets(sets) | {"requests_per_phase": requests, "seed": seed})
+    run(SimInputs.from_demo(demo), out, cfg, parse_sets(retrain_sets))
+    typer.echo((out / "report.md").read_text())

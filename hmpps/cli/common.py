@@ -117,3 +117,16 @@ def write_report(out: Path | None, report: dict[str, Any], markdown: str) -> Non
 
     write_json(out, report)
     atomic_write_text(out.with_suffix(".md"), markdown)
+
+
+def parse_time(value: str | None, name: str) -> float | None:
+    """A ``--since``/``--until`` option: ISO 8601 or unix seconds, named when wrong."""
+    from contract.errors import InputError
+    from contract.events import parse_timestamp
+
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError as e:
+        raise InputError(f"{name}: {e}") from None

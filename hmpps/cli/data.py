@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from contract.events import DEFAULT_POSITIVE_TYPES
-from hmpps.cli.common import SyntheticFormat, SyntheticQueries, friendly_errors, split_list
+from hmpps.cli.common import SyntheticFormat, SyntheticQueries, friendly_errors, parse_time, split_list
 from hmpps.cli.root import data_app
 
 
@@ -94,3 +94,66 @@ def data_events(
     typer.echo(f"events by type: {dict(counts.by_type)}; {counts.positive:,} positive events of known products "
                f"({counts.with_query:,} with their own query); {counts.unknown_product:,} for unknown products")
     print_stats(stats, out)
+
+
+@data_app.command("from-logs")
+@friendly_errors
+def data_from_logs(
+    out: Path = typer.Option(..., "--out", help="directory to write: labelled rankings, histories, propensities, report"),
+    redis_url: str = typer.Option(None, "--redis-url", envvar="REDIS_URL",
+                                  help="Redis holding the served, feedback and events streams"),
+    jsonl: Path = typer.Option(None, "--jsonl", help="read a JSONL export of the streams (hmpps data export-logs) "
+                                                     "instead of Redis"),
+    since: str = typer.Option(None, "--since", help="first ranking time, ISO 8601 or unix seconds"),
+    until: str = typer.Option(None, "--until", help="last ranking time, ISO 8601 or unix seconds"),
+    window_s: float = typer.Option(1800.0, "--window-s", min=1.0, help="events count this long after a ranking"),
+    history_types: str = typer.Option(",".join(DEFAULT_POSITIVE_TYPES), "--history-types",
+                                      help="comma-separated event types that join a user's history"),
+) -> None:
+    """Join served rankings with the clicks, dwell and purchases that followed them, and label them with
+    the cascade click model (purchases > efficient clicks > clicks); estimate position propensities."""
+    from contract.errors import InputError
+    from training.clicklog import from_logs, read_logs_jsonl, read_logs_redis
+
+    t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
+    if t0 is not None and t1 is not None and t1 < t0:
+        raise InputError(f"--until {until} is before --since {since}")
+    if (redis_url is None) == (jsonl is None):
+        raise InputError("give exactly one source: --redis-url URL or --jsonl FILE")
+    if jsonl is not None:
+        logs, source = read_logs_jsonl(jsonl, t0, t1), str(jsonl)
+    else:
+        from service.redis_conn import connect
+
+        handle = connect(redis_url)
+        try:
+            logs, source = read_logs_redis(handle.client, t0, t1), redis_url
+        finally:
+            handle.close()
+    for e in logs.examples:
+        typer.secho(f"skipped: {e}", fg=typer.colors.YELLOW, err=True)
+    res = from_logs(logs, out, source, t0, t1, window_s, history_types=tuple(split_list(history_types)))
+    s = res.summary
+    typer.echo(f"{s['rankings']:,} rankings ({s['shown']:,} shown, {s['with_click']:,} with a click); "
+               f"{sum(s['joined'].values()):,} events joined, {sum(s['left_over'].values()):,} left over; "
+               f"labels {s['labels']}; wrote {out}/report.md")
+
+
+@data_app.command("export-logs")
+@friendly_errors
+def data_export_logs(
+    out: Path = typer.Option(..., "--out", help="JSONL file to write"),
+    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL"),
+    since: str = typer.Option(None, "--since", help="ISO 8601 or unix seconds"),
+    until: str = typer.Option(None, "--until", help="ISO 8601 or unix seconds"),
+) -> None:
+    """Write the served, feedback and events streams to one JSONL file (input of from-logs --jsonl)."""
+    from service.redis_conn import connect
+    from training.clicklog import export_logs
+
+    handle = connect(redis_url)
+    try:
+        counts = export_logs(handle.client, out, parse_time(since, "--since"), parse_time(until, "--until"))
+    finally:
+        handle.close()
+    typer.echo(f"wrote {out}: {dict(counts)}")

@@ -247,3 +247,29 @@ def metrics(
     if baseline is not None and baseline not in rows:
         raise typer.BadParameter(f"--baseline {baseline!r} is not one of {', '.join(rows)}")
     typer.echo(metrics_table(rows, baseline=baseline, keys=METRIC_KEYS if protocol == MetricsProtocol.hmpps else SAMPLED_KEYS))
+
+
+@app.command("retrain", rich_help_panel="Offline stages")
+@friendly_errors
+def retrain(
+    bundle: Path = typer.Option(..., "--bundle", help="the serving bundle whose student to fine-tune"),
+    logs: Path = typer.Option(..., "--logs", help="a 'hmpps data from-logs' directory"),
+    out: Path = typer.Option(..., "--out", help="output: bundle/, student.pt, arms.yaml, report.md"),
+    student: Path = typer.Option(None, "--student", help="the bundle's training checkpoint (default: student.pt "
+                                                         "beside the bundle or in ../distill/)"),
+    data: Path = typer.Option(None, "--data", help="with --candidates: offline NDCG@4 on the held-out test queries"),
+    candidates: Path = typer.Option(None, "--candidates", help="first-stage output directory for --data"),
+    config: Path = typer.Option(None, "--config", help="YAML with RetrainConfig fields"),
+    sets: list[str] = typer.Option(None, "--set", help="override a RetrainConfig field: --set correction=none"),
+) -> None:
+    """Fine-tune a bundle's student on logged clicks with inverse-propensity weights; export a new bundle
+    version and an arms file that puts it beside the current one."""
+    from distill.retrain import RetrainConfig
+    from distill.retrain import retrain as run
+    from training.config import load_config
+
+    cfg = load_config(RetrainConfig, config, parse_sets(sets))
+    res = run(bundle, logs, out, cfg, student, data, candidates)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"new bundle {res.version} in {res.bundle}; arms file {out / 'arms.yaml'} "
+               f"(serve it with: hmpps serve --arms {out / 'arms.yaml'})")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hmpps.cli.common import friendly_errors, write_report
+from hmpps.cli.common import friendly_errors, parse_time, write_report
 from hmpps.cli.root import app, bundle_app
 
 
@@ -110,6 +110,8 @@ def ab_report(
     arms: Path = typer.Option(None, "--arms", help="arms file: expected shares for the SRM check"),
     control: str = typer.Option(None, "--control", help="control arm (default: 'control', else the first)"),
     out: Path = typer.Option(None, "--out", help="also write JSON here (and Markdown next to it)"),
+    since: str = typer.Option(None, "--since", help="first event time, ISO 8601 or unix seconds"),
+    until: str = typer.Option(None, "--until", help="last event time, ISO 8601 or unix seconds"),
 ) -> None:
     """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
     from service.abreport import ab_report as compute
@@ -120,7 +122,8 @@ def ab_report(
     expected = load_experiment(arms).expected_shares() if arms is not None else None
     handle = connect(redis_url)
     try:
-        rep = compute(read_events(handle.client), expected, control)
+        rep = compute(read_events(handle.client, since=parse_time(since, "--since"),
+                                  until=parse_time(until, "--until")), expected, control)
     finally:
         handle.close()
     md = report_markdown(rep)

@@ -49,6 +49,9 @@ def test_every_rerank_is_logged_in_served_order(tmp_path, bundle_dir, catalog):
     assert [i.product_id for i in rec.items] == [r["product_id"] for r in out["results"]]
     assert [i.original_position for i in rec.items] == [r["original_rank"] - 1 for r in out["results"]]
     assert [i.score for i in rec.items] == [r["score"] for r in out["results"]]
+    sent = {c["product_id"]: c["score"] for c in _body(catalog, "req-1")["candidates"]}
+    assert [i.caller_score for i in rec.items] == [sent[i.product_id] for i in rec.items]
+    assert rec.listed == len(sent)
     assert abs(rec.ts - time.time()) < 60
 
 
