@@ -9,14 +9,15 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
 PORT ?= 8000
-PYTEST_ARGS ?= -m "not slow and not loop"
+PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office"
 
-.PHONY: setup tools demo simulate test-loop bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-loop test-cluster test-office bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
-# Debian's prometheus (prometheus + promtool) for tests/deploy/test_stack.py: installed
-# with apt when running as root; elsewhere those checks skip and say why.
+# Debian's prometheus (prometheus + promtool) for tests/deploy/test_stack.py and redis-server
+# (a real Redis Cluster for make test-cluster): installed with apt when running as root;
+# elsewhere those checks skip and say why.
 tools: $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): | $(STAMP)
@@ -28,6 +29,15 @@ $(TOOLS_STAMP): | $(STAMP)
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 	    || echo "warning: could not install prometheus; the promtool and Prometheus checks will skip"; \
 	else echo "note: prometheus/promtool not installed (apt-get install prometheus as root); those checks will skip"; fi
+	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's redis-server for the Redis Cluster tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
+	    || echo "warning: could not install redis-server; the cluster tests will skip"; \
+	  (service redis-server stop || pkill -x redis-server) >/dev/null 2>&1 || true; \
+	else echo "note: redis-server not installed (apt-get install redis-server as root); the cluster tests will skip"; fi
 	touch $@
 
 $(STAMP): pyproject.toml Makefile
@@ -70,6 +80,14 @@ test: setup tools
 # the learning-loop simulation end to end (service processes, Redis, retraining): its own target
 test-loop: setup
 	$(BIN)/pytest -m loop
+
+# the paper's Office data, a slice through the whole pipeline (about 80 s)
+test-office: setup
+	$(BIN)/pytest -m office
+
+# a real Redis Cluster (3 masters, 3 replicas from Debian's redis-server, started and stopped by the tests)
+test-cluster: setup tools
+	$(BIN)/pytest -m cluster
 
 test-all: setup tools
 	$(BIN)/pytest

@@ -8,12 +8,18 @@ last, so they never trust half a catalog.
     hmpps:live                    -> version string of the active bundle (alias)
     hmpps:v:{ver}:manifest        -> the bundle's manifest.json
     hmpps:v:{ver}:complete        -> JSON {counts, published_at}; written last
-    hmpps:v:{ver}:p:{product_id}  -> float32 bytes, the student's product features
-    hmpps:v:{ver}:s:{product_id}  -> the product's summary text
+    hmpps:v:{ver}:p:{{product_id}}  -> float32 bytes, the student's product features
+    hmpps:v:{ver}:s:{{product_id}}  -> the product's summary text
     hmpps:v:{ver}:q:{query_key}   -> float32 bytes, a known query's features
     hmpps:v:{ver}:qc:{query_key}  -> the same for tail queries encoded online (TTL)
-    hmpps:v:{ver}:ph:{product_id} -> hash {hash, ts, source}: a product upserted after the bundle was built
+    hmpps:v:{ver}:ph:{{product_id}} -> hash {hash, ts, source}: a product upserted after the bundle was built
     hmpps:v:{ver}:upserted_at     -> unix time of the newest product upsert into this version
+
+The product id in braces is a Redis Cluster hash tag: a product's features,
+summary and upsert record share one slot, so an upsert writes them in one
+atomic script, while a catalogue spreads over every shard (layout 2; layout 1
+had no braces: republish bundles after upgrading). A request's other keys are
+read per slot, see ``service/store.py``.
 
 User data is not model data: it outlives bundle versions and takes new actions.
 
@@ -61,16 +67,26 @@ def complete(version: str) -> str:
     return f"{ns(version)}:complete"
 
 
+LAYOUT = 2  # the key layout's version; the manifest of a published version records it
+
+
 def product(version: str, product_id: str) -> str:
-    return f"{ns(version)}:p:{product_id}"
+    return f"{ns(version)}:p:{{{product_id}}}"
 
 
 def summary(version: str, product_id: str) -> str:
-    return f"{ns(version)}:s:{product_id}"
+    return f"{ns(version)}:s:{{{product_id}}}"
 
 
 def product_meta(version: str, product_id: str) -> str:
-    return f"{ns(version)}:ph:{product_id}"
+    return f"{ns(version)}:ph:{{{product_id}}}"
+
+
+def split_key(key_of_empty_id: str) -> tuple[str, str]:
+    """(prefix, suffix) around the id in a per-product key, for code that builds keys from ids
+    (the fetch script) or reads ids back from keys (prune)."""
+    prefix, _, suffix = key_of_empty_id.rpartition("{}")
+    return prefix + "{", "}" + suffix
 
 
 def upserted_at(version: str) -> str:

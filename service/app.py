@@ -26,7 +26,7 @@ from service.runtime import load_runtime
 from service.schemas import ErrorBody
 from service.settings import Settings
 from service.state import AppState, open_redis
-from service.store import RedisFeatureStore
+from service.store import feature_store
 
 
 def create_app(settings: Settings | None = None, scorer: RequestScorer | None = None) -> FastAPI:
@@ -35,13 +35,13 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        handle, aclient = await anyio.to_thread.run_sync(open_redis, settings)
+        handle, aclient, clustered = await anyio.to_thread.run_sync(open_redis, settings)
         try:
             runtime = await anyio.to_thread.run_sync(load_runtime, settings)
         except BaseException:
             await _close_redis(handle, aclient)
             raise
-        state = AppState(settings, handle, aclient, RedisFeatureStore(aclient), runtime, scorer or STUDENT)
+        state = AppState(settings, handle, aclient, feature_store(aclient, clustered), runtime, scorer or STUDENT)
         app.state.hmpps = state
         state.gauges.set(runtime.versions(), {a.name: a.weight for a in runtime.experiment.arms})
         if settings.publish_missing:

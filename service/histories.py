@@ -19,20 +19,6 @@ from contract import keys
 from contract.constants import EVENT_DEDUPE_TTL_S, EVENTS_STREAM_MAXLEN
 from contract.events import Event
 
-# KEYS: seen marker, events stream, user history, product features (of the live version)
-# ARGV: dedupe ttl, event json, counts as history (0/1), member, score, cap, history ttl (0: none), stream maxlen
-# returns {new (0/1), appended (0/1), product known (0/1)}
-APPEND = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {0, 0, 0} end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[2])
-local known = redis.call('EXISTS', KEYS[4])
-if ARGV[3] ~= '1' then return {1, 0, known} end
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[6]) + 1))
-if tonumber(ARGV[7]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
-return {1, 1, known}
-"""
-
 
 @dataclass
 class AppendResult:
@@ -47,25 +33,70 @@ def event_json(e: Event) -> str:
     return json.dumps({k: v for k, v in e.__dict__.items() if v is not None}, separators=(",", ":"))
 
 
-async def append_events(client: Any, script: Any, events: Iterable[Event], history_types: frozenset[str],
+async def append_events(client: Any, events: Iterable[Event], history_types: frozenset[str],
                         version: str | None, cap: int, history_ttl_s: int) -> AppendResult:
-    """Record a batch: every new event into the stream, the history types into their users' histories."""
-    batch = list(events)
+    """Record a batch: every new event into the stream, the history types into their users' histories.
+
+    Two pipelined round trips, each command on one key, so it runs on Redis Cluster as on one Redis:
+    which events are new (their seen markers), then for those the stream entry, the marker, and
+    whether the product is known; and for every history-type event ``ZADD NX`` of its member
+    (idempotent by itself: a retried event finds its member there), trimmed to the newest ``cap``.
+    A batch that fails midway is safe to retry: the stream write comes before the marker, so a
+    retry can repeat a stream entry (readers dedupe by event id) but never lose one.
+    """
+    batch: list[Event] = []
+    seen_in_batch: set[str] = set()
+    dup_in_batch = 0
+    for e in events:
+        if e.event_id in seen_in_batch:
+            dup_in_batch += 1
+            continue
+        seen_in_batch.add(e.event_id)
+        batch.append(e)
+    out = AppendResult(duplicates=dup_in_batch)
+    if not batch:
+        return out
     pipe = client.pipeline(transaction=False)
     for e in batch:
-        product_key = keys.product(version, e.product_id) if version else keys.event_seen("\0none")
-        await script(keys=[keys.event_seen(e.event_id), keys.EVENTS_STREAM, keys.user_history(e.user_id), product_key],
-                     args=[EVENT_DEDUPE_TTL_S, event_json(e), 1 if e.type in history_types else 0,
-                           keys.history_member(e.event_id, e.product_id), e.timestamp, cap, history_ttl_s,
-                           EVENTS_STREAM_MAXLEN], client=pipe)
-    out = AppendResult()
-    for e, (new, appended, known) in zip(batch, await pipe.execute(), strict=True):
+        pipe.exists(keys.event_seen(e.event_id))
+    known_before = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    plan: list[tuple[Event, bool, bool]] = []  # event, new, goes into history
+    for e, was_seen in zip(batch, known_before, strict=True):
+        new = not was_seen
+        in_history = e.type in history_types
+        if new:
+            pipe.xadd(keys.EVENTS_STREAM, {"e": event_json(e)}, maxlen=EVENTS_STREAM_MAXLEN, approximate=True)
+            pipe.set(keys.event_seen(e.event_id), "1", ex=EVENT_DEDUPE_TTL_S)
+            if version:
+                pipe.exists(keys.product(version, e.product_id))
+        if in_history:
+            hk = keys.user_history(e.user_id)
+            pipe.zadd(hk, {keys.history_member(e.event_id, e.product_id): e.timestamp}, nx=True)
+            pipe.zremrangebyrank(hk, 0, -(cap + 1))
+            if history_ttl_s > 0:
+                pipe.expire(hk, history_ttl_s)
+        plan.append((e, new, in_history))
+    res = iter(await pipe.execute())
+    for e, new, in_history in plan:
+        known = True
+        if new:
+            next(res)  # xadd
+            next(res)  # set
+            if version:
+                known = bool(next(res))
+        added = 0
+        if in_history:
+            added = int(next(res))
+            next(res)  # trim
+            if history_ttl_s > 0:
+                next(res)
         if not new:
             out.duplicates += 1
             continue
         out.accepted += 1
         out.accepted_types[e.type] += 1
-        out.history_appends += int(appended)
+        out.history_appends += int(added > 0)
         out.unknown_products += int(bool(version) and not known)
     return out
 

@@ -25,7 +25,7 @@ from contract.events import Product
 from contract.products import product_text, summary_text
 from service.bundle import LoadedBundle
 
-# KEYS: product meta hash, product features, summary, version's upserted_at
+# KEYS: product meta hash, product features, summary: one product's keys, one hash-tagged slot
 # ARGV: content hash, updated_at, features, summary
 # returns 1 written, 0 unchanged, -1 stale (a newer record was applied)
 UPSERT = """
@@ -35,8 +35,12 @@ if old[2] and tonumber(old[2]) > tonumber(ARGV[2]) then return -1 end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4])
 redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'ts', ARGV[2], 'source', 'encoded')
-local at = redis.call('GET', KEYS[4])
-if not at or tonumber(at) < tonumber(ARGV[2]) then redis.call('SET', KEYS[4], ARGV[2]) end
+return 1
+"""
+# KEYS: the version's upserted_at; ARGV: a time. Keeps the newest (its own slot, so its own script).
+NEWEST = """
+local at = redis.call('GET', KEYS[1])
+if not at or tonumber(at) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
 
@@ -93,19 +97,25 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     if todo and features.shape != (len(todo), bundle.spec.product_dim):
         raise BundleError(f"the product encoder returned shape {features.shape}, the spec wants "
                           f"({len(todo)}, {bundle.spec.product_dim})")
-    script = client.register_script(UPSERT)
+    # EVAL with the script text, through execute_command: redis-py's cluster pipeline has no eval()
+    # (nor EVALSHA), but routes a raw EVAL by its keys; the same call works on one Redis
     pipe = client.pipeline(transaction=False)
+    times = []
     for i, vec in zip(todo, features, strict=True):
         p = products[i]
         summary = summary_text(p.description) or p.title
-        script(keys=[keys.product_meta(version, p.product_id), keys.product(version, p.product_id),
-                     keys.summary(version, p.product_id), keys.upserted_at(version)],
-               args=[hashes[i], p.updated_at if p.updated_at is not None else now,
-                     np.ascontiguousarray(vec, dtype=np.float32).tobytes(), summary], client=pipe)
-    for code in pipe.execute() if todo else []:
+        times.append(p.updated_at if p.updated_at is not None else now)
+        pipe.execute_command("EVAL", UPSERT, 3, keys.product_meta(version, p.product_id),
+                             keys.product(version, p.product_id), keys.summary(version, p.product_id), hashes[i],
+                             times[-1], np.ascontiguousarray(vec, dtype=np.float32).tobytes(), summary)
+    codes = pipe.execute() if todo else []
+    for code in codes:
         out.written += code == 1
         out.unchanged += code == 0
         out.stale += code == -1
+    written_at = [t for t, code in zip(times, codes, strict=True) if code == 1]
+    if written_at:  # after the products, so a reader never sees the time before the features
+        client.eval(NEWEST, 1, keys.upserted_at(version), max(written_at))
     if prune:
         out.deleted = _prune(client, version, {p.product_id for p in products})
     out.seconds = time.perf_counter() - t0
@@ -114,13 +124,14 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
 
 def _prune(client: Any, version: str, keep: set[str]) -> int:
     """Delete the features, summaries and upsert records of this version's products absent from ``keep``."""
-    prefix = keys.product(version, "")
-    gone = [k[len(prefix):] for k in (x.decode() if isinstance(x, bytes) else x
-                                      for x in client.scan_iter(match=f"{prefix}*", count=1000))
-            if k[len(prefix):] not in keep]
+    prefix, suffix = keys.split_key(keys.product(version, ""))
+    ids = (k[len(prefix):len(k) - len(suffix)] for k in (x.decode() if isinstance(x, bytes) else x
+                                                        for x in client.scan_iter(match=f"{prefix}*", count=1000)))
+    gone = [pid for pid in ids if pid not in keep]
     pipe = client.pipeline(transaction=False)
     for pid in gone:
-        pipe.delete(keys.product(version, pid), keys.summary(version, pid), keys.product_meta(version, pid))
+        for key in (keys.product(version, pid), keys.summary(version, pid), keys.product_meta(version, pid)):
+            pipe.delete(key)  # one key per DEL: the cluster pipeline routes single-key commands only
     if gone:
         pipe.execute()
     return len(gone)

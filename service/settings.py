@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "HMPPS_REDIS_URL"))
     embedded_redis_path: Path = Field(default_factory=default_embedded_path)
     redis_timeout_ms: float = Field(25.0, gt=0)
+    # Redis Cluster: "auto" asks the node at redis_url; "on"/"off" force the mode.
+    redis_cluster: Literal["auto", "on", "off"] = "auto"
     # Publish a bundle whose version is missing from Redis at startup (the embedded default does).
     auto_publish: bool | None = None
 

