@@ -40,14 +40,15 @@ import torch
 from tqdm import tqdm
 
 from contract import keys
-from contract.bundle import read_manifest, verify_bundle, write_manifest
+from contract.bundle import verify_bundle, write_manifest
 from contract.errors import InputError
 from contract.reports import markdown_table, write_json
 from contract.signals import Listing
 from contract.spec import FeatureSpec, build_inputs, concat_inputs, yes_probability
 from distill.export import export_student, onnx_logits, quantize_int8
-from distill.run import PARITY_TOL, _slug
+from distill.run import PARITY_TOL, _slug, student_logits
 from distill.student import Student, StudentConfig
+from service.arms import write_experiment
 from training.artifacts import atomic_dir, read_json, read_jsonl, write_jsonl
 from training.clicklog import LabelledRanking, Propensities, read_labelled
 
@@ -244,17 +245,11 @@ def default_checkpoint(bundle: Path) -> Path:
                      "pass --student PATH")
 
 
-def _logits(model: Student, inputs: dict[str, np.ndarray], idx: np.ndarray | None = None) -> np.ndarray:
-    with torch.no_grad():
-        return model(*(torch.from_numpy(inputs[n] if idx is None else inputs[n][idx])
-                       for n in model.spec.input_names)).numpy()
-
-
 def fine_tune(model: Student, data: ClickArrays, cfg: RetrainConfig) -> tuple[Student, list[dict[str, float]]]:
     torch.manual_seed(cfg.seed)
     names = model.spec.input_names
     tensors = [torch.from_numpy(data.inputs[n]) for n in names]
-    anchor = torch.from_numpy(_logits(model, data.inputs))
+    anchor = torch.from_numpy(student_logits(model, data.inputs))
     lab, w = torch.from_numpy(data.labels), torch.from_numpy(data.weights)
     starts = data.starts
     n_lists = len(starts) - 1
@@ -368,19 +363,6 @@ class RetrainResult:
     info: dict[str, Any]
 
 
-def write_arms(path: Path, current: Path, retrained: Path, version: str) -> None:
-    """An arms file with the serving bundle and the retrained one side by side, 50/50 (paths relative to it)."""
-    import yaml
-
-    from contract.reports import atomic_write_text
-
-    base = path.parent.resolve()
-    doc = {"experiment": f"retrained-vs-current-{version}", "salt": f"retrain-{version}",
-           "arms": [{"name": "current", "weight": 50, "bundle": os.path.relpath(current.resolve(), base)},
-                    {"name": "retrained", "weight": 50, "bundle": os.path.relpath(retrained.resolve(), base)}]}
-    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
-
-
 def retrain(bundle: Path, logs: Path, out: Path, cfg: RetrainConfig | None = None, student: Path | None = None,
             data: Path | None = None, first_stage: Path | None = None) -> RetrainResult:
     """Fine-tune, export (parity-checked), write OUT/bundle, OUT/student.pt, OUT/arms.yaml, OUT/report.md."""
@@ -398,8 +380,9 @@ def retrain(bundle: Path, logs: Path, out: Path, cfg: RetrainConfig | None = Non
     arrays, skipped = click_arrays(tables, rankings, live, props, cfg)
     # the checkpoint must be the bundle's student: its logits match the bundle's ONNX on logged inputs
     sample = np.arange(min(256, len(arrays.labels)))
-    served = onnx_logits(tables.dir / tables.manifest.models["student"], {k: v[sample] for k, v in arrays.inputs.items()})
-    drift = float(np.abs(served - _logits(model, arrays.inputs, sample)).max())
+    sampled = {k: v[sample] for k, v in arrays.inputs.items()}
+    drift = float(np.abs(onnx_logits(tables.dir / tables.manifest.models["student"], sampled)
+                         - student_logits(model, sampled)).max())
     if drift > PARITY_TOL * 10:
         raise InputError(f"the checkpoint is not this bundle's student (logits differ by {drift:.2e}); "
                          "pass the bundle's own student.pt with --student")
@@ -407,15 +390,16 @@ def retrain(bundle: Path, logs: Path, out: Path, cfg: RetrainConfig | None = Non
     with atomic_dir(out) as tmp:
         work = tmp / "work"
         work.mkdir()
-        export_student(model, {k: v[sample] for k, v in arrays.inputs.items()}, work / "student.onnx")
-        parity = float(np.abs(onnx_logits(work / "student.onnx", arrays.inputs) - _logits(model, arrays.inputs)).max())
+        export_student(model, sampled, work / "student.onnx")
+        parity = float(np.abs(onnx_logits(work / "student.onnx", arrays.inputs)
+                              - student_logits(model, arrays.inputs)).max())
         if parity > PARITY_TOL:
             raise RuntimeError(f"ONNX/PyTorch parity failed: max abs diff {parity:.2e} > {PARITY_TOL}")
         quantize_int8(work / "student.onnx", work / "student.int8.onnx")
         dst = tmp / "bundle"
         shutil.copytree(tables.dir, dst)
         (dst / "manifest.json").unlink()
-        old = read_manifest(tables.dir)
+        old = tables.manifest
         for key in ("student", "student_int8"):
             if key in old.models:
                 shutil.copyfile(work / ("student.onnx" if key == "student" else "student.int8.onnx"),
@@ -442,7 +426,10 @@ def retrain(bundle: Path, logs: Path, out: Path, cfg: RetrainConfig | None = Non
         write_json(tmp / "retrain.json", info)
         (tmp / "report.md").write_text(_report(info))
         write_jsonl(tmp / "curve.jsonl", curve)
-    write_arms(Path(out) / "arms.yaml", Path(bundle), Path(out) / "bundle", manifest.version)
+    # the serving bundle and the retrained one side by side, 50/50, paths relative to the file
+    base = Path(out).resolve()
+    write_experiment(Path(out) / "arms.yaml", f"retrained-vs-current-{manifest.version}", f"retrain-{manifest.version}",
+                     [("current", 50, os.path.relpath(Path(bundle).resolve(), base)), ("retrained", 50, "bundle")])
     return RetrainResult(Path(out), Path(out) / "bundle", manifest.version, info)
 
 

@@ -27,7 +27,6 @@ Redis (embedded) live on loopback and are started and stopped here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -236,11 +235,12 @@ def run_phase(name: str, out: Path, arms: list[tuple[str, str]], redis_url: str,
     and the A/B report of exactly this phase's feedback."""
     from loadtest.reliability import service
     from service.abreport import ab_report, read_events
-    from service.arms import load_experiment
+    from service.arms import load_experiment, write_experiment
 
     phase_dir = out / f"phase_{name}"
     phase_dir.mkdir()
-    write_arms(phase_dir / "arms.yaml", arms, f"sim-{name}-{cfg.seed}")
+    write_experiment(phase_dir / "arms.yaml", f"phase_{name}", f"sim-{name}-{cfg.seed}",
+                     [(arm, 50, bundle) for arm, bundle in arms])
     with service(None, redis_url, arms=phase_dir / "arms.yaml", log=out / "service.log",
                  HMPPS_SERVED_LOG_SAMPLE="1.0", HMPPS_AUTO_PUBLISH="0") as (url, _):
         res = drive(url, world, cfg, name, rng)
@@ -248,15 +248,6 @@ def run_phase(name: str, out: Path, arms: list[tuple[str, str]], redis_url: str,
                     load_experiment(phase_dir / "arms.yaml").expected_shares(), arms[0][0])
     write_json(phase_dir / "ab_report.json", rep)
     return res, rep
-
-
-def write_arms(path: Path, arms: list[tuple[str, str]], salt: str) -> None:
-    import yaml
-
-    from contract.reports import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump({"experiment": path.parent.name, "salt": salt, "arms": [
-        {"name": n, "weight": 50, "bundle": b} for n, b in arms]}, sort_keys=False))
 
 
 @dataclass(frozen=True)
@@ -408,7 +399,3 @@ def report_markdown(s: dict[str, Any]) -> str:
             p = off["paired"]
             lines += [f"({p['pair']}: {p['diff']:+.4f}, 95% interval [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}])"]
     return "\n".join(lines) + "\n"
-
-
-def summary_json(s: dict[str, Any]) -> str:
-    return json.dumps(s, indent=2)

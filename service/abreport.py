@@ -20,27 +20,12 @@ import numpy as np
 from contract import keys
 from contract.constants import EFFICIENT_DWELL_S
 from contract.reports import markdown_table
+from contract.streams import entry_field, iter_stream
 
 
-def read_events(client: Any, batch: int = 10_000, since: float | None = None,
-                until: float | None = None) -> list[dict[str, Any]]:
-    """The feedback stream's events, optionally those written between two unix times (stream ids
-    start with the write time in ms, so the filter is a range read)."""
-    events: list[dict[str, Any]] = []
-    last = "-" if since is None else str(int(since * 1000))
-    hi = "+" if until is None else str(int(until * 1000))
-    first = True
-    while True:
-        chunk = client.xrange(keys.FEEDBACK_STREAM, min=last, max=hi, count=batch)
-        if not first:
-            chunk = chunk[1:]  # the range is inclusive of the last id seen
-        first = False
-        if not chunk:
-            return events
-        for _, fields in chunk:
-            raw = fields.get(b"e") or fields.get("e")
-            events.append(json.loads(raw))
-        last = chunk[-1][0].decode() if isinstance(chunk[-1][0], bytes) else chunk[-1][0]
+def read_events(client: Any, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    """The feedback stream's events, optionally those written between two unix times."""
+    return [json.loads(entry_field(f, "e")) for _, f in iter_stream(client, keys.FEEDBACK_STREAM, since, until)]
 
 
 def _normal_p(z: float) -> float:

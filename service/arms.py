@@ -91,3 +91,14 @@ def load_experiment(path: Path) -> Experiment:
     except yaml.YAMLError as e:
         raise InputError(f"arms file {path} is not valid YAML/JSON: {e}") from None
     return parse_experiment(doc, path.parent)
+
+
+def write_experiment(path: Path, name: str, salt: str, arms: list[tuple[str, float, str]]) -> None:
+    """An arms file (written atomically): ``arms`` are (name, weight, bundle path or 'passthrough');
+    a relative bundle path is relative to the file, as ``parse_experiment`` reads it."""
+    import yaml
+
+    from contract.reports import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump({"experiment": name, "salt": salt, "arms": [
+        {"name": n, "weight": w, "bundle": b} for n, w, b in arms]}, sort_keys=False))

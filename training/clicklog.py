@@ -41,6 +41,7 @@ from contract.events import DEFAULT_POSITIVE_TYPES
 from contract.reports import markdown_table
 from contract.served import FIELD as SERVED_FIELD
 from contract.served import ServedRanking
+from contract.streams import entry_field, iter_stream
 
 STREAMS = {"served": keys.SERVED_STREAM, "feedback": keys.FEEDBACK_STREAM, "events": keys.EVENTS_STREAM}
 PURCHASE_TYPES = ("purchase", "add_to_cart")
@@ -88,43 +89,21 @@ class Logs:
                 self.examples.append(f"{where}: {e}")
 
 
-def _stream_ids(since: float | None, until: float | None) -> tuple[str, str]:
-    # stream ids start with the write's unix time in ms: the time filter is a range read
-    lo = "-" if since is None else str(int(math.floor(since * 1000)))
-    hi = "+" if until is None else str(int(math.floor(until * 1000)))
-    return lo, hi
-
-
-def iter_stream(client: Any, key: str, since: float | None = None, until: float | None = None,
-                batch: int = 5000) -> Iterator[tuple[str, dict[Any, Any]]]:
-    """Every entry of a stream between two unix times, in order, read in batches."""
-    lo, hi = _stream_ids(since, until)
-    while True:
-        chunk = client.xrange(key, min=lo, max=hi, count=batch)
-        if not chunk:
-            return
-        for sid, fields in chunk:
-            yield (sid.decode() if isinstance(sid, bytes) else sid), fields
-        last = chunk[-1][0].decode() if isinstance(chunk[-1][0], bytes) else chunk[-1][0]
-        lo = "(" + last  # exclusive: the next batch starts after the last id read
-        if len(chunk) < batch:
-            return
-
-
-def _field(fields: dict[Any, Any], name: str) -> Any:
-    return fields.get(name.encode()) if name.encode() in fields else fields.get(name)
+def _entries(client: Any, since: float | None, until: float | None
+             ) -> Iterator[tuple[str, str, str | bytes | None]]:
+    """(stream name, entry id, raw record) of the three streams, stream by stream."""
+    for stream, key in STREAMS.items():
+        for sid, fields in iter_stream(client, key, since, until):
+            yield stream, sid, entry_field(fields, SERVED_FIELD if stream == "served" else "e")
 
 
 def read_logs_redis(client: Any, since: float | None = None, until: float | None = None) -> Logs:
     logs = Logs()
-    for stream, key in STREAMS.items():
-        name = SERVED_FIELD if stream == "served" else "e"
-        for sid, fields in iter_stream(client, key, since, until):
-            raw = _field(fields, name)
-            if raw is None:
-                logs.bad[stream] += 1
-                continue
-            logs.add(stream, raw, f"{key} {sid}")
+    for stream, sid, raw in _entries(client, since, until):
+        if raw is None:
+            logs.bad[stream] += 1
+            continue
+        logs.add(stream, raw, f"{STREAMS[stream]} {sid}")
     return logs
 
 
@@ -134,19 +113,16 @@ def export_logs(client: Any, out: Path, since: float | None = None, until: float
 
     counts: Counter[str] = Counter()
     lines = []
-    for stream, key in STREAMS.items():
-        name = SERVED_FIELD if stream == "served" else "e"
-        for sid, fields in iter_stream(client, key, since, until):
-            raw = _field(fields, name)
-            if raw is None:
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                counts["unparseable"] += 1  # from-logs would skip it too
-                continue
-            lines.append(json.dumps({"stream": stream, "id": sid, "record": record}, separators=(",", ":")))
-            counts[stream] += 1
+    for stream, sid, raw in _entries(client, since, until):
+        if raw is None:
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            counts["unparseable"] += 1  # from-logs would skip it too
+            continue
+        lines.append(json.dumps({"stream": stream, "id": sid, "record": record}, separators=(",", ":")))
+        counts[stream] += 1
     atomic_write_text(out, "\n".join(lines) + ("\n" if lines else ""))
     return counts
 
@@ -428,10 +404,8 @@ def plot_ctr(ctr: dict[str, list[tuple[int, int]]], props: Propensities | None, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=110)  # into from_logs' temporary directory: renamed whole with it
     plt.close(fig)
-    tmp.replace(path)
 
 
 def report_markdown(summary: dict[str, Any]) -> str:
