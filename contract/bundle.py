@@ -102,7 +102,9 @@ def write_manifest(bundle: Path, version_prefix: str, dataset: str, dataset_fing
     """Hash every file already in ``bundle``, name the version after them, write manifest.json last."""
     bundle = Path(bundle)
     digests = file_digests(bundle)
-    manifest = Manifest(content_version(version_prefix, digests), dataset, dataset_fingerprint, spec, models,
+    # the same files stored another way are another version: their Redis keys must not mix
+    named = digests | ({"spec:storage": spec.storage} if spec.storage != "float32" else {})
+    manifest = Manifest(content_version(version_prefix, named), dataset, dataset_fingerprint, spec, models,
                         features, digests, extra)
     write_json(bundle / MANIFEST, manifest.to_dict())
     return manifest

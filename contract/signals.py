@@ -87,11 +87,13 @@ class Listing:
         return cls(np.arange(k), k, sc, list(candidate_ids), list(history_ids))
 
 
-def _masked_stats(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row mean and max of ``sim`` over ``mask``; 0 where a row has nothing."""
+def _masked_stats(sims: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row mean and max of each (K, n) matrix in ``sims`` (m, K, n) over ``mask`` (K, n); 0 where a row
+    has nothing. One pass for every matrix: a request's arrays are tiny, so numpy calls are the cost."""
     n = mask.sum(1)
-    mean = np.where(n > 0, (sim * mask).sum(1) / np.maximum(n, 1), 0.0)
-    mx = np.where(n > 0, np.where(mask, sim, -np.inf).max(1, initial=-np.inf), 0.0)
+    has = n > 0
+    mean = np.where(has, (sims * mask).sum(2) / np.maximum(n, 1), 0.0)
+    mx = np.where(has, np.where(mask, sims, -np.inf).max(2, initial=-np.inf), 0.0)
     return mean, mx
 
 
@@ -115,6 +117,14 @@ def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.n
             same[i, where.get(c, [])] = True
     other = ~same
     since = (n - 1 - np.arange(n)).astype(np.float64)  # purchases since each history item (0: the newest)
+    # the similarity matrices the groups need, stacked so that their masked stats are one pass
+    slices = {"text": text, "sel": sel, "cf": cf}
+    uses = {"repeat": ("text",), "whole_history": ("text", "sel"), "copurchase": ("cf",)}
+    wanted = list(dict.fromkeys(name for g in groups for name in uses.get(g, ())))
+    at = {name: i for i, name in enumerate(wanted)}
+    sims = np.stack([candidates[:, slices[w]] @ history[:, slices[w]].T for w in wanted]) if wanted and n else \
+        np.zeros((len(wanted), k, 0), np.float32)
+    means, maxes = _masked_stats(sims, other) if wanted else (np.zeros((0, k)), np.zeros((0, k)))
     for g in groups:
         if g == "position":
             pos = listing.positions.astype(np.float64)
@@ -131,24 +141,21 @@ def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.n
             cols += [p, p - p.mean()]
         elif g == "repeat":
             newest = np.where(same, since, np.inf).min(1, initial=np.inf)
-            tsim = candidates[:, text] @ history[:, text].T if n else np.zeros((k, 0))
-            near = (tsim >= NEAR_DUP_COSINE) & other
+            near = (sims[at["text"]] >= NEAR_DUP_COSINE) & other
             near_newest = np.where(near, since, np.inf).min(1, initial=np.inf)
             cols += [np.isfinite(newest).astype(np.float64), np.where(np.isfinite(newest), 1.0 / (1.0 + newest), 0.0),
                      np.isfinite(near_newest).astype(np.float64),
                      np.where(np.isfinite(near_newest), 1.0 / (1.0 + near_newest), 0.0)]
         elif g == "whole_history":
-            for part in (text, sel):
-                sim = candidates[:, part] @ history[:, part].T if n else np.zeros((k, 0))
-                cols += list(_masked_stats(sim, other))
+            for part in ("text", "sel"):
+                cols += [means[at[part]], maxes[at[part]]]
             cols.append(np.full(k, np.log1p(n) / np.log1p(HISTORY_CAP)))
         elif g == "copurchase":
-            sim = candidates[:, cf] @ history[:, cf].T if n else np.zeros((k, 0))
-            mean, mx = _masked_stats(sim, other)
+            i = at["cf"]
             # the most recent history item that is not the candidate itself
             last = np.where(other, np.arange(n), -1).max(1, initial=-1)
-            recent = np.where(last >= 0, sim[np.arange(k), np.maximum(last, 0)] if n else 0.0, 0.0)
-            cols += [mx, mean, recent]
+            recent = np.where(last >= 0, sims[i][np.arange(k), np.maximum(last, 0)] if n else 0.0, 0.0)
+            cols += [maxes[i], means[i], recent]
         else:
             raise ValueError(f"unknown signal group {g!r}")
     if not cols:

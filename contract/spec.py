@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.codec import check_storage
 from contract.history import select_history
 from contract.signals import Listing, check_groups, compute_signals, signal_dim
 
@@ -47,9 +48,11 @@ class FeatureSpec:
     pop_dim: int = 0
     cf_dim: int = 0
     signals: tuple[str, ...] = ()
+    storage: str = "float32"  # how product and query vectors are stored in Redis (contract.codec)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signals", check_groups(self.signals))
+        check_storage(self.storage)
         if self.pop_dim not in (0, 1):
             raise ValueError(f"pop_dim={self.pop_dim}: must be 0 or 1")
         if "popularity" in self.signals and not self.pop_dim:
@@ -105,9 +108,10 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        # bundles from before the ranking signals have none of the last three fields
+        # bundles from before the ranking signals have none of the last three fields (nor storage)
         spec = cls(int(d["text_dim"]), int(d["image_dim"]), int(d["sel_dim"]), int(d["k_s2"]),
-                   int(d.get("pop_dim", 0)), int(d.get("cf_dim", 0)), tuple(d.get("signals", ())))
+                   int(d.get("pop_dim", 0)), int(d.get("cf_dim", 0)), tuple(d.get("signals", ())),
+                   str(d.get("storage", "float32")))
         for key in ("product_dim", "query_dim", "signal_dim"):
             if key in d and int(d[key]) != getattr(spec, key):
                 raise ValueError(f"spec {key}={d[key]} disagrees with its parts ({getattr(spec, key)})")

@@ -51,6 +51,7 @@ class TorchStudent:
 class EagerStudentScorer:
     name = "student PyTorch eager"
     needs_summaries = False
+    inline = False  # torch eager: milliseconds, a worker thread
 
     def __init__(self, checkpoint: Path, threads: int = 1):
         self.model = TorchStudent(checkpoint, threads)
@@ -69,6 +70,7 @@ class CrossEncoderScorer:
 
     name = "MiniLM-L6 int8 cross-encoder"
     needs_summaries = True
+    inline = False
 
     def __init__(self, model: Path, tokenizer: Path, threads: int = 1, max_tokens: int = 64):
         from tokenizers import Tokenizer

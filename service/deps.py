@@ -11,7 +11,8 @@ from contract.errors import Forbidden, Unauthorized
 from service.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a plain-def dependency in its thread pool, a thread hand-off per request
     state: AppState = request.app.state.hmpps
     return state
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from contract import keys
+from contract.codec import encode_vector
 from contract.errors import BundleError, InputError
 from contract.events import Product
 from contract.products import product_text, summary_text
@@ -107,7 +106,7 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
         times.append(p.updated_at if p.updated_at is not None else now)
         pipe.execute_command("EVAL", UPSERT, 3, keys.product_meta(version, p.product_id),
                              keys.product(version, p.product_id), keys.summary(version, p.product_id), hashes[i],
-                             times[-1], np.ascontiguousarray(vec, dtype=np.float32).tobytes(), summary)
+                             times[-1], encode_vector(vec, bundle.spec.storage), summary)
     codes = pipe.execute() if todo else []
     for code in codes:
         out.written += code == 1

@@ -18,6 +18,7 @@ import numpy as np
 
 from contract import keys
 from contract.bundle import verify_bundle
+from contract.codec import encode_vector
 from contract.constants import HISTORY_TTL_S
 from contract.errors import ArtifactMismatch, InputError
 from service.histories import seed_histories
@@ -72,7 +73,7 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
             pending = 0
 
     def vec_bytes(v: np.ndarray) -> bytes:
-        return np.ascontiguousarray(v, dtype=np.float32).tobytes()
+        return encode_vector(v, spec.storage)
 
     client.delete(keys.complete(version))  # a rerun is incomplete until it finishes
     pipe.set(keys.manifest(version), json.dumps(manifest.to_dict()))

@@ -18,6 +18,7 @@ import anyio
 import numpy as np
 from redis.exceptions import RedisError
 
+from contract.codec import decode_rows, encode_vector
 from contract.constants import PASSTHROUGH
 from contract.served import ServedItem, ServedRanking
 from contract.signals import Listing, column_names
@@ -43,12 +44,6 @@ class Scored:
     signals: list[dict[str, float]] | None = None  # per candidate, by column name
 
 
-def _vec(b: bytes | None, dim: int) -> np.ndarray | None:
-    if b is None or len(b) != dim * 4:
-        return None
-    return np.frombuffer(b, dtype=np.float32)
-
-
 @dataclass(frozen=True)
 class Listed:
     """The caller's candidate list: ids in its order, and its first-stage scores (None where not sent)."""
@@ -67,47 +62,47 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Liste
     stages: dict[str, float] = {}
     t = time.perf_counter()
     encoded = None
-    q = _vec(fetched.query, spec.query_dim)
-    if q is None:  # a tail query: encode it with the bundle's query encoder
+    qrows, _ = decode_rows([fetched.query], spec.query_dim, spec.storage)
+    if len(qrows):
+        q = qrows[0]
+    else:  # a tail query: encode it with the bundle's query encoder
         q = np.asarray(bundle.query_encoder.encode(query), dtype=np.float32)
-        encoded = q.tobytes()
+        encoded = encode_vector(q, spec.storage)
+        q = decode_rows([encoded], spec.query_dim, spec.storage)[0][0]  # what later requests will read
         stages["query_encode"] = time.perf_counter() - t
         t = time.perf_counter()
-    cand = [_vec(b, spec.product_dim) for b in fetched.candidates]
-    known = [i for i, v in enumerate(cand) if v is not None]
-    scores: list[float | None] = [None] * len(cand)
+    cand_mat, known = decode_rows(fetched.candidates, spec.product_dim, spec.storage)
+    scores: list[float | None] = [None] * len(fetched.candidates)
     if not known:
         stages["selection"] = time.perf_counter() - t
         return Scored(scores, stages, encoded)
     # history arrives most recent first; selection wants oldest first
-    pairs = [(pid, v) for pid, v in zip(reversed(fetched.history_ids), (_vec(b, spec.product_dim)
-                                                                         for b in reversed(fetched.history)), strict=True)
-             if v is not None]
-    hist_mat = np.stack([v for _, v in pairs]) if pairs else np.zeros((0, spec.product_dim), np.float32)
-    cand_mat = np.stack([cand[i] for i in known])  # type: ignore[misc]
+    hist_mat, kept = decode_rows(fetched.history[::-1], spec.product_dim, spec.storage)
+    n_hist = len(fetched.history)
+    hist_ids = [fetched.history_ids[n_hist - 1 - j] for j in kept]
     selected = select_for(spec, q, cand_mat, hist_mat) if explain else None
     listing = None
     if spec.signals:  # positions count every listed candidate, known or not
-        listing = Listing(np.asarray(known), len(cand), np.array([np.nan if listed.scores[i] is None
-                                                                  else listed.scores[i] for i in known], float),
-                          [listed.ids[i] for i in known], [pid for pid, _ in pairs])
+        listing = Listing(np.asarray(known), len(fetched.candidates),
+                          np.array([np.nan if listed.scores[i] is None else listed.scores[i] for i in known], float),
+                          [listed.ids[i] for i in known], hist_ids)
     inputs = build_inputs(spec, q, cand_mat, hist_mat, selected, listing)
     stages["selection"] = time.perf_counter() - t
     t = time.perf_counter()
     probs = yes_probability(bundle.scorer.logits(inputs))
     stages["inference"] = time.perf_counter() - t
-    for i, p in zip(known, probs, strict=True):
-        scores[i] = float(p)
-    out = Scored(scores, stages, encoded, len(pairs))
+    for i, p in zip(known, probs.tolist(), strict=True):
+        scores[i] = p
+    out = Scored(scores, stages, encoded, len(hist_ids))
     if selected is not None:
-        out.history_ids = [pid for pid, _ in reversed(pairs)]
-        picks: list[list[str]] = [[] for _ in cand]
+        out.history_ids = hist_ids[::-1]
+        picks: list[list[str]] = [[] for _ in scores]
         for row, i in zip(selected, known, strict=True):
-            picks[i] = [pairs[j][0] for j in sorted(row.tolist(), reverse=True)]  # most recent first
+            picks[i] = [hist_ids[j] for j in sorted(row.tolist(), reverse=True)]  # most recent first
         out.selected = picks
         if spec.signals:
             names = column_names(spec.signals)
-            out.signals = [{} for _ in cand]
+            out.signals = [{} for _ in scores]
             for row, i in zip(inputs[SIGNALS], known, strict=True):
                 out.signals[i] = {n: round(float(v), 4) for n, v in zip(names, row, strict=True)}
     return out
@@ -123,6 +118,9 @@ class RequestScorer(Protocol):
 
     name: str
     needs_summaries: bool  # fetch candidate summaries from Redis on every request
+    # a fraction of a millisecond per request: run it on the event loop, since a worker-thread hand-off
+    # costs about as much as the call (a tail query's encoding or an explain still go to a thread)
+    inline: bool
 
     def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
                  explain: bool = False) -> Scored: ...
@@ -131,6 +129,7 @@ class RequestScorer(Protocol):
 class StudentScorer:
     name = "student"
     needs_summaries = False
+    inline = True
 
     def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
                  explain: bool = False) -> Scored:
@@ -170,6 +169,7 @@ class RequestContext:
     scorer: RequestScorer
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # best-effort work after the response
     served_log_sample: float = 0.0  # share of responses logged to the served stream
+    inline_max_candidates: int = 0  # score on the event loop up to this many candidates (0: always a thread)
 
 
 async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
@@ -218,8 +218,12 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
                                             req.explain)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, Listed.of(req),
-                                                    req.explain, limiter=ctx.limiter)
+            if (ctx.scorer.inline and fetched.query is not None and not req.explain
+                    and len(ids) <= ctx.inline_max_candidates):
+                scored = ctx.scorer(bundle, req.query, fetched, Listed.of(req))
+            else:
+                scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, Listed.of(req),
+                                                        req.explain, limiter=ctx.limiter)
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.bundle import verify_bundle
+from contract.codec import encode_vector
 from contract.constants import PASSTHROUGH
 from contract.errors import HmppsError, InputError
 from service.arms import Experiment, load_experiment, single_arm
@@ -74,7 +75,7 @@ def warm_up(bundle: LoadedBundle, rounds: int = 3) -> None:
     rng = np.random.default_rng(0)
 
     def vec(d: int) -> bytes:
-        return np.asarray(rng.standard_normal(d), dtype=np.float32).tobytes()
+        return encode_vector(rng.standard_normal(d), spec.storage)
     fetched = Fetched(vec(spec.query_dim), False, [vec(spec.product_dim) for _ in range(10)],
                       [f"warm-{i}" for i in range(5)], [vec(spec.product_dim) for _ in range(5)])
     listed = Listed([f"cand-{i}" for i in range(10)], [float(10 - i) for i in range(10)])

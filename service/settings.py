@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     ort_threads: int = Field(1, ge=1, le=64)
     ort_providers: str = "CPUExecutionProvider"  # comma-separated, in priority order
     int8: bool = False
+    # Score on the event loop (no worker-thread hand-off) up to this many candidates: the student's call
+    # takes well under a millisecond at K=10; 0 sends every request to a worker thread.
+    inline_max_candidates: int = Field(50, ge=0, le=1000)
 
     # Limits and reliability.
     request_budget_ms: float = Field(50.0, gt=0)
