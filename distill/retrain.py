@@ -39,8 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from contract import keys
-from contract.bundle import verify_bundle, write_manifest
+from contract.bundle import write_manifest
 from contract.errors import InputError
 from contract.reports import markdown_table, write_json
 from contract.signals import Listing
@@ -48,8 +47,9 @@ from contract.spec import FeatureSpec, build_inputs, concat_inputs, yes_probabil
 from distill.export import export_student, onnx_logits, quantize_int8
 from distill.run import PARITY_TOL, _slug, student_logits
 from distill.student import Student, StudentConfig
+from distill.tables import BundleTables, held_out_lists
 from service.arms import write_experiment
-from training.artifacts import atomic_dir, read_json, read_jsonl, write_jsonl
+from training.artifacts import atomic_dir, write_jsonl
 from training.clicklog import LabelledRanking, Propensities, read_labelled
 
 CORRECTIONS = ("ipw", "none")
@@ -86,43 +86,6 @@ class RetrainConfig:
             raise InputError(f"val_fraction={self.val_fraction}: must be in (0, 0.5)")
         if self.epochs < 1 or self.patience < 1 or self.lists_per_batch < 1:
             raise InputError("epochs, patience and lists_per_batch must be at least 1")
-
-
-class BundleTables:
-    """A bundle's offline features and seeded histories, keyed as the service keys them."""
-
-    def __init__(self, bundle: Path):
-        self.dir = Path(bundle)
-        self.manifest = verify_bundle(self.dir)
-        self.spec: FeatureSpec = self.manifest.spec
-        f = self.manifest.features
-        index = read_json(self.dir / f["index"])
-        self.products = np.load(self.dir / f["products"])
-        self.query_features = np.load(self.dir / f["queries"])
-        self._p = {p: i for i, p in enumerate(index["products"])}
-        self._q = {keys.normalize_query(q): i for i, q in enumerate(index["queries"])}
-        self.seeded = {r["user_id"]: r["history"] for r in read_jsonl(self.dir / f["histories"])}
-        self.history_cap = self.manifest.history_cap
-        self._encoder: Any = None
-
-    def has(self, pid: str) -> bool:
-        return pid in self._p
-
-    def product(self, pids: list[str]) -> np.ndarray:
-        if not pids:
-            return np.zeros((0, self.spec.product_dim), np.float32)
-        return self.products[[self._p[p] for p in pids]]
-
-    def query(self, text: str) -> np.ndarray:
-        i = self._q.get(keys.normalize_query(text))
-        if i is not None:
-            return self.query_features[i]
-        if self._encoder is None:  # a tail query: the bundle's query encoder, as the service does
-            from service.bundle import OnnxQueryEncoder
-
-            m = self.manifest.models
-            self._encoder = OnnxQueryEncoder(self.dir / m["query_encoder"], self.dir / m["tokenizer"])
-        return np.asarray(self._encoder.encode(text), np.float32)
 
 
 def history_at(tables: BundleTables, user: str, ts: float, live: dict[str, list[list[Any]]]) -> list[str]:
@@ -316,39 +279,14 @@ def fine_tune(model: Student, data: ClickArrays, cfg: RetrainConfig) -> tuple[St
 def offline_eval(tables: BundleTables, data: Path, first_stage: Path, students: dict[str, Path]) -> dict[str, Any]:
     """NDCG@4 on the dataset's held-out test queries for each student (ONNX fp32) and the first stage,
     inputs built from the bundle as the service builds them, with paired intervals against the first."""
-    from training.candidates import load_first_stage
-    from training.dataset import load_dataset
-    from training.metrics import paired_values_bootstrap, per_query, rerank
+    from training.metrics import paired_values_bootstrap, per_query
 
-    ds = load_dataset(data)
-    if ds.fingerprint != tables.manifest.dataset_fingerprint:
-        raise InputError(f"{data} is not the dataset bundle {tables.manifest.version} was built from")
-    fs = load_first_stage(first_stage, ds)
-    rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
-    if not rows:
-        raise InputError(f"{first_stage}: no candidates for the test queries of {data}")
-    lists, parts, targets = [], [], []
-    for row in rows:
-        cands = [c for c in fs.rows[row["query_id"]]["candidates"] if tables.has(c["product_id"])]
-        pids = [c["product_id"] for c in cands]
-        hist = [p for p in ds.history(row) if tables.has(p)][-tables.history_cap:]
-        listing = Listing(np.arange(len(pids)), len(pids), np.array([c.get("score", np.nan) for c in cands], float),
-                          pids, hist) if tables.spec.signals else None
-        parts.append(build_inputs(tables.spec, tables.query(row["query"]), tables.product(pids), tables.product(hist),
-                                  listing=listing))
-        lists.append(pids)
-        targets.append(row["product_id"])  # the purchase
-    inputs = concat_inputs(parts)
-    per: dict[str, np.ndarray] = {"first stage": per_query(lists, targets)}
+    tests = held_out_lists(tables, data, first_stage)
+    per: dict[str, np.ndarray] = {"first stage": per_query(tests.lists, tests.targets)}
     for name, path in students.items():
-        probs = yes_probability(onnx_logits(path, inputs))
-        ranked, at = [], 0
-        for pids in lists:
-            ranked.append(rerank(pids, list(probs[at:at + len(pids)])))
-            at += len(pids)
-        per[name] = per_query(ranked, targets)
+        per[name] = tests.per_query(yes_probability(onnx_logits(path, tests.inputs)))
     names = list(students)
-    out: dict[str, Any] = {"queries": len(rows), "NDCG@4": {k: float(v.mean()) for k, v in per.items()}}
+    out: dict[str, Any] = {"queries": len(tests.lists), "NDCG@4": {k: float(v.mean()) for k, v in per.items()}}
     if len(names) == 2:
         out["paired"] = paired_values_bootstrap(per[names[1]], per[names[0]])
         out["paired"]["pair"] = f"{names[1]} - {names[0]}"

@@ -197,7 +197,8 @@ def paired_replay(bundle: Path, students: dict[str, Path], logs: Any, relevance:
     itself; this paired comparison over the same requests has no such term.
     """
     from contract.spec import yes_probability
-    from distill.retrain import BundleTables, ranking_inputs
+    from distill.retrain import ranking_inputs
+    from distill.tables import BundleTables
     from service.bundle import OnnxScorer
     from training.clicklog import history_events, join_and_label
     from training.metrics import paired_values_bootstrap

@@ -20,6 +20,24 @@ def bundle_verify(bundle: Path = typer.Argument(..., help="bundle directory")) -
     typer.echo(f"ok: bundle {manifest.version} ({len(manifest.files)} files, dataset {manifest.dataset})")
 
 
+@bundle_app.command("lean")
+@friendly_errors
+def bundle_lean(
+    bundle: Path = typer.Option(..., "--bundle", help="a float32 bundle directory"),
+    storage: str = typer.Option("float16", "--storage", help="float16, or int8 (a per-vector scale)"),
+    out: Path = typer.Option(..., "--out", help="the lean bundle's directory (written atomically)"),
+    data: Path = typer.Option(None, "--data", help="the bundle's dataset: NDCG@4 parity on its test queries"),
+    candidates: Path = typer.Option(None, "--candidates", help="with --data: the first stage's candidate lists"),
+) -> None:
+    """The bundle with its features stored as float16 or int8 in Redis: a new version, with P(yes) and
+    NDCG@4 parity against float32 checked first and kept in its manifest."""
+    from distill.lean import lean_bundle, report
+
+    version, info = lean_bundle(bundle, storage, out, data, candidates)
+    typer.echo(report(info))
+    typer.echo(f"\nwrote {out}: bundle {version} (features stored as {storage})")
+
+
 @app.command("publish", rich_help_panel="Serving")
 @friendly_errors
 def publish(
