@@ -49,14 +49,17 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
         state.warm = True
         await state.check_health()
         health = asyncio.create_task(state.health_loop())
+        served_log = asyncio.create_task(state.served_log.run())
         try:
             yield
         finally:
             state.stopping = True
-            health.cancel()
-            with contextlib.suppress(BaseException):
-                await health
+            for task in (health, served_log):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await state.drain()
+            await state.served_log.close()  # what was queued when the service stopped
             await _close_redis(state.redis, state.aclient)
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 from prometheus_client import multiprocess

@@ -169,14 +169,16 @@ class RequestContext:
     scorer: RequestScorer
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # best-effort work after the response
     served_log_sample: float = 0.0  # share of responses logged to the served stream
+    log_served: Callable[[str], None] | None = None  # queues a served record (service.servedlog)
     inline_max_candidates: int = 0  # score on the event loop up to this many candidates (0: always a thread)
 
 
 async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
     """``handle_rerank``, then (sampled) the served ranking is logged after the response."""
     resp = await handle_rerank(req, ctx)
-    if ctx.served_log_sample > 0 and (ctx.served_log_sample >= 1 or random.random() < ctx.served_log_sample):
-        ctx.spawn(_log_served(ctx, served_record(req, resp)))
+    if ctx.log_served is not None and ctx.served_log_sample > 0 and (
+            ctx.served_log_sample >= 1 or random.random() < ctx.served_log_sample):
+        ctx.log_served(served_record(req, resp))
     return resp
 
 
@@ -186,17 +188,6 @@ def served_record(req: RerankRequest, resp: RerankResponse) -> str:
                          time.time(), tuple(ServedItem(r.product_id, r.original_rank - 1, r.score,
                                                        req.candidates[r.original_rank - 1].score)
                                             for r in resp.results), len(req.candidates)).to_json()
-
-
-async def _log_served(ctx: RequestContext, record: str) -> None:
-    try:
-        # off the request's path: a slow write costs nothing but a task, so its limit is generous
-        async with asyncio.timeout(max(2.0, ctx.budget_s * 20)):
-            await ctx.store.log_served(record)
-        m.SERVED_LOGGED.inc()
-    except Exception as e:  # noqa: BLE001 - best effort, counted, never the caller's error
-        m.SERVED_LOG_FAILURES.inc()
-        log.warning("could not log a served ranking: %s", e)
 
 
 async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankResponse:

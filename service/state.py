@@ -21,6 +21,7 @@ from service import metrics as m
 from service.redis_conn import RedisHandle, async_cluster_client, connect, is_cluster
 from service.rerank import RequestScorer
 from service.runtime import Runtime
+from service.servedlog import ServedLogWriter
 from service.settings import Settings
 from service.store import FeatureStore
 
@@ -66,7 +67,13 @@ class AppState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     started: float = field(default_factory=time.time)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    served_log: ServedLogWriter = field(init=False)
     _sync: Any = None
+
+    def __post_init__(self) -> None:
+        # off the request path: a slow write costs only queued records, so its limit is generous
+        self.served_log = ServedLogWriter(self.store, self.settings.served_log_flush_ms / 1000,
+                                          max(2.0, self.settings.request_budget_ms / 1000 * 20))
 
     @property
     def ready(self) -> bool:

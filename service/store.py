@@ -92,7 +92,7 @@ class FeatureStore(Protocol):
 
     async def add_feedback(self, events: list[dict[str, Any]]) -> None: ...
 
-    async def log_served(self, record: str) -> None: ...
+    async def log_served(self, records: list[str]) -> None: ...
 
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult: ...
@@ -150,9 +150,11 @@ class RedisFeatureStore:
             pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=FEEDBACK_STREAM_MAXLEN, approximate=True)
         await pipe.execute()
 
-    async def log_served(self, record: str) -> None:
-        await self.client.xadd(keys.SERVED_STREAM, {SERVED_FIELD: record}, maxlen=SERVED_STREAM_MAXLEN,
-                               approximate=True)
+    async def log_served(self, records: list[str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for record in records:
+            pipe.xadd(keys.SERVED_STREAM, {SERVED_FIELD: record}, maxlen=SERVED_STREAM_MAXLEN, approximate=True)
+        await pipe.execute()
 
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult:

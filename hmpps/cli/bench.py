@@ -98,6 +98,37 @@ def serve_peer(
     run(peer.value, pipeline, host, port, threads)
 
 
+@app.command("bench-capacity", rich_help_panel="Benchmarks")
+@friendly_errors
+def bench_capacity(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle to serve and to scale the Redis figures from"),
+    parts: str = typer.Option("http,redis", "--parts", help="http (share, open loop, saturation), redis "
+                                                             "(memory, publish); comma-separated"),
+    duration: float = typer.Option(10, "--duration", help="seconds of each wrk run"),
+    connections: int = typer.Option(16, "--connections", help="wrk connections of the saturation runs"),
+    rate: float = typer.Option(100, "--rate", help="requests/s of the open-loop run"),
+    products: int = typer.Option(100_000, "--products", help="synthetic products for the Redis figures"),
+    users: int = typer.Option(100_000, "--users", help="synthetic users' histories for the Redis figures"),
+    upsert: int = typer.Option(20_000, "--upsert", help="new products written by the upsert figure"),
+    cluster: bool = typer.Option(True, "--cluster/--no-cluster", help="also publish into a 3+3 Redis Cluster"),
+    out: Path = typer.Option(None, "--out", help="JSON report; Markdown next to it"),
+) -> None:
+    """/rerank as a share of /healthz, p50/p99 at a fixed rate, saturation with 1 and 2 workers, Redis
+    memory per 1M products and users, publish throughput single node and cluster; real processes."""
+    from loadtest.capacity import CapacityConfig, markdown, run_capacity
+
+    chosen = tuple(split_list(parts))
+    bad = [p for p in chosen if p not in ("http", "redis")]
+    if bad or not chosen:
+        raise typer.BadParameter(f"--parts {parts!r}: choose from http, redis")
+    cfg = CapacityConfig(duration_s=duration, connections=connections, rate=rate, products=products, users=users,
+                         upsert_products=upsert, cluster=cluster)
+    rep = run_capacity(bundle, cfg, chosen)
+    md = markdown(rep, command_line())
+    write_report(out, rep, md)
+    typer.echo(md)
+
+
 @app.command("reliability", rich_help_panel="Benchmarks")
 @friendly_errors
 def reliability(

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from contract import keys
+from loadtest.redis_cluster import LocalCluster, available
 from service.app import create_app
 from service.publish import publish
 from service.redis_conn import connect
 from service.settings import Settings
 from tests.live_server import live_server
-from tests.redis_cluster import LocalCluster, available
 
 pytestmark = pytest.mark.cluster
 

@@ -60,9 +60,9 @@ def test_the_response_does_not_wait_for_the_log_and_a_failure_is_only_counted(tm
         store = client.app.state.hmpps.store
         real = store.log_served
 
-        async def slow(record):
+        async def slow(records):
             await asyncio.sleep(1.0)
-            await real(record)
+            await real(records)
         store.log_served = slow
         t = time.perf_counter()
         res = client.post("/rerank", json=_body(catalog, "req-slow"))
@@ -71,7 +71,7 @@ def test_the_response_does_not_wait_for_the_log_and_a_failure_is_only_counted(tm
         assert _served(client) == []
         assert [r.request_id for r in _wait_for(lambda: _served(client), 1)] == ["req-slow"]
 
-        async def broken(record):
+        async def broken(records):
             raise ConnectionError("redis went away")
         store.log_served = broken
         before = m.SERVED_LOG_FAILURES._value.get()

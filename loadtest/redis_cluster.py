@@ -1,5 +1,6 @@
-"""A real Redis Cluster on loopback for tests: Debian's ``redis-server`` processes joined by
-``redis-cli --cluster create``, with the failure and resharding moves the tests need."""
+"""A real Redis Cluster on loopback for the tests and the capacity benchmark: Debian's
+``redis-server`` processes joined by ``redis-cli --cluster create``, with the failure and
+resharding moves the tests need."""
 
 from __future__ import annotations
 
