@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
 PORT ?= 8000
-PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office"
+PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed"
 
-.PHONY: setup tools demo simulate test-loop test-cluster test-office bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -88,6 +88,10 @@ test-office: setup
 # a real Redis Cluster (3 masters, 3 replicas from Debian's redis-server, started and stopped by the tests)
 test-cluster: setup tools
 	$(BIN)/pytest -m cluster
+
+# two-process teacher training over gloo (accelerate launch), about 3 minutes
+test-dist: setup
+	$(BIN)/pytest -m distributed
 
 test-all: setup tools
 	$(BIN)/pytest

@@ -97,11 +97,13 @@ def teacher(
     """Train the two-stage HMPPS teacher and score the first stage's candidates."""
     from training.report import metrics_table
     from training.teacher.config import load_teacher_config
+    from training.teacher.dist import is_main
     from training.teacher.run import run_teacher
 
     cfg = load_teacher_config(profile, config, parse_sets(sets))
     result = run_teacher(data, candidates, out, cfg, summaries=summaries)
-    typer.echo(metrics_table({"teacher": result.metrics}))
+    if is_main():  # under accelerate launch, the other ranks stop after training
+        typer.echo(metrics_table({"teacher": result.metrics}))
 
 
 @app.command("distill", rich_help_panel="Offline stages")
@@ -162,9 +164,15 @@ def pipeline(
     sets: list[str] = typer.Option(None, "--set", help="override a teacher config field: --set k_s2=3"),
 ) -> None:
     """Run retrieve -> teacher -> distill; write the bundle, metrics.json and a Table-1-style report.md."""
+    import os
+
+    from contract.errors import InputError
     from hmpps.pipeline import run_pipeline
     from training.teacher.config import load_teacher_config
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("the pipeline runs in one process: under accelerate launch run 'hmpps teacher' alone, "
+                         "after 'hmpps retrieve' and before 'hmpps distill' (README, multi-process training)")
     cfg = load_teacher_config(profile, config, parse_sets(sets))
     run_pipeline(data, first_stage.value, out, cfg, summaries=summaries)
     typer.echo((out / "report.md").read_text())

@@ -245,7 +245,10 @@ def align_vision(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConfig, ou
     log = {"products": len(rows), "epochs": cfg.align_epochs, "loss_curve": curve, "tower": tower,
            "probe_before": probe_before, "probe_after": probe_brands(backbone, ds),
            "seconds": round(time.time() - t0, 1)}
-    with atomic_dir(out) as tmp:
-        torch.save([p.detach().cpu().clone() for p in _vision_params(backbone)], tmp / "state.pt")
-        write_json(tmp / "align.json", {"fields": fields, "log": log})
+    from training.teacher.dist import is_main
+
+    if is_main():  # every rank aligned the same way (same seed, no collectives); one writes
+        with atomic_dir(out) as tmp:
+            torch.save([p.detach().cpu().clone() for p in _vision_params(backbone)], tmp / "state.pt")
+            write_json(tmp / "align.json", {"fields": fields, "log": log})
     return log

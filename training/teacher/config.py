@@ -62,6 +62,8 @@ class TeacherConfig:
     grad_accum: int = 1
     max_steps: int = 0  # 0: no cap
     checkpoint_every: int = 200
+    # under accelerate launch: compare the ranks' trainable weights after every optimizer step
+    sync_check: bool = True
     seed: int = 0
     # inference
     score_batch: int = 16

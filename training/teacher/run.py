@@ -31,6 +31,8 @@ from training.teacher.align import align_vision
 from training.teacher.backbone import ComposedBackbone
 from training.teacher.build import build_backbone
 from training.teacher.config import TeacherConfig
+from training.teacher.dist import is_main, processes
+from training.teacher.dist import state as dist_state
 from training.teacher.examples import Embeddings, ExampleFactory, Group
 from training.teacher.trainer import train, training_fields
 
@@ -118,7 +120,8 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
 
     backbone.train()
     log = train(backbone, groups_for_epoch, cfg, out / "checkpoint", stage)
-    write_json(done, {"stage": stage, "history": mode, "config": asdict(cfg), "log": log})
+    if is_main():
+        write_json(done, {"stage": stage, "history": mode, "config": asdict(cfg), "log": log})
     return log
 
 
@@ -209,14 +212,17 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
     if (out / "embeddings" / "index.json").exists() and (out / "stage1" / "trained.json").exists():
         emb = load_embeddings(out / "embeddings")
     else:
-        emb = compute_embeddings(backbone, ds, cfg)
-        save_embeddings(emb, out / "embeddings")
+        emb = compute_embeddings(backbone, ds, cfg)  # every rank: stage 2 needs them, no waiting on rank 0
+        if is_main():
+            save_embeddings(emb, out / "embeddings")
     timings["embed"] = time.time() - t
 
     factory = ExampleFactory(ds, cfg, builder, emb)
     t = time.time()
     log2 = train_stage(backbone, factory, fs, fit_rows, cfg, "selected", out / "stage2", "stage2")
     timings["stage2_train"] = time.time() - t
+    if not is_main():  # data-parallel training is done; rank 0 scores and writes the reports
+        return TeacherRun(out, {}, {"rank": dist_state().process_index, "complete": False})
 
     t = time.time()
     score_train = sample_rows(train_rows, cfg.score_train_fraction, cfg.seed + 1)
@@ -239,7 +245,7 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
         "within_query_auc": {k: round(pairwise_auc([s for s in scored if s["split"] == "test"], f"{k}_score"), 4)
                              for k in ("first_stage", "teacher")},
         "align": align_log,
-        "logs": {"stage1": log1, "stage2": log2},
+        "logs": {"stage1": log1, "stage2": log2}, "processes": processes(),
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
         "complete": True,
     }

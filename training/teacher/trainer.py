@@ -1,10 +1,15 @@
 """The teacher's training loop: yes/no LM loss (Eq. 2), LoRA, AdamW, resume.
 
-Built on Hugging Face Accelerate, so the same code runs on one CPU and under
-``accelerate launch`` on several GPUs (each process takes a shard of groups).
-A checkpoint (trainable tensors, optimizer, step, config) is written every
+The same code runs in one process and under ``accelerate launch`` (torchrun)
+in several (``training/teacher/dist.py``): each process takes an equal shard
+of each epoch's query groups (the remainder is dropped, so no rank waits on a
+step the others never take), one all-reduce per optimizer step averages the
+gradients (``_average_gradients``), and after every step the ranks compare a
+checksum of their trainable weights (``sync_check``). N processes with ``grad_accum=1``
+take the same steps as one process with ``grad_accum=N``. Rank 0 writes a
+checkpoint (trainable tensors, optimizer, step, config) every
 ``checkpoint_every`` optimizer steps; a rerun with the same output directory
-resumes from it.
+resumes from it on every rank.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 
 
 # Runtime knobs that do not change what is trained; a resume may change them.
-_RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction")
+_RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction", "sync_check")
 # Fields stage 1 never reads: changing them keeps a trained stage 1 (and its embeddings).
 _STAGE2_ONLY = ("k_s2", "stage2_epochs")
 # Fields that reach only the vision tower and projector: a text-only model (vision=none) is the same without them.
@@ -81,56 +86,85 @@ def _save_checkpoint(path: Path, backbone: ComposedBackbone, opt: torch.optim.Op
         write_json(tmp / "checkpoint.json", {"stage": stage, "step": step, "config": asdict(cfg)})
 
 
+def _average_gradients(params: list[torch.nn.Parameter], procs: int) -> None:
+    """Mean of every trainable gradient over the ranks: one all-reduce of one flat tensor per step.
+
+    Explicit rather than DDP's hooks: a teacher step runs several forward passes (one per shared
+    history prefix) and may leave parameters unused (no image in a group), which DDP's reducer does
+    not support without extra modes; the trainable LoRA and projector tensors are small.
+    """
+    import torch.distributed as dist
+
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= procs
+    at = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[at:at + n].view_as(p).clone()
+        at += n
+
+
 def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Group]], cfg: TeacherConfig,
           ckpt_dir: Path, stage: str) -> dict[str, Any]:
     """Train on query groups (1 positive + negatives each); returns a log."""
-    from accelerate import Accelerator
+    from training.teacher.dist import state as dist_state
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    dist = dist_state()  # joins the process group (under accelerate launch) with the run's timeout
+    procs, rank, main = int(dist.num_processes), int(dist.process_index), bool(dist.is_main_process)
+    backbone.to(dist.device)
     opt = _optimizer(backbone, cfg)
-    model, opt = accelerator.prepare(backbone, opt)
+    params = [p for p in backbone.parameters() if p.requires_grad]
     step = 0
     if (ckpt_dir / "state.pt").exists():
         info = read_json(ckpt_dir / "checkpoint.json")
         if (training_fields(info["config"], stage, schedule=False) != training_fields(asdict(cfg), stage, schedule=False)
                 or info["stage"] != stage):
             raise ArtifactMismatch(f"{ckpt_dir} holds a checkpoint of another config or stage; remove it or use a new --out")
-        state = torch.load(ckpt_dir / "state.pt", weights_only=False)
+        state = torch.load(ckpt_dir / "state.pt", weights_only=False, map_location="cpu")  # copied onto the params
         backbone.load_trainable_state(state["trainable"])
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
+    resumed_from = step
+    checks = 0
     log: list[dict[str, Any]] = []
     t0 = time.time()
     groups_done = step * cfg.grad_accum
+    opt.zero_grad()
     for epoch in range(stage_epochs(cfg, stage)):
-        groups = groups_for_epoch(epoch)[accelerator.process_index:: accelerator.num_processes]
+        every = groups_for_epoch(epoch)
+        groups = every[: len(every) // procs * procs][rank::procs]
         if groups_done >= len(groups) * (epoch + 1):
             continue  # finished before the resume
         start_group = max(0, groups_done - len(groups) * epoch)  # resume mid-epoch
         bar = tqdm(range(start_group, len(groups)), desc=f"teacher {stage} epoch {epoch + 1}", unit="q",
-                   disable=not accelerator.is_local_main_process)
+                   disable=not main)
         running = []
         for gi in bar:
             if cfg.max_steps and step >= cfg.max_steps:
                 break
             g = groups[gi]
-            with accelerator.accumulate(model):
-                logits = decision_logits(model, g.prompts)
-                if cfg.loss == "yes_no":
-                    logits = logits[:, [backbone.yes_id, backbone.no_id]]
-                    target = torch.tensor([0 if y else 1 for y in g.labels], device=logits.device)
-                else:
-                    target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in g.labels],
-                                          device=logits.device)
-                loss = torch.nn.functional.cross_entropy(logits.float(), target)
-                accelerator.backward(loss)
-                opt.step()
-                opt.zero_grad()
+            logits = decision_logits(backbone, g.prompts)
+            if cfg.loss == "yes_no":
+                logits = logits[:, [backbone.yes_id, backbone.no_id]]
+                target = torch.tensor([0 if y else 1 for y in g.labels], device=logits.device)
+            else:
+                target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in g.labels],
+                                      device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            (loss / cfg.grad_accum).backward()
             running.append(loss.item())
             groups_done += 1
-            if accelerator.sync_gradients:
+            if groups_done % cfg.grad_accum == 0:  # an optimizer step: grad_accum groups per rank
+                if procs > 1:
+                    _average_gradients(params, procs)
+                opt.step()
+                opt.zero_grad()
                 step += 1
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and accelerator.is_main_process:
+                if procs > 1 and cfg.sync_check:
+                    _check_in_sync(params, procs, step)
+                    checks += 1
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and main:
                     _save_checkpoint(ckpt_dir, backbone, opt, step, cfg, stage)
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
@@ -141,6 +175,20 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
                 running = []
         if cfg.max_steps and step >= cfg.max_steps:
             break
-    if accelerator.is_main_process:
+    if main:
         _save_checkpoint(ckpt_dir, backbone, opt, step, cfg, stage)
-    return {"steps": step, "groups": groups_done, "seconds": round(time.time() - t0, 1), "loss_curve": log}
+    return {"steps": step, "groups": groups_done, "seconds": round(time.time() - t0, 1), "loss_curve": log,
+            "processes": procs, "resumed_from": resumed_from, "sync_checks": checks}
+
+
+def _check_in_sync(params: list[torch.nn.Parameter], procs: int, step: int) -> None:
+    """Every rank holds the same trainable weights after a step, or the run stops here, saying so."""
+    import torch.distributed as dist
+
+    sums = torch.stack([p.detach().double().sum() for p in params])
+    gathered = [torch.zeros_like(sums) for _ in range(procs)]
+    dist.all_gather(gathered, sums)
+    spread = (torch.stack(gathered).max(0).values - torch.stack(gathered).min(0).values).abs().max()
+    if float(spread) != 0.0:
+        raise RuntimeError(f"after optimizer step {step} the ranks' trainable weights differ (max checksum gap "
+                           f"{float(spread):.3g}): data-parallel training is out of sync")
