@@ -2,7 +2,7 @@
 
 import torch
 
-from tests.tiny_vlm import build_tiny_idefics3
+from training.teacher.tiny_vlm import build_tiny_idefics3
 from training.dataset import load_dataset
 from training.teacher.build import build_backbone
 from training.teacher.config import load_teacher_config
