@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
 PORT ?= 8000
-PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed"
+PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray"
 
-.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -92,6 +92,12 @@ test-cluster: setup tools
 # two-process teacher training over gloo (accelerate launch), about 3 minutes
 test-dist: setup
 	$(BIN)/pytest -m distributed
+
+# Ray Data batch jobs (hmpps encode --ray, teacher scoring --ray) on a local 2-CPU Ray instance;
+# Ray is the optional scale extra, installed here
+test-ray: setup
+	$(BIN)/pip install --quiet -e '.[scale]'
+	$(BIN)/pytest -m ray
 
 test-all: setup tools
 	$(BIN)/pytest

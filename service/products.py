@@ -96,29 +96,46 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     if todo and features.shape != (len(todo), bundle.spec.product_dim):
         raise BundleError(f"the product encoder returned shape {features.shape}, the spec wants "
                           f"({len(todo)}, {bundle.spec.product_dim})")
-    # EVAL with the script text, through execute_command: redis-py's cluster pipeline has no eval()
-    # (nor EVALSHA), but routes a raw EVAL by its keys; the same call works on one Redis
-    pipe = client.pipeline(transaction=False)
-    times = []
-    for i, vec in zip(todo, features, strict=True):
-        p = products[i]
-        summary = summary_text(p.description) or p.title
-        times.append(p.updated_at if p.updated_at is not None else now)
-        pipe.execute_command("EVAL", UPSERT, 3, keys.product_meta(version, p.product_id),
-                             keys.product(version, p.product_id), keys.summary(version, p.product_id), hashes[i],
-                             times[-1], encode_vector(vec, bundle.spec.storage), summary)
-    codes = pipe.execute() if todo else []
-    for code in codes:
-        out.written += code == 1
-        out.unchanged += code == 0
-        out.stale += code == -1
-    written_at = [t for t, code in zip(times, codes, strict=True) if code == 1]
-    if written_at:  # after the products, so a reader never sees the time before the features
-        client.eval(NEWEST, 1, keys.upserted_at(version), max(written_at))
+    default_ts: float = time.time() if now is None else now
+    rows: list[EncodedRow] = [(products[i].product_id, hashes[i],
+             u if (u := products[i].updated_at) is not None else default_ts,
+             encode_vector(vec, bundle.spec.storage), summary_text(products[i].description) or products[i].title)
+            for i, vec in zip(todo, features, strict=True)]
+    written = write_encoded(client, version, rows)
+    out.written, out.unchanged, out.stale = written.written, out.unchanged + written.unchanged, written.stale
     if prune:
         out.deleted = _prune(client, version, {p.product_id for p in products})
     out.seconds = time.perf_counter() - t0
     return out
+
+
+EncodedRow = tuple[str, str, float, bytes, str]  # product id, content hash, updated_at, stored vector, summary
+
+
+def write_encoded(client: Any, version: str, rows: list[EncodedRow], mark_newest: bool = True) -> UpsertResult:
+    """Upsert already-encoded products into ``version``: one pipeline of UPSERT scripts (idempotent: an
+    unchanged hash writes nothing, an older record never replaces a newer one), then the version's
+    newest write time."""
+    out = UpsertResult()
+    # EVAL with the script text, through execute_command: redis-py's cluster pipeline has no eval()
+    # (nor EVALSHA), but routes a raw EVAL by its keys; the same call works on one Redis
+    pipe = client.pipeline(transaction=False)
+    for pid, digest, ts, vec, summary in rows:
+        pipe.execute_command("EVAL", UPSERT, 3, keys.product_meta(version, pid), keys.product(version, pid),
+                             keys.summary(version, pid), digest, ts, vec, summary)
+    codes = pipe.execute() if rows else []
+    for code in codes:
+        out.written += code == 1
+        out.unchanged += code == 0
+        out.stale += code == -1
+    written_at = [r[2] for r, code in zip(rows, codes, strict=True) if code == 1]
+    if written_at and mark_newest:  # after the products, so a reader never sees the time before the features
+        mark_upserted(client, version, max(written_at))
+    return out
+
+
+def mark_upserted(client: Any, version: str, at: float) -> None:
+    client.eval(NEWEST, 1, keys.upserted_at(version), at)
 
 
 def _prune(client: Any, version: str, keep: set[str]) -> int:
@@ -134,3 +151,46 @@ def _prune(client: Any, version: str, keep: set[str]) -> int:
     if gone:
         pipe.execute()
     return len(gone)
+
+
+def publish_features(client: Any, version: str, storage: str, product_dim: int, root: Path,
+                     writers: int = 4, chunk: int = 1000) -> UpsertResult:
+    """Stream ``hmpps encode``'s shards into ``version`` with ``writers`` threads, each writing whole
+    shards in pipelined chunks of UPSERT scripts (redis-py clients, cluster ones too, are thread-safe;
+    each thread builds its own pipelines). Idempotent like any upsert: a rerun writes nothing new."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from contract.shards import read_index, read_shard
+
+    if writers < 1 or chunk < 1:
+        raise InputError("--writers must be at least 1")
+    t0 = time.perf_counter()
+    doc = read_index(root)
+    if doc["bundle_version"] != version or int(doc["product_dim"]) != product_dim:
+        raise InputError(f"{root} holds features of bundle {doc['bundle_version']} ({doc['product_dim']} columns), "
+                         f"not of {version} ({product_dim})")
+
+    def one(entry: dict[str, Any]) -> tuple[UpsertResult, float]:
+        shard = read_shard(Path(root) / entry["file"])
+        res, newest = UpsertResult(), 0.0
+        for start in range(0, len(shard), chunk):
+            rows = [(shard.product_ids[i], shard.hashes[i], float(shard.updated_at[i]),
+                     encode_vector(shard.features[i], storage), shard.summaries[i])
+                    for i in range(start, min(start + chunk, len(shard)))]
+            part = write_encoded(client, version, rows, mark_newest=False)
+            res.written, res.unchanged, res.stale = (res.written + part.written, res.unchanged + part.unchanged,
+                                                     res.stale + part.stale)
+            if part.written:
+                newest = max(newest, max(r[2] for r in rows))
+        return res, newest
+
+    total, newest = UpsertResult(), 0.0
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        for res, at in pool.map(one, doc["shards"]):
+            total.written, total.unchanged, total.stale = (total.written + res.written,
+                                                           total.unchanged + res.unchanged, total.stale + res.stale)
+            newest = max(newest, at)
+    if newest:
+        mark_upserted(client, version, newest)
+    total.seconds = time.perf_counter() - t0
+    return total

@@ -93,6 +93,8 @@ def teacher(
     config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
     summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
     sets: list[str] = typer.Option(None, "--set", help="override a config field: --set k_s2=3"),
+    ray: str = typer.Option(None, "--ray", help="score the candidates on Ray Data: 'auto' or a cluster address "
+                                                "(pip install '.[scale]')"),
 ) -> None:
     """Train the two-stage HMPPS teacher and score the first stage's candidates."""
     from training.report import metrics_table
@@ -101,9 +103,30 @@ def teacher(
     from training.teacher.run import run_teacher
 
     cfg = load_teacher_config(profile, config, parse_sets(sets))
-    result = run_teacher(data, candidates, out, cfg, summaries=summaries)
+    result = run_teacher(data, candidates, out, cfg, summaries=summaries, ray=ray)
     if is_main():  # under accelerate launch, the other ranks stop after training
         typer.echo(metrics_table({"teacher": result.metrics}))
+
+
+@app.command("encode", rich_help_panel="Offline stages")
+@friendly_errors
+def encode(
+    bundle: Path = typer.Option(..., "--bundle", help="bundle whose product encoder to use"),
+    products: Path = typer.Option(..., "--products", help="own-data products file (hmpps-owndata/1)"),
+    out: Path = typer.Option(..., "--out", help="directory of feature shards (written atomically)"),
+    ray: str = typer.Option(None, "--ray", help="run on Ray Data: 'auto' (RAY_ADDRESS, else a local instance) or "
+                                                "a cluster address; needs pip install '.[scale]'"),
+    actors: int = typer.Option(None, "--actors", help="with --ray: encoder actors (default: the cluster's CPUs)"),
+    shard_size: int = typer.Option(10_000, "--shard-size", help="products per shard file (a shard closes at the first batch past it)"),
+    batch_size: int = typer.Option(64, "--batch-size", help="products per encoder call"),
+) -> None:
+    """Encode a catalogue's products with a bundle's product encoder into shards for 'hmpps publish
+    --features', in one process or as a Ray Data job (one ONNX session per actor)."""
+    from distill.encode import encode_products
+
+    info = encode_products(bundle, products, out, ray, shard_size, batch_size, actors)
+    typer.echo(f"encoded {info['products']} products into {len(info['shards'])} shards in {info['seconds']} s "
+               f"({info['products_per_s']} products/s, {info['engine']}) -> {out}")
 
 
 @app.command("distill", rich_help_panel="Offline stages")

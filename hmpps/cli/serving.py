@@ -51,14 +51,23 @@ def publish(
                                        "published version, encoded by its product encoder; nothing else is written"),
     prune: bool = typer.Option(False, "--prune", help="with --products: delete the version's products absent "
                                                       "from the file (the file is the whole catalogue)"),
+    features: Path = typer.Option(None, "--features", help="stream 'hmpps encode' shards into the bundle's "
+                                                            "published version (upserts; nothing else is written)"),
+    writers: int = typer.Option(4, "--writers", help="with --features: parallel writer threads"),
 ) -> None:
     """Write a bundle's features, summaries, query embeddings and user histories to Redis; or, with
-    --products, upsert new and changed products into its live version without retraining."""
+    --products, upsert new and changed products into its live version without retraining; or, with
+    --features, stream products 'hmpps encode' encoded into it with parallel writers."""
     from service.publish import publish as do_publish
     from service.redis_conn import connect
 
+    if products is not None and features is not None:
+        raise typer.BadParameter("--products and --features are two ways to upsert: give one")
     if products is not None:
         _upsert(bundle, redis_url, products, prune)
+        return
+    if features is not None:
+        _publish_features(bundle, redis_url, features, writers)
         return
     if prune:
         raise typer.BadParameter("--prune needs --products")
@@ -76,6 +85,28 @@ def publish(
     typer.echo(f"published {result['version']}: {c['products']} products, {c['summaries']} summaries, "
                f"{c['queries']} queries, {c['users']} user histories in {result['seconds']:.2f} s"
                + ("; live alias now points to it" if activate else ""))
+
+
+def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int) -> None:
+    from contract import keys
+    from contract.bundle import verify_bundle
+    from contract.errors import InputError
+    from service.products import publish_features
+    from service.redis_conn import connect
+
+    m = verify_bundle(bundle)
+    handle = connect(redis_url)
+    try:
+        if not handle.client.exists(keys.complete(m.version)):
+            raise InputError(f"version {m.version} is not published in {redis_url}: run 'hmpps publish --bundle "
+                             f"{bundle}' first")
+        res = publish_features(handle.client, m.version, m.spec.storage, m.spec.product_dim, features, writers)
+    finally:
+        handle.close()
+    total = res.written + res.unchanged + res.stale
+    typer.echo(f"{m.version}: {res.written} products written, {res.unchanged} unchanged, {res.stale} stale "
+               f"(a newer record was there) in {res.seconds:.2f} s ({total / max(res.seconds, 1e-9):.0f} products/s, "
+               f"{writers} writers)")
 
 
 def _upsert(bundle: Path, redis_url: str, products: Path, prune: bool) -> None:

@@ -2,11 +2,11 @@
 
 import torch
 
-from training.teacher.tiny_vlm import build_tiny_idefics3
 from training.dataset import load_dataset
 from training.teacher.build import build_backbone
 from training.teacher.config import load_teacher_config
 from training.teacher.prompt import ImageSlot
+from training.teacher.tiny_vlm import build_tiny_idefics3
 
 
 def test_native_vlm_scores_trains_and_embeds_by_path(tmp_path, synthetic_dir):

@@ -125,24 +125,75 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
     return log
 
 
+def score_row(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, row: dict[str, Any], mode: str,
+              rng: np.random.Generator) -> dict[str, Any]:
+    g = factory.scoring_group(row, fs.ids(row["query_id"]), mode, rng)
+    probs, margins = backbone.score(g.prompts)
+    fs_scores = [c["score"] for c in fs.rows[row["query_id"]]["candidates"]]
+    return {
+        "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
+        "target": row["product_id"],
+        "candidates": [{"product_id": p, "first_stage_score": s, "teacher_score": round(float(pr), 6),
+                        "teacher_logit": round(float(m), 5), "label": y}
+                       for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs, margins, g.labels, strict=True)],
+        "prompt_tokens": [pr.meta.get("tokens", 0) for pr in g.prompts],
+    }
+
+
 def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
                mode: str, seed: int, desc: str = "scoring") -> list[dict[str, Any]]:
     backbone.eval()
     rng = np.random.default_rng(seed)
-    out = []
-    for row in tqdm(rows, desc=desc, unit="q"):
-        g = factory.scoring_group(row, fs.ids(row["query_id"]), mode, rng)
-        probs, margins = backbone.score(g.prompts)
-        fs_scores = [c["score"] for c in fs.rows[row["query_id"]]["candidates"]]
-        out.append({
-            "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
-            "target": row["product_id"],
-            "candidates": [{"product_id": p, "first_stage_score": s, "teacher_score": round(float(pr), 6),
-                            "teacher_logit": round(float(m), 5), "label": y}
-                           for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs, margins, g.labels, strict=True)],
-            "prompt_tokens": [pr.meta.get("tokens", 0) for pr in g.prompts],
-        })
-    return out
+    return [score_row(backbone, factory, fs, row, mode, rng) for row in tqdm(rows, desc=desc, unit="q")]
+
+
+class ScoreBatch:
+    """Teacher scoring as a Ray Data callable class: each actor loads the dataset, the first stage, the
+    trained stage-2 teacher and its embeddings once, then scores batches of query rows. Selected-history
+    scoring draws nothing at random, so any split of the rows gives the one-process scores."""
+
+    def __init__(self, data: str, first_stage: str, teacher: str, config: dict[str, Any], summaries: str | None):
+        from training.dataset import load_dataset
+
+        cfg = TeacherConfig(**config)
+        self.ds = with_summaries(load_dataset(data), summaries)
+        self.fs = load_first_stage(Path(first_stage), self.ds)
+        self.backbone = build_backbone(cfg)
+        align_vision(self.backbone, self.ds, cfg, Path(teacher) / "align")  # restores the saved alignment
+        state = torch.load(Path(teacher) / "stage2" / "checkpoint" / "state.pt", weights_only=False, map_location="cpu")
+        self.backbone.load_trainable_state(state["trainable"])
+        self.backbone.eval()
+        self.factory = ExampleFactory(self.ds, cfg, self.backbone.prompt_builder(),
+                                      load_embeddings(Path(teacher) / "embeddings"))
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import json
+
+        rows = [json.loads(str(r)) for r in batch["row"]]
+        out = [json.dumps(score_row(self.backbone, self.factory, self.fs, r, "selected", self.rng)) for r in rows]
+        return {"scored": np.asarray(out)}
+
+
+def score_rows_ray(address: str, data: Path, first_stage: Path, teacher: Path, cfg: TeacherConfig,
+                   rows: list[dict[str, Any]], summaries: Path | None = None, actors: int | None = None,
+                   batch_size: int = 4) -> list[dict[str, Any]]:
+    """``score_rows(..., "selected", ...)`` for a trained teacher directory, as a Ray Data job."""
+    import json
+
+    from distill.encode import ray_init
+
+    ray = ray_init(address)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    n = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    items = [{"row": json.dumps(r)} for r in rows]
+    ds = ray.data.from_items(items).map_batches(
+        ScoreBatch, fn_constructor_args=(str(data), str(first_stage), str(teacher), asdict(cfg),
+                                         None if summaries is None else str(summaries)),
+        batch_size=batch_size, batch_format="numpy", concurrency=n, num_cpus=1)
+    scored = [json.loads(str(x)) for b in ds.iter_batches(batch_size=256, batch_format="numpy") for x in b["scored"]]
+    order = {r["query_id"]: i for i, r in enumerate(rows)}
+    return sorted(scored, key=lambda s: order[s["query_id"]])
 
 
 def ranked_test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
@@ -176,7 +227,7 @@ def versus_random_order(scored: list[dict[str, Any]], n_test: int, key: str = "t
 
 
 def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: TeacherConfig,
-                summaries: Path | None = None) -> TeacherRun:
+                summaries: Path | None = None, ray: str | None = None) -> TeacherRun:
     """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json."""
     t0 = time.time()
     out = Path(out)
@@ -228,7 +279,12 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
     score_train = sample_rows(train_rows, cfg.score_train_fraction, cfg.seed + 1)
     # A test query whose target is not in the top 10 is a miss for every reranker: no need to score it.
     test_hits = [r for r in test_rows if r["product_id"] in fs.ids(r["query_id"])]
-    scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring")
+    if ray:  # the trained teacher's files are on disk: Ray actors load them and score shards of the rows
+        if isinstance(data, Dataset):
+            raise InputError("teacher scoring on Ray needs the dataset as a directory")
+        scored = score_rows_ray(ray, Path(data), first_stage, out, cfg, test_hits + score_train, summaries)
+    else:
+        scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring")
     timings["score"] = time.time() - t
     metrics = reranked_metrics(scored, n_test=len(test_rows))
 
