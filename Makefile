@@ -11,7 +11,7 @@ DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray"
 
-.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray capacity bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -63,6 +63,12 @@ demo: setup
 simulate: setup
 	@test -f $(DEMO)/pipeline/bundle/manifest.json || { echo "no demo bundle in $(DEMO): run 'make demo' first"; exit 1; }
 	$(BIN)/hmpps simulate --demo $(DEMO) --out runs/simulate
+
+# /rerank vs /healthz, fixed-rate latency, saturation, Redis memory and publish throughput (needs
+# Debian's redis-server and wrk: apt-get install redis-server wrk)
+capacity: setup tools
+	@test -f $(DEMO)/pipeline/bundle/manifest.json || { echo "no demo bundle in $(DEMO): run 'make demo' first"; exit 1; }
+	$(BIN)/hmpps bench-capacity --bundle $(DEMO)/pipeline/bundle --out docs/bench/capacity/demo.json
 
 bench: setup
 	BIN=$(BIN) DEMO=$(DEMO) scripts/bench.sh
