@@ -27,6 +27,7 @@ from contract.errors import InputError
 from contract.products import product_text, summary_text
 from contract.reports import write_json
 from contract.shards import FORMAT, INDEX, Shard, write_shard
+from training.raydata import ray_init
 
 
 class EncodeBatch:
@@ -70,18 +71,6 @@ def product_rows(products: Path, now: float | None = None) -> list[dict[str, Any
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
-
-
-def ray_init(address: str) -> Any:
-    """``auto``: the cluster ``RAY_ADDRESS`` names, else a local instance; otherwise that address."""
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--ray needs Ray: pip install '.[scale]' (or run without --ray, in one process)") from None
-    if not ray.is_initialized():
-        ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    return ray
 
 
 def _batches_local(bundle: Path, rows: list[dict[str, Any]], batch_size: int) -> Any:

@@ -181,7 +181,7 @@ def score_rows_ray(address: str, data: Path, first_stage: Path, teacher: Path, c
     """``score_rows(..., "selected", ...)`` for a trained teacher directory, as a Ray Data job."""
     import json
 
-    from distill.encode import ray_init
+    from training.raydata import ray_init
 
     ray = ray_init(address)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
