@@ -14,7 +14,6 @@ same class encodes the batches in this process. Both write the same shards.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from contract.errors import InputError
 from contract.products import product_text, summary_text
 from contract.reports import write_json
 from contract.shards import FORMAT, INDEX, Shard, write_shard
+from training.artifacts import atomic_dir
 from training.raydata import ray_init
 
 
@@ -97,35 +97,28 @@ def encode_products(bundle: Path, products: Path, out: Path, ray: str | None = N
     m = verify_bundle(bundle)
     rows = product_rows(products)
     t0 = time.perf_counter()
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-encode"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     shards: list[dict[str, Any]] = []
     pending: list[dict[str, np.ndarray]] = []
-    held = 0
+    with atomic_dir(out) as tmp:
 
-    def flush() -> None:
-        nonlocal pending, held
-        if not held:
-            return
-        cat = {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
-        name = f"shard-{len(shards):05d}.npz"
-        write_shard(tmp / name, Shard([str(x) for x in cat["product_id"]], cat["features"].astype(np.float32),
-                                      [str(x) for x in cat["hash"]], cat["updated_at"].astype(np.float64),
-                                      [str(x) for x in cat["summary"]]))
-        shards.append({"file": name, "rows": int(len(cat["product_id"]))})
-        pending, held = [], 0
+        def flush() -> None:
+            if not pending:
+                return
+            cat = {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
+            name = f"shard-{len(shards):05d}.npz"
+            write_shard(tmp / name, Shard([str(x) for x in cat["product_id"]], cat["features"].astype(np.float32),
+                                          [str(x) for x in cat["hash"]], cat["updated_at"].astype(np.float64),
+                                          [str(x) for x in cat["summary"]]))
+            shards.append({"file": name, "rows": int(len(cat["product_id"]))})
+            pending.clear()
 
-    try:
         batches = _batches_ray(bundle, rows, batch_size, ray, actors) if ray else _batches_local(bundle, rows, batch_size)
         for b in batches:
             if b["features"].shape[1:] != (m.spec.product_dim,):
                 raise InputError(f"the product encoder returned {b['features'].shape[1:]} columns, the spec wants "
                                  f"{m.spec.product_dim}")
             pending.append(b)
-            held += len(b["product_id"])
-            if held >= shard_size:
+            if sum(len(x["product_id"]) for x in pending) >= shard_size:
                 flush()
         flush()
         seconds = time.perf_counter() - t0
@@ -133,10 +126,4 @@ def encode_products(bundle: Path, products: Path, out: Path, ray: str | None = N
                 "products": sum(s["rows"] for s in shards), "shards": shards, "engine": f"ray ({ray})" if ray else
                 "one process", "seconds": round(seconds, 2), "products_per_s": round(len(rows) / max(seconds, 1e-9), 1)}
         write_json(tmp / INDEX, info)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info

@@ -112,9 +112,10 @@ def run_wrk(url: str, connections: int, duration_s: float, script: Path | None =
     if script is not None:
         cmd += ["-s", str(script)]
     text = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
-    return parse_wrk(text) | {"connections": connections, "command": " ".join(
-        [Path(cmd[0]).name] + cmd[1:] + [url]).replace(str(script), "rerank.lua") if script else " ".join(
-        [Path(cmd[0]).name] + cmd[1:] + [url])}
+    shown = ["wrk", *cmd[1:], url]
+    if script is not None:
+        shown[shown.index(str(script))] = "rerank.lua"  # the generated bodies, not a temporary path
+    return parse_wrk(text) | {"connections": connections, "command": " ".join(shown)}
 
 
 def _fallbacks(url: str) -> float:

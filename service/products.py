@@ -55,6 +55,13 @@ class UpsertResult:
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"seconds": round(self.seconds, 3)}
 
+    def add(self, other: UpsertResult) -> None:
+        """Count another write's outcomes into this one."""
+        self.written += other.written
+        self.unchanged += other.unchanged
+        self.stale += other.stale
+        self.deleted += other.deleted
+
 
 def image_file(p: Product, base: Path | None) -> Path | None:
     if not p.image:
@@ -101,8 +108,7 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
              u if (u := products[i].updated_at) is not None else default_ts,
              encode_vector(vec, bundle.spec.storage), summary_text(products[i].description) or products[i].title)
             for i, vec in zip(todo, features, strict=True)]
-    written = write_encoded(client, version, rows)
-    out.written, out.unchanged, out.stale = written.written, out.unchanged + written.unchanged, written.stale
+    out.add(write_encoded(client, version, rows))
     if prune:
         out.deleted = _prune(client, version, {p.product_id for p in products})
     out.seconds = time.perf_counter() - t0
@@ -178,8 +184,7 @@ def publish_features(client: Any, version: str, storage: str, product_dim: int, 
                      encode_vector(shard.features[i], storage), shard.summaries[i])
                     for i in range(start, min(start + chunk, len(shard)))]
             part = write_encoded(client, version, rows, mark_newest=False)
-            res.written, res.unchanged, res.stale = (res.written + part.written, res.unchanged + part.unchanged,
-                                                     res.stale + part.stale)
+            res.add(part)
             if part.written:
                 newest = max(newest, max(r[2] for r in rows))
         return res, newest
@@ -187,8 +192,7 @@ def publish_features(client: Any, version: str, storage: str, product_dim: int, 
     total, newest = UpsertResult(), 0.0
     with ThreadPoolExecutor(max_workers=writers) as pool:
         for res, at in pool.map(one, doc["shards"]):
-            total.written, total.unchanged, total.stale = (total.written + res.written,
-                                                           total.unchanged + res.unchanged, total.stale + res.stale)
+            total.add(res)
             newest = max(newest, at)
     if newest:
         mark_upserted(client, version, newest)

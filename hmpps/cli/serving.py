@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -87,19 +88,25 @@ def publish(
                + ("; live alias now points to it" if activate else ""))
 
 
-def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int) -> None:
+def _require_published(client: Any, version: str, redis_url: str, bundle: Path) -> None:
+    """Upserts go into a published version only: name the command that publishes it."""
     from contract import keys
-    from contract.bundle import verify_bundle
     from contract.errors import InputError
+
+    if not client.exists(keys.complete(version)):
+        raise InputError(f"version {version} is not published in {redis_url}: run 'hmpps publish --bundle "
+                         f"{bundle}' first")
+
+
+def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int) -> None:
+    from contract.bundle import verify_bundle
     from service.products import publish_features
     from service.redis_conn import connect
 
     m = verify_bundle(bundle)
     handle = connect(redis_url)
     try:
-        if not handle.client.exists(keys.complete(m.version)):
-            raise InputError(f"version {m.version} is not published in {redis_url}: run 'hmpps publish --bundle "
-                             f"{bundle}' first")
+        _require_published(handle.client, m.version, redis_url, bundle)
         res = publish_features(handle.client, m.version, m.spec.storage, m.spec.product_dim, features, writers)
     finally:
         handle.close()
@@ -110,7 +117,6 @@ def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int
 
 
 def _upsert(bundle: Path, redis_url: str, products: Path, prune: bool) -> None:
-    from contract import keys
     from contract.errors import InputError
     from service.bundle import load_bundle
     from service.products import upsert_products
@@ -125,9 +131,7 @@ def _upsert(bundle: Path, redis_url: str, products: Path, prune: bool) -> None:
     loaded = load_bundle(bundle)
     handle = connect(redis_url)
     try:
-        if not handle.client.exists(keys.complete(loaded.version)):
-            raise InputError(f"version {loaded.version} is not published in {redis_url}: run 'hmpps publish --bundle "
-                             f"{bundle}' first")
+        _require_published(handle.client, loaded.version, redis_url, bundle)
         res = upsert_products(handle.client, loaded, records, base=products.resolve().parent, prune=prune)
     finally:
         handle.close()
