@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
 PORT ?= 8000
-PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray"
+PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray" --timeout 600
 
 .PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray capacity bench reliability test test-all lint typecheck clean
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,8 @@ from service.schemas import ErrorBody
 from service.settings import Settings
 from service.state import AppState, open_redis
 from service.store import feature_store
+
+log = logging.getLogger("hmpps.service")
 
 
 def create_app(settings: Settings | None = None, scorer: RequestScorer | None = None) -> FastAPI:
@@ -54,10 +57,8 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
             yield
         finally:
             state.stopping = True
-            for task in (health, served_log):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            state.served_log.stop()
+            await _stop_tasks(health, served_log)
             await state.drain()
             await state.served_log.close()  # what was queued when the service stopped
             await _close_redis(state.redis, state.aclient)
@@ -84,6 +85,19 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
 async def domain_error(request: Request, exc: HmppsError) -> JSONResponse:
     """The one exception handler: domain errors to HTTP, no internals leaked."""
     return JSONResponse(status_code=http_status(exc), content={"error": type(exc).__name__, "detail": str(exc)})
+
+
+async def _stop_tasks(*tasks: asyncio.Task[None], timeout_s: float = 5.0) -> None:
+    """Cancel the background loops and wait a bounded time: shutdown must never hang on one.
+
+    Both loops also stop on their flags (``state.stopping``, ``ServedLogWriter.stop``), so
+    a cancel that Python 3.11's ``wait_for``/``timeout`` swallows still ends them.
+    """
+    for task in tasks:
+        task.cancel()
+    _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in stuck:
+        log.error("background task %s did not stop within %.0f s; leaving it", task.get_coro(), timeout_s)
 
 
 async def _close_redis(handle: object, aclient: object) -> None:

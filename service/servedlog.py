@@ -7,7 +7,9 @@ of a worker's throughput at saturation, measured with ``HMPPS_SERVED_LOG_SAMPLE`
 fails or times out is counted (``hmpps_served_log_failures_total``) and dropped,
 never retried into the caller's latency; past ``MAX_PENDING`` queued records new
 ones are dropped and counted the same way, so a Redis outage cannot grow memory.
-Shutdown flushes what is queued.
+Shutdown flushes what is queued. The writer stops on a flag, not on a cancel:
+on Python 3.11 ``asyncio.wait_for`` can swallow a cancel that lands as its inner
+wait completes, and a loop that relied on the cancel would then never end.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class ServedLogWriter:
             m.SERVED_LOG_FAILURES.inc(len(batch))
             log.warning("could not log %d served rankings: %s", len(batch), e)
 
+    def stop(self) -> None:
+        """Ask ``run`` to return after its current flush (``close`` then flushes the rest)."""
+        self._closing = True
+        self._wake.set()
+
     async def run(self) -> None:
         while not self._closing:
             try:
@@ -63,6 +70,5 @@ class ServedLogWriter:
             await self.flush()
 
     async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
+        self.stop()
         await self.flush()

@@ -83,6 +83,7 @@ def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, 
     body = {"products": [_new_product(synthetic_dir, tmp_path, image=str(tmp_path / "new.png"))]}
     index = json.loads((bundle_dir / "features" / "index.json").read_text())
     with TestClient(create_app(settings)) as c:
+        upserts_before = _counter(c.get("/metrics").text, "hmpps_product_upserts_total")
         assert c.post("/admin/products", json=body).status_code == 401
         bad = c.post("/admin/products", json={"products": [{"product_id": "X", "title": "t", "colour": "red"}]},
                      headers={"Authorization": "Bearer s3cret"})
@@ -98,4 +99,10 @@ def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, 
         assert why["NEW-1"][0] == "encoded" and why["NEW-1"][1] is not None
         assert why[index["products"][0]][0] == "offline" and why["NOT-THERE"] == ("missing", None)
         metrics = c.get("/metrics").text
-        assert "hmpps_product_upserts_total 1.0" in metrics and "hmpps_product_upsert_age_seconds" in metrics
+        assert _counter(metrics, "hmpps_product_upserts_total") == upserts_before + 1
+        assert "hmpps_product_upsert_age_seconds" in metrics
+
+
+def _counter(metrics: str, name: str) -> float:
+    """A counter's value in the exposition text (the registry is per process, so tests compare deltas)."""
+    return next((float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " ")), 0.0)
