@@ -11,7 +11,7 @@ DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray" --timeout 600
 
-.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray capacity bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray compose-check capacity bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,13 @@ simulate: setup
 capacity: setup tools
 	@test -f $(DEMO)/pipeline/bundle/manifest.json || { echo "no demo bundle in $(DEMO): run 'make demo' first"; exit 1; }
 	$(BIN)/hmpps bench-capacity --bundle $(DEMO)/pipeline/bundle --out docs/bench/capacity/demo.json
+
+# The real Dockerfile and docker-compose.yml on a local Docker engine: as root it installs Debian's
+# docker.io, docker-compose and debootstrap, starts dockerd when none runs (and stops it after),
+# builds stand-ins for base images no registry can give, then builds, runs and checks the stack.
+# Not part of make test. Report: runs/compose-check/report.md
+compose-check: setup
+	$(BIN)/python scripts/compose_check.py $(COMPOSE_CHECK_ARGS)
 
 bench: setup
 	BIN=$(BIN) DEMO=$(DEMO) scripts/bench.sh

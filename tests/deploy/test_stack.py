@@ -6,7 +6,6 @@ real service and evaluating every PromQL expression in the Grafana dashboard."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from loadtest.stackcheck import Prometheus, dashboard_exprs, traffic
 from tests.compose_native import (
     REPO,
     NativeMap,
@@ -104,6 +104,42 @@ def test_dockerfile_targets_user_healthcheck_and_layer_order() -> None:
     assert final == ["final:service"], "the default target must be the slim service image"
 
 
+def test_dockerfile_builds_without_a_registry_and_keeps_secrets_out_of_layers() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    # a `# syntax=` line makes BuildKit pull its frontend image: no build without a registry
+    assert not re.search(r"^#\s*syntax=", text, re.M)
+    lines = re.sub(r"\\\n", " ", text).splitlines()
+    pip_runs = [line for line in lines if line.startswith("RUN") and "pip install" in line]
+    assert len(pip_runs) >= 3
+    for run in pip_runs:  # every pip call may use the build's CA bundle, mounted for that RUN only
+        assert "--mount=type=secret,id=pip_ca" in run and ". /tmp/build/pip-ca.sh" in run, run
+    assert "/run/secrets/pip_ca" in (REPO / "docker" / "pip-ca.sh").read_text()
+    torch = next(run for run in pip_runs if "torch==" in run)
+    assert "--mount=type=bind,source=docker/wheels" in torch and "TORCH_INDEX_URL" in torch
+    training = _stages(text)["training"]
+    copies = [line for line in training if line.startswith("COPY")]
+    # code only: the local wheels (bind-mounted above), tests and run outputs stay out of the image
+    assert copies and not any(c.split()[1] in (".", "docker/", "docker/wheels/") for c in copies)
+    assert (REPO / "docker" / "wheels").is_dir() and "docker/wheels/*.whl" in (REPO / ".gitignore").read_text()
+
+
+def test_compose_file_runs_on_compose_v1_and_every_base_image_has_a_stand_in_or_is_named() -> None:
+    doc = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert "name" not in doc, "docker-compose v1 rejects a top-level name: (COMPOSE_PROJECT_NAME in .env sets it)"
+    assert ENV_EXAMPLE["COMPOSE_PROJECT_NAME"]
+    python = re.search(r"^ARG PYTHON_IMAGE=(\S+)", (REPO / "Dockerfile").read_text(), re.M)
+    assert python
+    bases = [python[1]] + [s["image"] for s in compose()["services"].values() if "build" not in s]
+    recipes = {"python": "python", "redis": "redis", "prom/prometheus": "prometheus"}
+    standins = {b: recipes.get(b.rsplit(":", 1)[0]) for b in bases}
+    assert [b for b, r in standins.items() if r is None] == ["grafana/grafana:11.2.0"]  # the one the check names as not run
+    for base, recipe in standins.items():
+        if recipe:
+            assert (REPO / "docker" / "standins" / f"{recipe}.Dockerfile").is_file(), base
+    check = (REPO / "scripts" / "compose_check.py").read_text()
+    assert all(f'"{k}": "{v}"' in check for k, v in recipes.items())
+
+
 def test_image_requirements_come_from_pyproject() -> None:
     def reqs(*args: str) -> list[str]:
         out = subprocess.run([sys.executable, str(REPO / "docker" / "requirements.py"), *args,
@@ -123,11 +159,6 @@ def test_image_requirements_come_from_pyproject() -> None:
     assert bad.returncode != 0 and "unknown extra" in bad.stderr
 
 
-def _dashboard_exprs() -> list[tuple[str, str]]:
-    dash = json.loads(DASHBOARD.read_text())
-    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
-
-
 def test_dashboard_has_the_panels_and_the_provisioned_datasource() -> None:
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "hmpps-rerank"
@@ -137,7 +168,7 @@ def test_dashboard_has_the_panels_and_the_provisioned_datasource() -> None:
     assert any(v.endswith(":" + provider["options"]["path"] + ":ro") for v in graf["volumes"])
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     assert all(p["datasource"]["uid"] == ds["uid"] for p in panels)
-    exprs = " ".join(e for _, e in _dashboard_exprs())
+    exprs = " ".join(e for _, e in dashboard_exprs())
     for needed in ("hmpps_rerank_request_seconds_bucket", "hmpps_rerank_stage_seconds_bucket", "hmpps_rerank_requests_total",
                    "hmpps_rerank_fallbacks_total", 'reason="overloaded"', 'type="click"', "hmpps_feedback_efficient_clicks_total",
                    "hmpps_rerank_feature_misses_total", "hmpps_bundle_info", "hmpps_events_total",
@@ -208,40 +239,6 @@ def _wait(ok: Any, what: str, procs: list[Proc], timeout_s: float = 90) -> None:
     raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(p.tail() for p in procs))
 
 
-def _traffic(base: str, bundle: Path, seconds: float) -> dict[str, int]:
-    """Reranks from the bundle's real users and queries (a fifth are unseen tail queries), with feedback."""
-    from loadtest.mix import RequestMix
-
-    mix = RequestMix(bundle, 10, seed=3, tail_share=0.2)
-    counts = {"rerank": 0, "feedback": 0}
-    end = time.time() + seconds
-    with httpx.Client(base_url=base, timeout=5) as c:
-        i = 0
-        while time.time() < end:
-            body = mix.body()
-            r = c.post("/rerank", json=body)
-            assert r.status_code == 200, r.text
-            resp = r.json()
-            counts["rerank"] += 1
-            ev = [{"type": "impression", "request_id": resp["request_id"], "user_id": body["user_id"], "arm": resp["arm"]}]
-            if i % 3 == 0:
-                top = resp["results"][0]["product_id"]
-                ev += [{"type": "click", "request_id": resp["request_id"], "user_id": body["user_id"], "arm": resp["arm"],
-                        "product_id": top},
-                       {"type": "dwell", "request_id": resp["request_id"], "user_id": body["user_id"], "arm": resp["arm"],
-                        "product_id": top, "dwell_s": 3.0 + (i % 5)}]
-            assert c.post("/feedback", json={"events": ev}).status_code == 200
-            counts["feedback"] += len(ev)
-            if i % 4 == 0:  # the user buys what was shown first: the freshness panel's events
-                bought = {"event_id": f"stack-{i}", "user_id": body["user_id"], "type": "purchase",
-                          "product_id": resp["results"][0]["product_id"], "timestamp": time.time()}
-                assert c.post("/events", json={"events": [bought]}).json()["history_appends"] == 1
-                counts["events"] = counts.get("events", 0) + 1
-            i += 1
-            time.sleep(0.01)
-    return counts
-
-
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="prometheus not installed (make setup installs Debian's prometheus as root)")
 def test_compose_commands_run_natively_and_every_dashboard_query_returns_data(bundle_dir: Path, tmp_path: Path) -> None:
@@ -306,28 +303,16 @@ def test_compose_commands_run_natively_and_every_dashboard_query_returns_data(bu
         prom = f"http://127.0.0.1:{ports['prometheus']}"
         _wait(lambda: httpx.get(prom + "/-/ready").status_code == 200, "prometheus ready", procs)
 
-        counts = _traffic(base, seeded, 25.0)
+        counts = traffic(base, seeded, 25.0)
         assert counts["rerank"] > 200
 
-        def query(expr: str) -> list[dict[str, Any]]:
-            r = httpx.get(prom + "/api/v1/query", params={"query": expr.replace("$__rate_interval", "30s")})
-            assert r.status_code == 200, f"{expr}: {r.text}"
-            return r.json()["data"]["result"]  # type: ignore[no-any-return]
-
-        targets = httpx.get(prom + "/api/v1/targets").json()["data"]["activeTargets"]
-        assert {t["labels"]["job"]: t["health"] for t in targets}["hmpps-reranker"] == "up"
+        query = Prometheus(prom).query
+        assert {t["labels"]["job"]: t["health"] for t in Prometheus(prom).targets("hmpps-reranker")} == {"hmpps-reranker": "up"}
         _wait(lambda: query("hmpps:srm_chi2:1h"), "recording rules", procs, 30)
-        for group in httpx.get(prom + "/api/v1/rules").json()["data"]["groups"]:
-            for rule in group["rules"]:
-                assert rule["health"] == "ok", rule
-
-        empty = []
-        for title, expr in _dashboard_exprs():
-            values = [float(s["value"][1]) for s in query(expr)]
-            if not any(math.isfinite(v) for v in values):
-                empty.append(f"{title}: {expr} -> {values}")
+        assert not Prometheus(prom).unhealthy_rules()
+        empty = Prometheus(prom).dashboard_gaps()
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
-        latency = next(e for t, e in _dashboard_exprs() if t.startswith("Latency per arm"))
+        latency = next(e for t, e in dashboard_exprs() if t.startswith("Latency per arm"))
         assert {s["metric"]["arm"] for s in query(latency)} == {"student", "control"}
     finally:
         for p in reversed(procs):
