@@ -145,16 +145,34 @@ class RedisFeatureStore:
         return bool(await self.client.ping())
 
     async def add_feedback(self, events: list[dict[str, Any]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for e in events:
-            pipe.xadd(keys.FEEDBACK_STREAM, {"e": json.dumps(e, separators=(",", ":"))}, maxlen=FEEDBACK_STREAM_MAXLEN, approximate=True)
-        await pipe.execute()
+        rows = [{"e": json.dumps(e, separators=(",", ":"))} for e in events]
+        await self._xadd_all(keys.FEEDBACK_STREAM, rows, FEEDBACK_STREAM_MAXLEN)
 
     async def log_served(self, records: list[str]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for record in records:
-            pipe.xadd(keys.SERVED_STREAM, {SERVED_FIELD: record}, maxlen=SERVED_STREAM_MAXLEN, approximate=True)
-        await pipe.execute()
+        await self._xadd_all(keys.SERVED_STREAM, [{SERVED_FIELD: r} for r in records], SERVED_STREAM_MAXLEN)
+
+    async def _xadd_all(self, stream: str, rows: list[dict[str, str]], maxlen: int) -> None:
+        """One pipeline of XADDs, sent again once if the connection was dead.
+
+        After a Redis restart or failover the first pipeline on a pooled connection fails with
+        "Connection closed by server" (redis-py 8 does not retry it; measured with a restarted
+        redis-server), so the first feedback after the restart would answer 503. The retry goes
+        out on a fresh connection. Delivery is at least once: a reply lost after Redis applied
+        the writes repeats them, which the stream's readers tolerate (feedback folds into flags
+        per request id, and a repeated served record is dropped by request id).
+        """
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for row in rows:
+                pipe.xadd(stream, row, maxlen=maxlen, approximate=True)
+            try:
+                await pipe.execute()
+                return
+            except RedisConnectionError:
+                if attempt:
+                    raise
 
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult:
