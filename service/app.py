@@ -38,13 +38,14 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        handle, aclient, clustered = await anyio.to_thread.run_sync(open_redis, settings)
+        handle, aclient, wclient, clustered = await anyio.to_thread.run_sync(open_redis, settings)
         try:
             runtime = await anyio.to_thread.run_sync(load_runtime, settings)
         except BaseException:
-            await _close_redis(handle, aclient)
+            await _close_redis(handle, aclient, wclient)
             raise
-        state = AppState(settings, handle, aclient, feature_store(aclient, clustered), runtime, scorer or STUDENT)
+        state = AppState(settings, handle, aclient, wclient, feature_store(aclient, clustered, wclient), runtime,
+                         scorer or STUDENT)
         app.state.hmpps = state
         state.gauges.set(runtime.versions(), {a.name: a.weight for a in runtime.experiment.arms})
         if settings.publish_missing:
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
             await _stop_tasks(health, served_log)
             await state.drain()
             await state.served_log.close()  # what was queued when the service stopped
-            await _close_redis(state.redis, state.aclient)
+            await _close_redis(state.redis, state.aclient, state.wclient)
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 from prometheus_client import multiprocess
 
@@ -100,9 +101,10 @@ async def _stop_tasks(*tasks: asyncio.Task[None], timeout_s: float = 5.0) -> Non
         log.error("background task %s did not stop within %.0f s; leaving it", task.get_coro(), timeout_s)
 
 
-async def _close_redis(handle: object, aclient: object) -> None:
-    with contextlib.suppress(Exception):
-        await aclient.aclose()  # type: ignore[attr-defined]
+async def _close_redis(handle: object, *clients: object) -> None:
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.aclose()  # type: ignore[attr-defined]
     if handle is not None:
         await anyio.to_thread.run_sync(handle.close)  # type: ignore[attr-defined]
 

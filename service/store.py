@@ -103,8 +103,11 @@ def _str(b: Any) -> str:
 
 
 class RedisFeatureStore:
-    def __init__(self, client: Any):
+    """``client`` serves the request path's reads; ``writer`` (default: the same) the writes that must not be lost."""
+
+    def __init__(self, client: Any, writer: Any = None):
         self.client = client
+        self.writer = writer if writer is not None else client
         self._fetch = client.register_script(_FETCH)
 
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
@@ -164,7 +167,7 @@ class RedisFeatureStore:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.writer.pipeline(transaction=False)
             for row in rows:
                 pipe.xadd(stream, row, maxlen=maxlen, approximate=True)
             try:
@@ -176,14 +179,15 @@ class RedisFeatureStore:
 
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult:
-        return await append_events(self.client, events, history_types, version, cap, history_ttl_s)
+        return await append_events(self.writer, events, history_types, version, cap, history_ttl_s)
 
 
 class ClusterFeatureStore(RedisFeatureStore):
     """The same store on Redis Cluster: per-slot reads in parallel instead of one script."""
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, writer: Any = None):
         self.client = client
+        self.writer = writer if writer is not None else client
 
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
                     history_ids: list[str] | None, history_cap: int, want_summaries: bool,
@@ -246,5 +250,5 @@ class ClusterFeatureStore(RedisFeatureStore):
         )
 
 
-def feature_store(client: Any, cluster: bool) -> RedisFeatureStore:
-    return ClusterFeatureStore(client) if cluster else RedisFeatureStore(client)
+def feature_store(client: Any, cluster: bool, writer: Any = None) -> RedisFeatureStore:
+    return ClusterFeatureStore(client, writer) if cluster else RedisFeatureStore(client, writer)
