@@ -189,7 +189,7 @@ def load_student(path: Path, spec: FeatureSpec) -> tuple[Student, StudentConfig]
     if not Path(path).is_file():
         raise InputError(f"{path}: no student checkpoint (hmpps distill writes OUT/student.pt)")
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = StudentConfig(**ck["config"])
+    cfg = StudentConfig.from_checkpoint(ck["config"])
     if FeatureSpec.from_dict(ck["spec"]).to_dict() != spec.to_dict():
         raise InputError(f"{path} was trained for another feature spec than this bundle's: pass the bundle's own "
                          "student.pt with --student")

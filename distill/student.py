@@ -30,6 +30,12 @@ class StudentConfig:
     # ranking signals the student reads (contract/signals.py); [] gives the content-only student
     signals: list[str] = field(default_factory=lambda: list(GROUPS))
     cf_dim: int = 32  # co-purchase vector size
+    # What the product tower reads: "content" (text, image, stage-1 slices) or "all" (also the popularity
+    # and co-purchase slices, as before). The co-purchase vectors come from one eigendecomposition per
+    # cross-fitting fold, so their coordinates (unlike their cosines, which the copurchase signals carry)
+    # differ between the training folds and the served tables; on a catalogue of ~100 products the tower
+    # also learns them as per-product ids. Checkpoints written before this field load as "all".
+    tower_reads: str = "content"
     # softmax cross-entropy of the purchased product over its list (NDCG rewards the list's order,
     # which the pointwise terms see one pair at a time)
     listwise_weight: float = 1.0
@@ -46,6 +52,13 @@ class StudentConfig:
         check_groups(self.signals)  # names an unknown group before any training starts
         if self.cf_dim < 1:
             raise ValueError(f"cf_dim={self.cf_dim}: must be at least 1")
+        if self.tower_reads not in ("content", "all"):
+            raise ValueError(f"tower_reads={self.tower_reads!r}: must be 'content' or 'all'")
+
+    @classmethod
+    def from_checkpoint(cls, d: dict[str, Any]) -> StudentConfig:
+        """A saved config; one saved before ``tower_reads`` existed had the tower read every slice."""
+        return cls(**({"tower_reads": "all"} | d))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +73,8 @@ class Student(nn.Module):
         super().__init__()
         self.spec = spec
         d = cfg.dim
-        self.p_proj = nn.Sequential(nn.Linear(spec.product_dim, d), nn.LayerNorm(d))
+        self.tower_dim = spec.content_dim if cfg.tower_reads == "content" else spec.product_dim
+        self.p_proj = nn.Sequential(nn.Linear(self.tower_dim, d), nn.LayerNorm(d))
         self.q_proj = nn.Sequential(nn.Linear(spec.query_dim, d), nn.LayerNorm(d))
         n_sims = 4
         n_sig = spec.signal_dim
@@ -77,8 +91,8 @@ class Student(nn.Module):
         s = self.spec
         t, ps, qs = slice(0, s.text_dim), s.product_sel, s.query_sel
         q = self.q_proj(query)  # (N, d)
-        c = self.p_proj(candidate)  # (N, d)
-        h = self.p_proj(history)  # (N, H, d)
+        c = self.p_proj(candidate[:, : self.tower_dim])  # (N, d)
+        h = self.p_proj(history[:, :, : self.tower_dim])  # (N, H, d)
         # candidate-attended history; an empty history pools to zeros
         att = (h * c.unsqueeze(1)).sum(-1) / (c.shape[-1] ** 0.5)
         att = att.masked_fill(history_mask < 0.5, -1e4)

@@ -38,7 +38,7 @@ class TorchStudent:
 
         torch.set_num_threads(threads)
         ckpt = torch.load(checkpoint, weights_only=False)
-        self.model = Student(FeatureSpec(**ckpt["spec"]), StudentConfig(**ckpt["config"]))
+        self.model = Student(FeatureSpec(**ckpt["spec"]), StudentConfig.from_checkpoint(ckpt["config"]))
         self.model.load_state_dict(ckpt["state_dict"])
         self.model.eval()
         self._torch = torch

@@ -53,7 +53,7 @@ def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
 def test_onnx_matches_pytorch_on_held_out_inputs(tiny_pipeline):
     ckpt = torch.load(tiny_pipeline / "distill" / "student.pt", weights_only=False)
     spec = FeatureSpec(**ckpt["spec"])
-    model = Student(spec, StudentConfig(**ckpt["config"]))
+    model = Student(spec, StudentConfig.from_checkpoint(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     inputs = _random_inputs(spec, 7, seed=123)  # never seen in training or in the export trace
@@ -163,3 +163,30 @@ def test_publish_refuses_a_bundle_from_other_data(bundle_dir, tmp_path):
     assert res.exit_code == 2 and "not from the given data" in res.output
     bad = runner.invoke(app, ["publish", "--bundle", str(bundle_dir), "--redis-url", "http://localhost:1"])
     assert bad.exit_code == 2 and "redis://" in bad.output
+
+
+def test_the_product_tower_reads_only_content_unless_told_and_old_checkpoints_keep_their_tower():
+    """Co-purchase coordinates differ per cross-fitting fold, so by default they reach the student only
+    through the rotation-free copurchase signals, never through the product tower."""
+    spec = FeatureSpec(4, 0, 3, 2, pop_dim=1, cf_dim=3)  # no signal groups: only the tower could read them
+    inputs = _random_inputs(spec, 5, seed=7)
+    moved = {k: v.copy() for k, v in inputs.items()}
+    tail = slice(spec.content_dim, spec.product_dim)
+    moved["candidate"][:, tail] += 3.0
+    moved["history"][..., tail] -= 2.0
+
+    def out(model: Student, x: dict[str, np.ndarray]) -> np.ndarray:
+        torch.manual_seed(0)
+        model.eval()
+        with torch.no_grad():
+            return model(*(torch.from_numpy(x[n]) for n in spec.input_names)).numpy()
+
+    for reads, changes in (("content", False), ("all", True)):
+        torch.manual_seed(0)
+        model = Student(spec, StudentConfig(signals=[], tower_reads=reads))
+        diff = np.abs(out(model, inputs) - out(model, moved)).max()
+        assert bool(diff > 1e-3) is changes, (reads, diff)
+    assert StudentConfig.from_checkpoint({"dim": 16}).tower_reads == "all"
+    assert StudentConfig.from_checkpoint({"tower_reads": "content"}).tower_reads == "content"
+    with pytest.raises(ValueError, match="tower_reads"):
+        StudentConfig(tower_reads="cf")
