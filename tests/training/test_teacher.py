@@ -64,7 +64,18 @@ def test_shared_prefix_kv_cache_gives_the_same_scores_as_full_prompts(ds, backbo
     assert torch.allclose(shared, one_by_one, atol=1e-5)
 
 
-def test_training_through_a_shared_prefix_gives_the_plain_loss_and_gradients(ds, cfg):
+def _mixed_histories(ds, backbone):
+    """Prompts as stage 2 builds them: one query, candidates with different selected histories (two
+    share one), so the prefix tree has a stem, distinct rests and a rest shared by two candidates."""
+    pids = sorted(ds.products)
+    builder = backbone.prompt_builder()
+    hists = [pids[0:2], pids[2:4], pids[0:2], pids[1:3]]
+    return [builder.build([_item(ds, h) for h in hist], "clothing tops hoodies", _item(ds, pids[10 + i]))
+            for i, hist in enumerate(hists)]
+
+
+@pytest.mark.parametrize("case", ["shared history", "per-candidate histories"])
+def test_training_through_the_prefix_tree_gives_the_plain_loss_and_gradients(ds, cfg, case):
     bb = build_backbone(cfg)
     torch.manual_seed(0)
     with torch.no_grad():  # LoRA B starts at zero, which would hide the adapters' A gradients
@@ -72,8 +83,8 @@ def test_training_through_a_shared_prefix_gives_the_plain_loss_and_gradients(ds,
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     bb.eval()  # no dropout, so both paths see the same network
-    prompts = _prompts(ds, bb, n=5)
-    target = torch.tensor([0, 1, 1, 1, 1])
+    prompts = _prompts(ds, bb, n=5) if case == "shared history" else _mixed_histories(ds, bb)
+    target = torch.tensor([0] + [1] * (len(prompts) - 1))
     trainable = [(n, p) for n, p in bb.named_parameters() if p.requires_grad]
 
     def loss_and_grads(logits):
@@ -81,8 +92,9 @@ def test_training_through_a_shared_prefix_gives_the_plain_loss_and_gradients(ds,
         grads = torch.autograd.grad(loss, [p for _, p in trainable], allow_unused=True)
         return loss.detach(), grads
 
-    plain_loss, plain = loss_and_grads(bb([p.segments for p in prompts]))
-    shared_loss, shared = loss_and_grads(bb([p.suffix for p in prompts], prefix=prompts[0].prefix))
+    # the reference: every whole prompt on its own (one prompt has nothing to share)
+    plain_loss, plain = loss_and_grads(torch.cat([bb.prompt_logits([p]) for p in prompts]))
+    shared_loss, shared = loss_and_grads(bb.prompt_logits(prompts))
     assert torch.allclose(plain_loss, shared_loss, atol=1e-5)
     checked = 0
     for (name, _), a, b in zip(trainable, plain, shared, strict=True):
@@ -91,11 +103,28 @@ def test_training_through_a_shared_prefix_gives_the_plain_loss_and_gradients(ds,
             continue
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3), name
         checked += int(a.abs().sum() > 0)
-    # the history's image tokens only reach the loss through the prefix's cache
+    # the history's image tokens only reach the loss through the cached prefix
     assert checked > 10 and any(n.startswith("vision.") for n, _ in trainable)
 
 
-def test_training_groups_prompts_by_prefix_and_keeps_their_order(ds, backbone):
+def test_the_prefix_tree_computes_shared_tokens_once(ds, backbone):
+    prompts = _mixed_histories(ds, backbone)
+    seen = []
+    decoder = backbone._decoder()
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])),
+                                             with_kwargs=True)
+    try:
+        with torch.no_grad():
+            backbone.prompt_logits(prompts)
+    finally:
+        hook.remove()
+    assert len(seen) == 3, "stem, distinct history rests, suffixes"
+    assert seen[0][0] == 1 and seen[1][0] == 3 and seen[2][0] == 4, seen
+    whole = sum(backbone.count_tokens(p.segments) for p in prompts)
+    assert sum(b * w for b, w in seen) < whole, "fewer token positions than the prompts one by one"
+
+
+def test_training_groups_keep_their_order(ds, backbone):
     from training.teacher.trainer import decision_logits
 
     a = _prompts(ds, backbone, n=3, history=3)
@@ -103,8 +132,33 @@ def test_training_groups_prompts_by_prefix_and_keeps_their_order(ds, backbone):
     mixed = [a[0], b[0], a[1], b[1], a[2]]
     with torch.no_grad():
         grouped = decision_logits(backbone, mixed)
-        plain = backbone([p.segments for p in mixed])
+        plain = torch.cat([backbone.prompt_logits([p]) for p in mixed])
     assert torch.allclose(grouped, plain, atol=1e-4)
+
+
+def test_loaded_teacher_models_have_hub_kernels_off_whatever_the_environment_says(monkeypatch, tmp_path):
+    """transformers 5.x turns hub kernels on by default, and model.train() on CUDA then fetches them."""
+    from training.teacher.tiny_vlm import build_tiny_idefics3
+
+    monkeypatch.setenv("USE_HUB_KERNELS", "1")
+    composed = build_backbone(load_teacher_config("tiny"))
+    assert composed.lm.get_base_model().use_kernels is False
+    vlm_dir = build_tiny_idefics3(tmp_path / "vlm")
+    monkeypatch.setenv("USE_HUB_KERNELS", "1")
+    vlm = build_backbone(load_teacher_config("gpu", overrides={"lm": str(vlm_dir), "lora_r": 4}))
+    assert vlm.lm.get_base_model().use_kernels is False
+    vlm.train()  # where kernelization would start
+    assert vlm.lm.get_base_model().use_kernels is False
+
+
+def test_hub_free_turns_kernels_off_on_a_model_that_has_them():
+    from training.pretrained import hub_free
+
+    class Flagged:
+        use_kernels = True
+
+    model = Flagged()
+    assert hub_free(model).use_kernels is False
 
 
 def test_images_are_spliced_into_the_input_embeddings(ds, backbone, cfg):
@@ -344,3 +398,64 @@ def test_a_test_fraction_scores_a_sample_and_compares_on_the_same_queries(tmp_pa
     assert training_fields({"align_tower_steps": 300}) != training_fields({}), "they do change a vision model"
     cfg3 = load_teacher_config("tiny", overrides={"stage2_epochs": 3})
     assert (stage_epochs(cfg3, "stage1"), stage_epochs(cfg3, "stage2")) == (1, 3)
+
+
+def test_first_stage_rank_is_shown_for_candidates_only_when_configured(ds):
+    from training.teacher.examples import ExampleFactory
+
+    pids = sorted(ds.products)
+    listed = pids[20:30]
+    row = next(r for r in ds.queries("train") if r["product_id"] not in listed and ds.history(r))
+    for show in (True, False):
+        cfg = load_teacher_config("tiny", overrides={"first_stage_rank": show})
+        factory = ExampleFactory(ds, cfg, build_backbone(cfg, with_lora=False).prompt_builder())
+        group = factory.training_group(row, listed, "random", np.random.default_rng(0))
+        texts = ["".join(s for s in p.suffix if isinstance(s, str)) for p in group.prompts]
+        prefix = "".join(s for s in group.prompts[0].prefix if isinstance(s, str))
+        assert "Search rank" not in prefix, "history items carry no rank"
+        if not show:
+            assert not any("Search rank" in t for t in texts)
+            continue
+        # the target (not listed), the three hard negatives (the list's top 3), two random products
+        assert "Search rank: not listed;" in texts[0]
+        assert [t.split("Search rank: ")[1].split(";")[0] for t in texts[1:4]] == ["1", "2", "3"]
+
+
+def test_training_query_samples_are_nested():
+    from training.teacher.run import training_queries
+
+    rows = [{"query_id": str(i)} for i in range(500)]
+    small = training_queries(rows, load_teacher_config("tiny", overrides={"train_queries": 100}))
+    large = training_queries(rows, load_teacher_config("tiny", overrides={"train_queries": 300}))
+    assert len(small) == 100 and len(large) == 300
+    assert {r["query_id"] for r in small} <= {r["query_id"] for r in large}
+
+
+def test_scoring_resumes_from_its_partial_file(ds, synthetic_dir, tmp_path, monkeypatch):
+    from training.candidates import load_first_stage
+    from training.first_stage.run import run_retrieval
+    from training.teacher import run as teacher_run
+    from training.teacher.examples import ExampleFactory
+
+    cfg = load_teacher_config("tiny")
+    run_retrieval(synthetic_dir, "pop", tmp_path / "fs")
+    fs = load_first_stage(tmp_path / "fs", ds)
+    rows = ds.queries("test")[:5]  # latest history: nothing drawn at random, as with selected history
+    bb = build_backbone(cfg)
+    factory = ExampleFactory(ds, cfg, bb.prompt_builder())
+    full = teacher_run.score_rows(bb, factory, fs, rows, "latest", 0)
+    partial = tmp_path / "scores.partial.jsonl"
+    first = teacher_run.score_rows(bb, factory, fs, rows[:2], "latest", 0, partial=partial, key={"k": 1})
+    assert len(partial.read_text().splitlines()) == 3, "a key line and one line per scored query"
+    calls = []
+    real = teacher_run.score_row
+    monkeypatch.setattr(teacher_run, "score_row", lambda *a: calls.append(a[3]["query_id"]) or real(*a))
+    resumed = teacher_run.score_rows(bb, factory, fs, rows, "latest", 0, partial=partial, key={"k": 1})
+    assert calls == [r["query_id"] for r in rows[2:]], "only the rows not scored before"
+    assert [r["query_id"] for r in resumed] == [r["query_id"] for r in rows]
+    assert resumed[:2] == first
+    assert [c["teacher_logit"] for r in resumed for c in r["candidates"]] == pytest.approx(
+        [c["teacher_logit"] for r in full for c in r["candidates"]], abs=1e-4)
+    calls.clear()
+    teacher_run.score_rows(bb, factory, fs, rows, "latest", 0, partial=partial, key={"k": 2})
+    assert len(calls) == len(rows), "scores of another trained teacher are not reused"

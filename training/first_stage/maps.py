@@ -258,13 +258,14 @@ class MapsRanker:
     def _prepare(self, ds: Dataset, train: list[dict[str, Any]]) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from training.pretrained import minilm_dir
+        from training.pretrained import LOAD_KWARGS, hub_free, minilm_dir, offline
 
+        offline()
         cfg = self.cfg
         self.ds = ds
         path = minilm_dir()
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        lm = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        lm = hub_free(AutoModel.from_pretrained(path, **LOAD_KWARGS)).eval()
         self.lm_dim = int(lm.config.hidden_size)
         ids = self.catalog.ids
         self.item_states = TokenStates.encode(lm, tok, [product_text(ds.products[p]) for p in ids], cfg.item_tokens, "LM: products")

@@ -5,9 +5,11 @@ encoder (from scratch here), and a projector whose outputs replace the
 placeholder positions of each image in the LM's input embeddings.
 
 The teacher needs four things from a backbone:
-- ``forward(seqs, prefix=None)``: the LM logits at the decision position of
-  ``prefix + seq``, (B, V). Training applies the yes/no LM loss of Eq. 2 on
-  them. A backbone may compute a shared prefix once and reuse its KV cache.
+- ``prompt_logits(prompts)``: the LM logits at the decision position of each
+  prompt, (B, V). Training applies the yes/no LM loss of Eq. 2 on them. The
+  composed backbone computes the tokens prompts share (instruction, history)
+  once and reuses their KV cache (a prefix tree; ``forward(seqs, prefix)`` is
+  the same on segment lists).
 - ``score(prompts)``: P(yes) by Eq. 3, a 2-way softmax over the yes/no logits,
   sharing the prefix of prompts that have the same one.
 - ``embed(seqs)``: the mean of the last hidden states over all tokens (Eq. 4-5).
@@ -23,8 +25,10 @@ import torch
 from torch import nn
 
 from training.teacher.config import TeacherConfig
-from training.teacher.prompt import INSTRUCTION, ImageSlot, Prompt, PromptBuilder, Segment, group_by_prefix
+from training.teacher.prompt import INSTRUCTION, Prompt, PromptBuilder, Segment
 from training.teacher.vision import SmallCNN, load_image
+
+Row = tuple[list[int], list[tuple[int, str]]]  # token ids, and (first position, image path) of each image
 
 
 class Backbone(Protocol):
@@ -32,6 +36,7 @@ class Backbone(Protocol):
     no_id: int
 
     def __call__(self, seqs: Sequence[Sequence[Segment]], prefix: Sequence[Segment] | None = None) -> torch.Tensor: ...
+    def prompt_logits(self, prompts: Sequence[Prompt]) -> torch.Tensor: ...
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]: ...
     def embed(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor: ...
     def count_tokens(self, segments: Sequence[Segment]) -> int: ...
@@ -115,7 +120,8 @@ class ComposedBackbone(TrainableStateMixin):
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(self.count_tokens, self.cfg.max_prompt_tokens, self.cfg.description_words,
-                             header=self.header, footer=self.footer, instruction=not self.instruction_in_header)
+                             header=self.header, footer=self.footer, instruction=not self.instruction_in_header,
+                             category_levels=self.cfg.category_levels, title_words=self.cfg.title_words)
 
     def _image_embeds(self, paths: list[str]) -> dict[str, torch.Tensor]:
         if not paths or self.vision is None or self.projector is None:
@@ -129,22 +135,48 @@ class ComposedBackbone(TrainableStateMixin):
         feats = self.projector(self.vision(torch.stack(pixels).to(device)))  # (N, tokens, H)
         return dict(zip(paths, feats, strict=True))
 
-    def encode(self, seqs: Sequence[Sequence[Segment]], position_offset: int = 0) -> dict[str, torch.Tensor]:
-        """Left-padded ``inputs_embeds``, ``attention_mask`` and ``position_ids``."""
+    def _tokenize(self, seq: Sequence[Segment]) -> Row:
+        ids: list[int] = []
+        spans: list[tuple[int, str]] = []
+        for s in seq:
+            if isinstance(s, str):
+                ids += self.ids(s)
+            elif self.vision is not None:
+                spans.append((len(ids), s.path))
+                ids += [self.pad_id] * self.cfg.image_tokens
+        return ids, spans
+
+    def _key(self, row: Row) -> list[Any]:
+        """Token ids with each image position named by its picture, to compare rows token by token."""
+        key: list[Any] = list(row[0])
+        for start, path in row[1]:
+            key[start: start + self.cfg.image_tokens] = [(path, j) for j in range(self.cfg.image_tokens)]
+        return key
+
+    def _split(self, row: Row, at: int) -> tuple[Row, Row]:
+        """``row`` cut before token ``at``, moved back to the start of an image it would cut through."""
+        ids, spans = row
+        for start, _ in spans:
+            if start < at < start + self.cfg.image_tokens:
+                at = start
+        return ((ids[:at], [(s, p) for s, p in spans if s < at]),
+                (ids[at:], [(s - at, p) for s, p in spans if s >= at]))
+
+    def _common(self, rows: Sequence[Row]) -> int:
+        keys = [self._key(r) for r in rows]
+        n = 0
+        for column in zip(*keys, strict=False):  # up to the shortest row
+            if any(c != column[0] for c in column[1:]):
+                break
+            n += 1
+        return n
+
+    def _embed(self, rows: Sequence[Row], past: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded ``inputs_embeds`` of the rows, with the ``attention_mask`` over the cached tokens
+        (``past``, (B, P)) and these, and ``position_ids`` that continue each row's own positions."""
         use_images = self.vision is not None
-        paths = sorted({s.path for seq in seqs for s in seq if isinstance(s, ImageSlot)}) if use_images else []
+        paths = sorted({p for _, spans in rows for _, p in spans}) if use_images else []
         images = self._image_embeds(paths)
-        rows = []
-        for seq in seqs:
-            ids: list[int] = []
-            spans: list[tuple[int, str]] = []
-            for s in seq:
-                if isinstance(s, str):
-                    ids += self.ids(s)
-                elif use_images:
-                    spans.append((len(ids), s.path))
-                    ids += [self.pad_id] * self.cfg.image_tokens
-            rows.append((ids, spans))
         width = max(len(ids) for ids, _ in rows)
         device = self.lm.get_input_embeddings().weight.device
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -160,27 +192,67 @@ class ComposedBackbone(TrainableStateMixin):
                 pad = width - len(ids)
                 for start, path in spans:
                     embeds[b, pad + start: pad + start + self.cfg.image_tokens] = images[path]
-        position_ids = (mask.cumsum(1) - 1).clamp(min=0) + position_offset
-        return {"inputs_embeds": embeds, "attention_mask": mask.to(device), "position_ids": position_ids.to(device)}
+        full = mask if past is None else torch.cat([past.cpu(), mask], dim=1)
+        position_ids = (full.cumsum(1) - 1).clamp(min=0)[:, full.shape[1] - width:]
+        return {"inputs_embeds": embeds, "attention_mask": full.to(device), "position_ids": position_ids.to(device)}
+
+    def encode(self, seqs: Sequence[Sequence[Segment]]) -> dict[str, torch.Tensor]:
+        """Left-padded ``inputs_embeds``, ``attention_mask`` and ``position_ids`` of whole sequences."""
+        return self._embed([self._tokenize(s) for s in seqs])
 
     # -- the three uses ------------------------------------------------------------
-    def forward(self, seqs: Sequence[Sequence[Segment]], prefix: Sequence[Segment] | None = None) -> torch.Tensor:
-        """LM logits at the decision position (the last one) of ``prefix + seq`` for each seq, (B, V).
+    def _decoder(self) -> Any:
+        """The LM's transformer without its output head (LoRA layers sit inside it, so they apply)."""
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return getattr(base, base.base_model_prefix)
 
-        A shared prefix is computed once and its KV cache repeated for every seq; in training the
-        gradient flows back through that cache, so this equals the plain forward at a fraction of the cost.
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of the decision positions, (B, V). One plain 2-D matmul: the model's own head
+        over a (B, 1, H) input copied its (tied, bfloat16) weight once per row, the larger part of a step."""
+        head = self.lm.get_output_embeddings()
+        return torch.nn.functional.linear(hidden, head.weight, getattr(head, "bias", None))
+
+    def forward(self, seqs: Sequence[Sequence[Segment]], prefix: Sequence[Segment] | None = None) -> torch.Tensor:
+        """LM logits at the decision position (the last one) of ``prefix + seq`` for each seq, (B, V)."""
+        return self.prompt_logits([Prompt(list(prefix or []), list(s)) for s in seqs])
+
+    def prompt_logits(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """Decision-position logits of each prompt, (B, V), in order, computing shared tokens once.
+
+        Three passes over a prefix tree: the stem every prompt's prefix starts with (the instruction, and
+        the whole history when the candidates share it), once; the distinct rest of each prefix (a
+        candidate's own selected history), once per distinct rest; then each prompt's suffix, all in one
+        batch, reading the cached keys and values. In training the gradient flows back through the
+        caches, so this equals the plain forward of every whole prompt at a fraction of the cost.
         """
-        if prefix is None or len(seqs) < 2:
-            full = [list(prefix or []) + list(s) for s in seqs]
-            return self.lm(**self.encode(full), logits_to_keep=1, use_cache=False).logits[:, -1, :]
-        pre = self.encode([prefix])
-        cache = self.lm(**pre, use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(len(seqs))
-        suf = self.encode(seqs, position_offset=pre["inputs_embeds"].shape[1])
-        mask = torch.cat([pre["attention_mask"].expand(len(seqs), -1), suf["attention_mask"]], dim=1)
-        out = self.lm(inputs_embeds=suf["inputs_embeds"], attention_mask=mask, position_ids=suf["position_ids"],
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :]
+        decoder = self._decoder()
+        pres = [self._tokenize(p.prefix) for p in prompts]
+        sufs = [self._tokenize(p.suffix) for p in prompts]
+        stem_len = self._common(pres) if len(prompts) > 1 else 0
+        if stem_len == 0:
+            rows = [(a[0] + b[0], a[1] + [(s + len(a[0]), q) for s, q in b[1]]) for a, b in zip(pres, sufs, strict=True)]
+            return self._head(decoder(**self._embed(rows), use_cache=False).last_hidden_state[:, -1, :])
+        stem, _ = self._split(pres[0], stem_len)
+        rests = [self._split(r, len(stem[0]))[1] for r in pres]
+        enc = self._embed([stem])
+        cache = decoder(**enc, use_cache=True).past_key_values
+        past = enc["attention_mask"]
+        distinct: dict[tuple[Any, ...], int] = {}
+        group = [distinct.setdefault(tuple(self._key(r)), len(distinct)) for r in rests]
+        if any(r[0] for r in rests):
+            firsts = list({g: r for g, r in zip(group, rests, strict=True)}.values())
+            cache.batch_repeat_interleave(len(firsts))
+            enc = self._embed(firsts, past.expand(len(firsts), -1))
+            cache = decoder(**enc, past_key_values=cache, use_cache=True).past_key_values
+            index = torch.tensor(group, device=enc["attention_mask"].device)
+            cache.batch_select_indices(index)
+            past = enc["attention_mask"][index]
+        else:
+            cache.batch_repeat_interleave(len(prompts))
+            past = past.expand(len(prompts), -1)
+        enc = self._embed(sufs, past)
+        out = decoder(**enc, past_key_values=cache, use_cache=True)
+        return self._head(out.last_hidden_state[:, -1, :])
 
     def yes_no(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, [self.yes_id, self.no_id]]
@@ -189,18 +261,15 @@ class ComposedBackbone(TrainableStateMixin):
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """(P(yes), logit_yes - logit_no) per prompt, by Eq. 3."""
         yes_no = torch.zeros((len(prompts), 2))
-        for idx in group_by_prefix(prompts).values():
-            for start in range(0, len(idx), self.cfg.score_batch):
-                chunk = idx[start: start + self.cfg.score_batch]
-                logits = self.forward([prompts[i].suffix for i in chunk], prefix=prompts[chunk[0]].prefix)
-                yes_no[chunk] = self.yes_no(logits).float().cpu()
+        for start in range(0, len(prompts), self.cfg.score_batch):
+            logits = self.prompt_logits(prompts[start: start + self.cfg.score_batch])
+            yes_no[start: start + len(logits)] = self.yes_no(logits).float().cpu()
         return torch.softmax(yes_no, dim=-1)[:, 0], yes_no[:, 0] - yes_no[:, 1]
 
     @torch.no_grad()
     def embed(self, seqs: Sequence[Sequence[Segment]]) -> torch.Tensor:
         """Mean of the last layer's hidden states over every token (Eq. 4-5), (B, H)."""
         enc = self.encode(seqs)
-        out = self.lm(**enc, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-        hidden = out.hidden_states[-1]
+        hidden = self._decoder()(**enc, use_cache=False).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return ((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).float().cpu()

@@ -26,8 +26,21 @@ def add_lora(backbone: Any, cfg: TeacherConfig) -> Any:
         p.requires_grad_(False)
     # all-linear: every linear layer but the output head; for a native VLM that covers
     # the vision tower, the connector and the language model, as the paper does
+    targets: str | list[str] = "all-linear"
+    layers = None
+    if cfg.lora_layers > 0:
+        import torch as _torch
+
+        n = int(backbone.lm.config.num_hidden_layers)
+        if cfg.lora_layers > n:
+            raise InputError(f"lora_layers={cfg.lora_layers}: the LM has {n} layers")
+        layers = list(range(n - cfg.lora_layers, n))
+        # peft takes layers_to_transform only with named targets: every linear layer's name but the head
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in backbone.lm.named_modules()
+                          if isinstance(m, _torch.nn.Linear) and "lm_head" not in name})
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM", layers_to_transform=layers,
+                      layers_pattern="layers" if layers else None)
     backbone.lm = get_peft_model(backbone.lm, lora)
     return backbone
 
@@ -46,6 +59,8 @@ def build_backbone(cfg: TeacherConfig, with_lora: bool = True) -> ComposedBackbo
     if cfg.backbone != "composed":
         raise InputError(f"unknown backbone {cfg.backbone!r}; choose 'composed' or 'hf-vlm'")
     lm, tok = load_lm(cfg.lm, cfg.tokenizer, (cfg.tiny_hidden, cfg.tiny_layers, cfg.tiny_heads), cfg.seed)
+    if cfg.dtype == "bfloat16":
+        lm = lm.to(_torch.bfloat16)  # LoRA adapters are added after, in float32 (peft's autocast_adapter_dtype)
     _torch.manual_seed(cfg.seed)
     backbone = ComposedBackbone(lm, tok, cfg)
     return add_lora(backbone, cfg) if with_lora else backbone

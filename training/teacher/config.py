@@ -12,6 +12,7 @@ from training.config import load_config, read_yaml_mapping
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
 
+DTYPES = ("float32", "bfloat16")
 CAPTION_FIELDS = ("brand_title", "brand")  # what an alignment caption names (align.py: caption)
 
 
@@ -38,19 +39,34 @@ class TeacherConfig:
     align_tower_steps: int = 0
     align_caption: str = "brand_title"  # brand_title | brand: caption only the brand (what the tower was trained on)
     chat_template: bool = False
+    # the LM's weights and activations: float32 | bfloat16 (LoRA adapters and the loss stay float32).
+    # bfloat16 runs about twice as fast on CPUs with AVX512-BF16 or AMX and is the native GPU dtype.
+    dtype: str = "float32"
     # prompt (Fig. 6)
     max_prompt_tokens: int = 512
     description_words: int = 40
+    # keep the last n levels of each product's category path in the prompt (0: the whole path)
+    category_levels: int = 0
+    title_words: int = 0  # cut product titles to n words (0: whole)
+    # show each candidate's first-stage position ("Search rank: 3") in its prompt, as score injection
+    # into cross-encoder rerankers does (Askari et al., ECIR 2023): the teacher refines the first stage's
+    # order instead of rebuilding it from text. Training reads the cross-fitted holdout lists, whose
+    # positions look like a new query's (the in-sample lists put the train target on top).
+    first_stage_rank: bool = False
     # data
     k_s1: int = 5  # random history items in stage 1
     k_s2: int = 2  # selected history items in stage 2
     random_negatives: int = 2  # K_s^n
     hard_negatives: int = 3  # K_h^n
     train_fraction: float = 0.1
+    train_queries: int = 0  # > 0: train on this many training queries (seeded sample) instead of train_fraction
     # optimisation
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    # adapters on the last n transformer layers only (0: every layer). The backward pass then stops at
+    # the lowest adapted layer, so training costs less; the decision is read from the top layers.
+    lora_layers: int = 0
     lr: float = 1e-4
     # lm: Eq. 2's language-modelling loss over the whole vocabulary on the decision token.
     # yes_no: the same loss restricted to the two answer tokens (Eq. 3's distribution); needed for a
@@ -90,6 +106,10 @@ def load_teacher_config(profile: str | None = None, config_path: Path | None = N
     cfg = load_config(TeacherConfig, None, values)
     if cfg.loss not in ("lm", "yes_no"):
         raise InputError(f"teacher config loss={cfg.loss!r}: choose lm or yes_no")
+    if cfg.dtype not in DTYPES:
+        raise InputError(f"teacher config dtype={cfg.dtype!r}: choose {' or '.join(DTYPES)}")
+    if min(cfg.train_queries, cfg.category_levels, cfg.lora_layers, cfg.title_words) < 0:
+        raise InputError("teacher config train_queries, category_levels, lora_layers and title_words must be >= 0")
     if cfg.align_caption not in CAPTION_FIELDS:
         raise InputError(f"teacher config align_caption={cfg.align_caption!r}: choose brand_title or brand")
     return cfg

@@ -10,7 +10,7 @@ import numpy as np
 from contract.history import select_history, select_latest, select_random
 from training.dataset import Dataset
 from training.teacher.config import TeacherConfig
-from training.teacher.prompt import Prompt, PromptBuilder, Segment, render_product
+from training.teacher.prompt import Item, Prompt, PromptBuilder, Segment, render_product
 
 HISTORY_MODES = ("random", "latest", "selected")
 
@@ -56,12 +56,19 @@ class ExampleFactory:
         path = self.ds.image_path(pid)
         return str(path) if path is not None and path.is_file() else None
 
-    def _item(self, pid: str) -> tuple[dict[str, Any], str | None]:
+    def _item(self, pid: str) -> Item:
         return self.ds.products[pid], self._image(pid)
+
+    def _candidate(self, pid: str, listed: list[str]) -> Item:
+        """A candidate with its first-stage rank (1 = top, 0 = not listed) when the config shows it."""
+        if not self.cfg.first_stage_rank:
+            return self._item(pid)
+        return self.ds.products[pid], self._image(pid), (listed.index(pid) + 1 if pid in listed else 0)
 
     def product_segments(self, pid: str) -> list[Segment]:
         """A product on its own, [t_p; v_p], as Eq. 4 embeds it."""
-        return render_product(self.ds.products[pid], self.cfg.description_words, self._image(pid))
+        return render_product(self.ds.products[pid], self.cfg.description_words, self._image(pid),
+                              category_levels=self.cfg.category_levels, title_words=self.cfg.title_words)
 
     def histories(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator) -> list[list[str]]:
         """History (product ids, oldest first) for each candidate under a selection mode."""
@@ -81,12 +88,15 @@ class ExampleFactory:
             return [[full[i] for i in r] for r in idx]
         raise ValueError(f"unknown history mode {mode!r}; choose one of {', '.join(HISTORY_MODES)}")
 
-    def prompts(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator) -> list[Prompt]:
+    def prompts(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator,
+                listed: list[str] | None = None) -> list[Prompt]:
+        """One prompt per candidate; ``listed`` is the first stage's list the ranks are read from."""
         hists = self.histories(row, candidates, mode, rng)
+        items = [self._candidate(c, listed if listed is not None else candidates) for c in candidates]
         if mode != "selected":  # one history for all candidates: share the prefix
-            return self.builder.build_group([self._item(h) for h in hists[0]], row["query"], [self._item(c) for c in candidates])
-        return [self.builder.build([self._item(h) for h in hist], row["query"], self._item(c))
-                for hist, c in zip(hists, candidates, strict=True)]
+            return self.builder.build_group([self._item(h) for h in hists[0]], row["query"], items)
+        return [self.builder.build([self._item(h) for h in hist], row["query"], item)
+                for hist, item in zip(hists, items, strict=True)]
 
     def training_group(self, row: dict[str, Any], first_stage: list[str], mode: str, rng: np.random.Generator) -> Group:
         """The target, K_h^n hard negatives (best-scored first-stage candidates) and K_s^n random ones."""
@@ -97,7 +107,7 @@ class ExampleFactory:
         n_rand = min(self.cfg.random_negatives, len(pool))
         rand = [pool[i] for i in rng.choice(len(pool), size=n_rand, replace=False)] if n_rand else []
         pids = [target] + hard + rand
-        return Group(row, pids, [1] + [0] * (len(pids) - 1), self.prompts(row, pids, mode, rng))
+        return Group(row, pids, [1] + [0] * (len(pids) - 1), self.prompts(row, pids, mode, rng, list(first_stage)))
 
     def scoring_group(self, row: dict[str, Any], first_stage: list[str], mode: str, rng: np.random.Generator) -> Group:
         labels = [int(p == row["product_id"]) for p in first_stage]

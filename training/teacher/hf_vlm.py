@@ -42,7 +42,8 @@ class HFVLMBackbone(TrainableStateMixin):
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(self.count_tokens, self.cfg.max_prompt_tokens, self.cfg.description_words,
-                             header="", footer=" Answer yes or no.", instruction=False)
+                             header="", footer=" Answer yes or no.", instruction=False,
+                             category_levels=self.cfg.category_levels, title_words=self.cfg.title_words)
 
     def _inputs(self, seqs: Sequence[Sequence[Segment]]) -> dict[str, torch.Tensor]:
         from PIL import Image
@@ -73,11 +74,14 @@ class HFVLMBackbone(TrainableStateMixin):
         full = [list(prefix or []) + list(s) for s in seqs]  # no KV sharing here, see the module docstring
         return self.lm(**self._inputs(full), logits_to_keep=1, use_cache=False).logits[:, -1, :]
 
+    def prompt_logits(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        return self.forward([p.segments for p in prompts])
+
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         yes_no = []
         for start in range(0, len(prompts), self.cfg.score_batch):
-            logits = self.forward([p.segments for p in prompts[start: start + self.cfg.score_batch]])
+            logits = self.prompt_logits(prompts[start: start + self.cfg.score_batch])
             yes_no.append(logits[:, [self.yes_id, self.no_id]].float().cpu())
         both = torch.cat(yes_no)
         return torch.softmax(both, dim=-1)[:, 0], both[:, 0] - both[:, 1]
@@ -93,7 +97,7 @@ class HFVLMBackbone(TrainableStateMixin):
 def load_hf_vlm(cfg: TeacherConfig) -> HFVLMBackbone:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.pretrained import offline
+    from training.pretrained import LOAD_KWARGS, hub_free, offline
 
     offline()
     path = Path(cfg.lm).expanduser()
@@ -101,7 +105,7 @@ def load_hf_vlm(cfg: TeacherConfig) -> HFVLMBackbone:
         raise InputError(f"hf-vlm backbone needs a local model directory; {cfg.lm!r} is not one "
                          "(nothing is downloaded from a model hub)")
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype)
+    model = hub_free(AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **LOAD_KWARGS))
     if torch.cuda.is_available():
         model = model.to("cuda")
     torch.manual_seed(cfg.seed)

@@ -38,6 +38,8 @@ class ImageSlot:
 
 
 Segment = str | ImageSlot
+# A product to render: (fields, image path or None[, first-stage rank for a candidate])
+Item = tuple[dict[str, Any], str | None] | tuple[dict[str, Any], str | None, int | None]
 
 
 @dataclass
@@ -51,13 +53,26 @@ class Prompt:
         return self.prefix + self.suffix
 
 
-def render_product(p: dict[str, Any], description_words: int, image: str | None) -> list[Segment]:
+def render_product(p: dict[str, Any], description_words: int, image: str | None,
+                   rank: int | None = None, category_levels: int = 0, title_words: int = 0) -> list[Segment]:
+    """A product as prompt text. ``rank``: the candidate's position in the first stage's list (1 = top),
+    0 for a product the first stage did not list, None to leave it out (history items, or a teacher
+    configured without it). ``category_levels``: keep only the last n levels of the path (0: all); a
+    path given as one string is split at ", " (the Amazon 2014 form). ``title_words``: cut titles to n
+    words (0: whole); tokens are what a CPU teacher pays for, and long Amazon titles repeat the brand."""
     desc_words = (p.get("summary") or p.get("description") or "").split()
     desc = " ".join(desc_words[:description_words]) if description_words > 0 else ""
     if len(desc_words) > description_words > 0:
         desc += " ..."
-    category = " > ".join(p.get("category") or []) or "unknown"
-    text = (f"ID: {p['product_id']}; Title: {p.get('title') or 'unknown'}; Brand: {p.get('brand') or 'unknown'}; "
+    path = list(p.get("category") or [])
+    if category_levels > 0 and len(path) == 1:
+        path = path[0].split(", ")
+    title = p.get("title") or "unknown"
+    if title_words > 0 and len(title.split()) > title_words:
+        title = " ".join(title.split()[:title_words]) + " ..."
+    category = " > ".join(path[-category_levels:] if category_levels > 0 else path) or "unknown"
+    ranked = "" if rank is None else f"Search rank: {rank if rank > 0 else 'not listed'}; "
+    text = (f"ID: {p['product_id']}; {ranked}Title: {title}; Brand: {p.get('brand') or 'unknown'}; "
             f"Category: {category}; Description: {desc or 'none'}; Image: ")
     return [text, ImageSlot(image), "\n"] if image else [text + "none\n"]
 
@@ -66,27 +81,28 @@ class PromptBuilder:
     """Builds budgeted prompts. ``count`` returns the token count of a segment list."""
 
     def __init__(self, count: Callable[[list[Segment]], int], max_tokens: int, description_words: int,
-                 header: str = "", footer: str = "\nAnswer:", instruction: bool = True):
+                 header: str = "", footer: str = "\nAnswer:", instruction: bool = True, category_levels: int = 0,
+                 title_words: int = 0):
         self.count, self.max_tokens, self.description_words = count, max_tokens, description_words
+        self.fields = {"category_levels": category_levels, "title_words": title_words}
         self.header, self.footer = header, footer
         self.instruction = INSTRUCTION + "\n" if instruction else ""  # chat templates carry it as the system turn
 
-    def _assemble(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
-                  candidate: tuple[dict[str, Any], str | None], hist_words: int, cand_words: int) -> Prompt:
+    def _assemble(self, history: Sequence[Item], query: str, candidate: Item, hist_words: int, cand_words: int) -> Prompt:
         prefix: list[Segment] = [self.header + self.instruction + "User purchase history:\n"]
         if not history:
             prefix.append("none\n")
         for i, (p, img) in enumerate(history, 1):
             prefix.append(f"({i}) ")
-            prefix += render_product(p, hist_words, img)
+            prefix += render_product(p, hist_words, img, **self.fields)
         prefix.append(f"Search query: {query}\n")
         suffix: list[Segment] = ["Candidate product: "]
-        suffix += render_product(candidate[0], cand_words, candidate[1])
+        suffix += render_product(candidate[0], cand_words, candidate[1], rank=candidate[2] if len(candidate) > 2 else None,
+                                 **self.fields)
         suffix.append("Will the user purchase the candidate product?" + self.footer)
         return Prompt(_merge(prefix), _merge(suffix))
 
-    def build(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
-              candidate: tuple[dict[str, Any], str | None]) -> Prompt:
+    def build(self, history: Sequence[Item], query: str, candidate: Item) -> Prompt:
         hist, hist_words, cand_words = list(history), self.description_words, self.description_words
         while True:
             prompt = self._assemble(hist, query, candidate, hist_words, cand_words)
@@ -104,8 +120,7 @@ class PromptBuilder:
                 prompt.meta.update(tokens=n, history=0, history_words=0, candidate_words=0, over_budget=True)
                 return prompt
 
-    def build_group(self, history: Sequence[tuple[dict[str, Any], str | None]], query: str,
-                    candidates: Sequence[tuple[dict[str, Any], str | None]]) -> list[Prompt]:
+    def build_group(self, history: Sequence[Item], query: str, candidates: Sequence[Item]) -> list[Prompt]:
         """Prompts for candidates sharing one history, with one identical prefix.
 
         The history is trimmed as much as the most demanding candidate needs, so
@@ -123,14 +138,6 @@ class PromptBuilder:
             prompt.meta.update(p.meta, tokens=self.count(prompt.segments), history=n_hist, history_words=hist_words)
             out.append(prompt)
         return out
-
-
-def group_by_prefix(prompts: Sequence[Prompt]) -> dict[tuple[Segment, ...], list[int]]:
-    """Indices of prompts with the same prefix (one history for several candidates), in first-seen order."""
-    groups: dict[tuple[Segment, ...], list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(tuple(p.prefix), []).append(i)
-    return groups
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:

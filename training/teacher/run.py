@@ -13,6 +13,7 @@ config matches, and ``metrics.json`` is written last.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,7 +117,7 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
     def groups_for_epoch(epoch: int) -> list[Group]:
         rng = np.random.default_rng(cfg.seed * 1000 + epoch + (1 if stage == "stage2" else 0))
         order = rng.permutation(len(rows))
-        return [factory.training_group(rows[i], fs.ids(rows[i]["query_id"]), mode, rng) for i in order]
+        return [factory.training_group(rows[i], fs.list_ids(rows[i]["query_id"]), mode, rng) for i in order]
 
     backbone.train()
     log = train(backbone, groups_for_epoch, cfg, out / "checkpoint", stage)
@@ -127,9 +128,9 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
 
 def score_row(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, row: dict[str, Any], mode: str,
               rng: np.random.Generator) -> dict[str, Any]:
-    g = factory.scoring_group(row, fs.ids(row["query_id"]), mode, rng)
+    g = factory.scoring_group(row, fs.list_ids(row["query_id"]), mode, rng)
     probs, margins = backbone.score(g.prompts)
-    fs_scores = [c["score"] for c in fs.rows[row["query_id"]]["candidates"]]
+    fs_scores = [c["score"] for c in fs.line(row["query_id"])["candidates"]]
     return {
         "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
         "target": row["product_id"],
@@ -141,10 +142,35 @@ def score_row(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStag
 
 
 def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
-               mode: str, seed: int, desc: str = "scoring") -> list[dict[str, Any]]:
+               mode: str, seed: int, desc: str = "scoring", partial: Path | None = None,
+               key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Score each row's candidates. With ``partial``, each scored row is appended to that file as it is
+    done and a rerun with the same ``key`` (what the scores depend on) scores only the rows not in it, so
+    an interrupted scoring of thousands of queries resumes; selected-history scoring draws nothing at
+    random, so a resumed run gives the same scores."""
     backbone.eval()
     rng = np.random.default_rng(seed)
-    return [score_row(backbone, factory, fs, row, mode, rng) for row in tqdm(rows, desc=desc, unit="q")]
+    done: dict[str, dict[str, Any]] = {}
+    if partial is not None and partial.is_file():
+        lines = read_jsonl(partial)
+        if lines and lines[0].get("key") == key:
+            done = {r["query_id"]: r for r in lines[1:] if "query_id" in r}
+    todo = [r for r in rows if r["query_id"] not in done]
+    sink = None
+    if partial is not None:
+        if not done:
+            partial.write_text(json.dumps({"key": key}) + "\n")
+        sink = partial.open("a")
+    try:
+        for row in tqdm(todo, desc=desc, unit="q", initial=len(rows) - len(todo), total=len(rows)):
+            done[row["query_id"]] = score_row(backbone, factory, fs, row, mode, rng)
+            if sink is not None:
+                sink.write(json.dumps(done[row["query_id"]]) + "\n")
+                sink.flush()
+    finally:
+        if sink is not None:
+            sink.close()
+    return [done[r["query_id"]] for r in rows]
 
 
 class ScoreBatch:
@@ -226,6 +252,15 @@ def versus_random_order(scored: list[dict[str, Any]], n_test: int, key: str = "t
     return random_order(ranked, targets, observed=observed) | {"observed": observed}
 
 
+def training_queries(train_rows: list[dict[str, Any]], cfg: TeacherConfig) -> list[dict[str, Any]]:
+    """The seeded sample the teacher trains on: ``train_queries`` of them when set, else ``train_fraction``.
+    A prefix of one seeded permutation, so the samples of a learning curve are nested (100 within 300)."""
+    if cfg.train_queries > 0:
+        order = np.random.default_rng(cfg.seed + 7).permutation(len(train_rows))[: cfg.train_queries]
+        return [train_rows[i] for i in sorted(order)]
+    return sample_rows(train_rows, cfg.train_fraction, cfg.seed)
+
+
 def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: TeacherConfig,
                 summaries: Path | None = None, ray: str | None = None) -> TeacherRun:
     """Train both stages, embed, score; write metrics.json, scores.jsonl, teacher.json."""
@@ -236,6 +271,8 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
     fs = load_first_stage(first_stage, ds)
     summ = ds.summaries
     train_rows = [ds_row for ds_row in ds.queries("train") if ds_row["query_id"] in fs.rows]
+    if fs.holdout:  # learn from, and score for the student, the lists ranked as new queries would be
+        train_rows = [r for r in train_rows if r["query_id"] in fs.holdout]
     test_rows = scored_test_rows(ds, fs, cfg.test_fraction, cfg.seed)  # validates test_fraction
     if not train_rows or not test_rows:
         raise InputError(f"{first_stage} has no candidates for this dataset's train/test queries")
@@ -245,7 +282,7 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
         fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs_metrics, "metrics_all_test": fs.metrics}
     else:
         fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs.metrics}
-    fit_rows = sample_rows(train_rows, cfg.train_fraction, cfg.seed)
+    fit_rows = training_queries(train_rows, cfg)
 
     backbone = build_backbone(cfg)
     builder = backbone.prompt_builder()
@@ -284,16 +321,19 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
             raise InputError("teacher scoring on Ray needs the dataset as a directory")
         scored = score_rows_ray(ray, Path(data), first_stage, out, cfg, test_hits + score_train, summaries)
     else:
-        scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring")
+        scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring",
+                            partial=out / "scores.partial.jsonl", key=training_fields(asdict(cfg), "stage2"))
     timings["score"] = time.time() - t
     metrics = reranked_metrics(scored, n_test=len(test_rows))
 
     write_jsonl(out / "scores.jsonl", scored)
+    (out / "scores.partial.jsonl").unlink(missing_ok=True)
     tokens = [n for s in scored for n in s["prompt_tokens"]]
     info = {
         "stage": "teacher", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
         "first_stage": fs_meta,
         "summaries": summ, "config": asdict(cfg), "train_queries": len(fit_rows),
+        "train_lists": "holdout" if fs.holdout else "in-sample",
         "scored_queries": {"test": len(test_hits), "test_total": len(test_rows), "train": len(score_train)},
         "prompt_tokens": {"mean": round(float(np.mean(tokens)), 1), "max": int(np.max(tokens))},
         "versus_first_stage": versus_first_stage(scored, n_test=len(test_rows)),

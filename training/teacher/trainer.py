@@ -28,7 +28,7 @@ from training.artifacts import atomic_dir, read_json, write_json
 from training.teacher.backbone import ComposedBackbone
 from training.teacher.config import TeacherConfig
 from training.teacher.examples import Group
-from training.teacher.prompt import Prompt, group_by_prefix
+from training.teacher.prompt import Prompt
 
 
 def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Optimizer:
@@ -66,17 +66,9 @@ def stage_epochs(cfg: TeacherConfig, stage: str) -> int:
 
 
 def decision_logits(model: Any, prompts: Sequence[Prompt]) -> torch.Tensor:
-    """Decision-position logits of each prompt, (B, V), in order. Prompts with the same prefix (one
-    history for several candidates) share one prefix pass; the gradient flows back through it."""
-    by_prefix = group_by_prefix(prompts)
-    if len(by_prefix) == len(prompts):  # nothing shared: one batched pass over the whole prompts
-        return model([p.segments for p in prompts])
-    order, parts = [], []
-    for prefix, idx in by_prefix.items():
-        parts.append(model([prompts[i].suffix for i in idx], prefix=list(prefix)))
-        order += idx
-    logits = torch.cat(parts)
-    return logits[torch.argsort(torch.tensor(order, device=logits.device))]
+    """Decision-position logits of each prompt, (B, V), in order; the backbone computes tokens that the
+    prompts share (the instruction, a common history) once, and the gradient flows back through them."""
+    return model.prompt_logits(prompts)
 
 
 def _save_checkpoint(path: Path, backbone: ComposedBackbone, opt: torch.optim.Optimizer, step: int,
