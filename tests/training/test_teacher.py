@@ -448,8 +448,8 @@ def test_scoring_resumes_from_its_partial_file(ds, synthetic_dir, tmp_path, monk
     first = teacher_run.score_rows(bb, factory, fs, rows[:2], "latest", 0, partial=partial, key={"k": 1})
     assert len(partial.read_text().splitlines()) == 3, "a key line and one line per scored query"
     calls = []
-    real = teacher_run.score_row
-    monkeypatch.setattr(teacher_run, "score_row", lambda *a: calls.append(a[3]["query_id"]) or real(*a))
+    real = teacher_run.score_chunk
+    monkeypatch.setattr(teacher_run, "score_chunk", lambda *a: calls.extend(r["query_id"] for r in a[3]) or real(*a))
     resumed = teacher_run.score_rows(bb, factory, fs, rows, "latest", 0, partial=partial, key={"k": 1})
     assert calls == [r["query_id"] for r in rows[2:]], "only the rows not scored before"
     assert [r["query_id"] for r in resumed] == [r["query_id"] for r in rows]
@@ -459,3 +459,31 @@ def test_scoring_resumes_from_its_partial_file(ds, synthetic_dir, tmp_path, monk
     calls.clear()
     teacher_run.score_rows(bb, factory, fs, rows, "latest", 0, partial=partial, key={"k": 2})
     assert len(calls) == len(rows), "scores of another trained teacher are not reused"
+
+
+def test_batching_query_groups_takes_the_same_optimizer_steps(ds, synthetic_dir, tmp_path):
+    """group_batch (several queries per pass, for a GPU) changes the batching, not the training."""
+    from training.candidates import load_first_stage
+    from training.first_stage.run import run_retrieval
+    from training.teacher.examples import ExampleFactory
+    from training.teacher.trainer import train
+
+    run_retrieval(synthetic_dir, "pop", tmp_path / "fs")
+    fs = load_first_stage(tmp_path / "fs", ds)
+    rows = ds.queries("train")[:6]
+    states = []
+    for batch in (1, 3):
+        cfg = load_teacher_config("tiny", overrides={"grad_accum": 3, "group_batch": batch, "max_steps": 2,
+                                                     "lora_dropout": 0.0})
+        bb = build_backbone(cfg)
+        factory = ExampleFactory(ds, cfg, bb.prompt_builder())
+        groups = lambda epoch: [factory.training_group(r, fs.ids(r["query_id"]), "latest", np.random.default_rng(0))  # noqa: B023,E731
+                                for r in rows]
+        log = train(bb, groups, cfg, tmp_path / f"ckpt{batch}", "stage1")
+        assert log["steps"] == 2 and log["groups"] == 6
+        states.append(bb.trainable_state())
+    moved = 0
+    for name, a in states[0].items():
+        assert torch.allclose(a, states[1][name], atol=1e-5, rtol=1e-4), name
+        moved += int("lora_B" in name and a.abs().sum() > 0)
+    assert moved > 0, "the adapters trained"

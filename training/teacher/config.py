@@ -76,6 +76,8 @@ class TeacherConfig:
     epochs: int = 1
     stage2_epochs: int = 0  # 0: the same as epochs
     grad_accum: int = 1
+    # query groups in one forward pass (at most grad_accum); 1 on a CPU, tens on a GPU
+    group_batch: int = 1
     max_steps: int = 0  # 0: no cap
     checkpoint_every: int = 200
     # under accelerate launch: compare the ranks' trainable weights after every optimizer step
@@ -108,6 +110,8 @@ def load_teacher_config(profile: str | None = None, config_path: Path | None = N
         raise InputError(f"teacher config loss={cfg.loss!r}: choose lm or yes_no")
     if cfg.dtype not in DTYPES:
         raise InputError(f"teacher config dtype={cfg.dtype!r}: choose {' or '.join(DTYPES)}")
+    if cfg.group_batch < 1 or cfg.grad_accum < 1:
+        raise InputError("teacher config group_batch and grad_accum must be >= 1")
     if min(cfg.train_queries, cfg.category_levels, cfg.lora_layers, cfg.title_words) < 0:
         raise InputError("teacher config train_queries, category_levels, lora_layers and title_words must be >= 0")
     if cfg.align_caption not in CAPTION_FIELDS:

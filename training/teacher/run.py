@@ -128,17 +128,30 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
 
 def score_row(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, row: dict[str, Any], mode: str,
               rng: np.random.Generator) -> dict[str, Any]:
-    g = factory.scoring_group(row, fs.list_ids(row["query_id"]), mode, rng)
-    probs, margins = backbone.score(g.prompts)
-    fs_scores = [c["score"] for c in fs.line(row["query_id"])["candidates"]]
-    return {
-        "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
-        "target": row["product_id"],
-        "candidates": [{"product_id": p, "first_stage_score": s, "teacher_score": round(float(pr), 6),
-                        "teacher_logit": round(float(m), 5), "label": y}
-                       for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs, margins, g.labels, strict=True)],
-        "prompt_tokens": [pr.meta.get("tokens", 0) for pr in g.prompts],
-    }
+    return score_chunk(backbone, factory, fs, [row], mode, rng)[0]
+
+
+def score_chunk(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
+                mode: str, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Teacher scores of each row's first-stage list; the rows' prompts go to the backbone together (it
+    splits them into ``score_batch`` prompts per pass), so a GPU scores several queries per pass."""
+    groups = [factory.scoring_group(row, fs.list_ids(row["query_id"]), mode, rng) for row in rows]
+    probs, margins = backbone.score([p for g in groups for p in g.prompts])
+    out, at = [], 0
+    for row, g in zip(rows, groups, strict=True):
+        n = len(g.prompts)
+        fs_scores = [c["score"] for c in fs.line(row["query_id"])["candidates"]]
+        out.append({
+            "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
+            "target": row["product_id"],
+            "candidates": [{"product_id": p, "first_stage_score": s, "teacher_score": round(float(pr), 6),
+                            "teacher_logit": round(float(m), 5), "label": y}
+                           for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs[at: at + n], margins[at: at + n],
+                                                     g.labels, strict=True)],
+            "prompt_tokens": [pr.meta.get("tokens", 0) for pr in g.prompts],
+        })
+        at += n
+    return out
 
 
 def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
@@ -161,13 +174,20 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
         if not done:
             partial.write_text(json.dumps({"key": key}) + "\n")
         sink = partial.open("a")
+    # as many queries per pass as score_batch prompts hold (one on a CPU profile, tens on a GPU)
+    per_pass = max(1, backbone.cfg.score_batch // 10)
+    bar = tqdm(desc=desc, unit="q", initial=len(rows) - len(todo), total=len(rows))
     try:
-        for row in tqdm(todo, desc=desc, unit="q", initial=len(rows) - len(todo), total=len(rows)):
-            done[row["query_id"]] = score_row(backbone, factory, fs, row, mode, rng)
+        for start in range(0, len(todo), per_pass):
+            for line in score_chunk(backbone, factory, fs, todo[start: start + per_pass], mode, rng):
+                done[line["query_id"]] = line
+                if sink is not None:
+                    sink.write(json.dumps(line) + "\n")
             if sink is not None:
-                sink.write(json.dumps(done[row["query_id"]]) + "\n")
                 sink.flush()
+            bar.update(min(per_pass, len(todo) - start))
     finally:
+        bar.close()
         if sink is not None:
             sink.close()
     return [done[r["query_id"]] for r in rows]

@@ -43,7 +43,7 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 
 
 # Runtime knobs that do not change what is trained; a resume may change them.
-_RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction", "sync_check")
+_RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction", "sync_check", "group_batch")
 # Fields stage 1 never reads: changing them keeps a trained stage 1 (and its embeddings).
 _STAGE2_ONLY = ("k_s2", "stage2_epochs")
 # Fields that reach only the vision tower and projector: a text-only model (vision=none) is the same without them.
@@ -129,24 +129,31 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
         if groups_done >= len(groups) * (epoch + 1):
             continue  # finished before the resume
         start_group = max(0, groups_done - len(groups) * epoch)  # resume mid-epoch
-        bar = tqdm(range(start_group, len(groups)), desc=f"teacher {stage} epoch {epoch + 1}", unit="q",
+        bar = tqdm(total=len(groups), initial=start_group, desc=f"teacher {stage} epoch {epoch + 1}", unit="q",
                    disable=not main)
-        running = []
-        for gi in bar:
+        running: list[float] = []
+        gi = start_group
+        while gi < len(groups):
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-            g = groups[gi]
-            logits = decision_logits(backbone, g.prompts)
+            # group_batch query groups in one pass (a GPU wants them; the shared instruction is computed once),
+            # never across an optimizer step, so the steps are those of one group at a time
+            n = min(cfg.group_batch, cfg.grad_accum - groups_done % cfg.grad_accum, len(groups) - gi)
+            batch = groups[gi: gi + n]
+            logits = decision_logits(backbone, [p for g in batch for p in g.prompts])
+            labels = [y for g in batch for y in g.labels]
             if cfg.loss == "yes_no":
                 logits = logits[:, [backbone.yes_id, backbone.no_id]]
-                target = torch.tensor([0 if y else 1 for y in g.labels], device=logits.device)
+                target = torch.tensor([0 if y else 1 for y in labels], device=logits.device)
             else:
-                target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in g.labels],
-                                      device=logits.device)
-            loss = torch.nn.functional.cross_entropy(logits.float(), target)
-            (loss / cfg.grad_accum).backward()
-            running.append(loss.item())
-            groups_done += 1
+                target = torch.tensor([backbone.yes_id if y else backbone.no_id for y in labels], device=logits.device)
+            per_prompt = torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+            losses = torch.stack([part.mean() for part in per_prompt.split([len(g.labels) for g in batch])])
+            (losses.sum() / cfg.grad_accum).backward()
+            running += losses.detach().cpu().tolist()
+            groups_done += n
+            gi += n
+            bar.update(n)
             if groups_done % cfg.grad_accum == 0:  # an optimizer step: grad_accum groups per rank
                 if procs > 1:
                     _average_gradients(params, procs)
@@ -160,11 +167,12 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
                     _save_checkpoint(ckpt_dir, backbone, opt, step, cfg, stage)
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
-            if len(running) == 50 or gi == len(groups) - 1:
+            if len(running) >= 50 or gi == len(groups):
                 log.append({"epoch": epoch + 1, "groups": groups_done, "loss": round(sum(running) / len(running), 4),
                             "seconds": round(time.time() - t0, 1)})
                 bar.set_postfix(loss=log[-1]["loss"])
                 running = []
+        bar.close()
         if cfg.max_steps and step >= cfg.max_steps:
             break
     if main:
