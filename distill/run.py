@@ -175,6 +175,8 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
     torch.manual_seed(cfg.seed)
     tensors = [torch.from_numpy(data.inputs[n]) for n in spec.input_names]
     tl, ht, lab = (torch.from_numpy(x) for x in (data.teacher_logits, data.has_teacher, data.labels))
+    if not cfg.use_teacher:
+        ht = torch.zeros_like(ht)
     model = Student(spec, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
@@ -515,7 +517,8 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
         write_json(tmp / "distill.json", detail)
         # per-query rankings of the shipped (ONNX fp32) student: paired comparisons read them
         write_jsonl(tmp / "test_rankings.jsonl", (
-            {"query_id": s["query_id"], "ranked": rerank(_candidate_ids(s), list(sc))}
+            {"query_id": s["query_id"], "ranked": rerank(_candidate_ids(s), list(sc)), "candidates": _candidate_ids(s),
+             "scores": [round(float(x), 6) for x in sc]}
             for s, sc in zip(test, _split_scores(yes_probability(exported.logits_fp32), test), strict=True)))
         (tmp / "report.md").write_text(_report(ds.name, fs_metrics, teacher.metrics, metrics, detail))
     final_bundle = out / "bundle"
@@ -566,8 +569,9 @@ def _report(name: str, fs: dict[str, Any], teacher: dict[str, Any], metrics: dic
     lines = [f"# Distillation on {name}", "", f"Bundle version `{d['bundle_version']}`.", "",
              markdown_table(["model", *PAPER_KEYS, "n", "kept share of teacher gain (NDCG@4)"],
                             [[label, *(f"{m[k]:.4f}" for k in PAPER_KEYS), m["n"], kept(label)] for label, m in rows])]
+    unused = "" if d["config"].get("use_teacher", True) else ", unused: use_teacher false"
     lines += ["", f"- trained on {d['train_queries']} lists ({d['train_rows']} pairs, {d.get('teacher_scored_pairs', 0)} "
-              f"of them with a teacher logit) from {d.get('train_source', 'teacher-scored train lists')}, plus "
+              f"of them with a teacher logit{unused}) from {d.get('train_source', 'teacher-scored train lists')}, plus "
               f"{d['config']['extra_negatives']} random negatives each (hard label only)",
               f"- signals: {', '.join(d['spec'].get('signals') or []) or 'none'}",
               *([f"- epochs: {len(d['curve'])} run, the best validation NDCG@4 "

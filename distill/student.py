@@ -26,6 +26,9 @@ class StudentConfig:
     dropout: float = 0.1
     temperature: float = 2.0
     hard_weight: float = 0.5  # weight of the hard-label CE next to the soft KL term
+    # False: the same student with no soft targets (the KL term is dropped on every pair), the ablation
+    # that says what the teacher's logits add
+    use_teacher: bool = True
     extra_negatives: int = 2  # random catalog products per training list (hard label only)
     # ranking signals the student reads (contract/signals.py); [] gives the content-only student
     signals: list[str] = field(default_factory=lambda: list(GROUPS))

@@ -63,6 +63,14 @@ def _pct(x: float | None, teacher_gain: float) -> str:
     return f"{x:.1%}"
 
 
+def teacher_label(config: dict[str, Any]) -> str:
+    """The teacher's row name. The tiny profile's LM is a randomly initialised 2-layer model that checks
+    the plumbing in minutes and knows no language: the table says so, and where the real teacher is."""
+    if config.get("lm") == "tiny":
+        return "HMPPS teacher (tiny profile: random 2-layer LM, a plumbing stand-in; the real one: docs/results.md)"
+    return f"HMPPS teacher ({config.get('lm')})"
+
+
 def model_free_comparison(ds: Dataset, fs_dir: Path, teacher: TeacherRun, distill_dir: Path) -> dict[str, Any]:
     """Chance, the model-free rules, the teacher and the student over the teacher's test sample."""
     fs = load_first_stage(fs_dir, ds)
@@ -147,14 +155,16 @@ def pipeline_report(name: str, fingerprint: str, first_stage_model: str, out: Pa
            f"(test_fraction {info['config']['test_fraction']}); {fs_name} over all test queries: "
            f"NDCG@4 {info['first_stage']['metrics_all_test']['NDCG@4']:.4f}.", ""]
           if "metrics_all_test" in info["first_stage"] else []),
-        table1([(fs_name, fs_metrics), ("+ HMPPS teacher", teacher.metrics), ("+ ONNX student", metrics["student"])],
-               fs_name, "+ HMPPS teacher"), "",
+        table1([(fs_name, fs_metrics), ("+ " + teacher_label(info["config"]), teacher.metrics),
+                ("+ ONNX student", metrics["student"])], fs_name, "+ " + teacher_label(info["config"])), "",
         f"The student keeps {_pct(d['kept_gain']['student_onnx'], tg)} of the teacher's NDCG@4 gain over {fs_name} "
         f"(int8: {_pct(d['kept_gain']['student_int8'], tg)}; every query through the tail-query encoder: "
         f"{_pct(d['kept_gain']['student_tail_queries'], tg)}). Bundle `{d['bundle_version']}` in `{out / 'bundle'}`; "
         "details in `distill/report.md`.", "",
         "## Against chance and the model-free rules", "",
         versus_rules_table(metrics["versus_rules"]), "",
+        *([f"The \"HMPPS teacher\" row is the {teacher_label(info['config'])}.", ""]
+          if info["config"].get("lm") == "tiny" else []),
         "## Teacher", "",
         f"- trained on {info['train_queries']} train queries (fraction {info['config']['train_fraction']}), "
         f"K_s1={info['config']['k_s1']}, K_s2={info['config']['k_s2']}, "
