@@ -440,12 +440,12 @@ def test_scoring_resumes_from_its_partial_file(ds, synthetic_dir, tmp_path, monk
     cfg = load_teacher_config("tiny")
     run_retrieval(synthetic_dir, "pop", tmp_path / "fs")
     fs = load_first_stage(tmp_path / "fs", ds)
-    rows = ds.queries("test")[:5]  # latest history: nothing drawn at random, as with selected history
+    rows = ds.queries("test")[:4]  # latest history: nothing drawn at random, as with selected history
     bb = build_backbone(cfg)
     factory = ExampleFactory(ds, cfg, bb.prompt_builder())
     full = teacher_run.score_rows(bb, factory, fs, rows, "latest", 0)
     partial = tmp_path / "scores.partial.jsonl"
-    first = teacher_run.score_rows(bb, factory, fs, rows[:2], "latest", 0, partial=partial, key={"k": 1})
+    first = teacher_run.score_rows(bb, factory, fs, rows[:2], "latest", 0, partial=partial, key={"k": 1})  # interrupted
     assert len(partial.read_text().splitlines()) == 3, "a key line and one line per scored query"
     calls = []
     real = teacher_run.score_chunk

@@ -193,25 +193,44 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
     return [done[r["query_id"]] for r in rows]
 
 
+@dataclass
+class TrainedTeacher:
+    """A trained stage-2 teacher loaded from its directory, ready to score (``score_rows``)."""
+
+    ds: Dataset
+    fs: FirstStage
+    cfg: TeacherConfig
+    backbone: ComposedBackbone
+    factory: ExampleFactory
+
+
+def load_trained_teacher(data: Path, first_stage: Path, teacher: Path, cfg: TeacherConfig,
+                         summaries: Path | None = None) -> TrainedTeacher:
+    """The dataset, first stage, stage-2 weights and stage-1 embeddings of a teacher run. ``cfg`` may differ
+    from the run's in runtime fields and ``dtype`` (what a parity check of the dtype changes)."""
+    from training.dataset import load_dataset
+
+    ds = with_summaries(load_dataset(data), summaries)
+    fs = load_first_stage(first_stage, ds)
+    backbone = build_backbone(cfg)
+    align_vision(backbone, ds, cfg, teacher / "align")  # restores the saved alignment
+    state = torch.load(teacher / "stage2" / "checkpoint" / "state.pt", weights_only=False, map_location="cpu")
+    backbone.load_trainable_state(state["trainable"])
+    backbone.eval()
+    factory = ExampleFactory(ds, cfg, backbone.prompt_builder(), load_embeddings(teacher / "embeddings"))
+    return TrainedTeacher(ds, fs, cfg, backbone, factory)
+
+
 class ScoreBatch:
     """Teacher scoring as a Ray Data callable class: each actor loads the dataset, the first stage, the
     trained stage-2 teacher and its embeddings once, then scores batches of query rows. Selected-history
     scoring draws nothing at random, so any split of the rows gives the one-process scores."""
 
     def __init__(self, data: str, first_stage: str, teacher: str, config: dict[str, Any], summaries: str | None):
-        from training.dataset import load_dataset
-
-        cfg = TeacherConfig(**config)
-        self.ds = with_summaries(load_dataset(data), summaries)
-        self.fs = load_first_stage(Path(first_stage), self.ds)
-        self.backbone = build_backbone(cfg)
-        align_vision(self.backbone, self.ds, cfg, Path(teacher) / "align")  # restores the saved alignment
-        state = torch.load(Path(teacher) / "stage2" / "checkpoint" / "state.pt", weights_only=False, map_location="cpu")
-        self.backbone.load_trainable_state(state["trainable"])
-        self.backbone.eval()
-        self.factory = ExampleFactory(self.ds, cfg, self.backbone.prompt_builder(),
-                                      load_embeddings(Path(teacher) / "embeddings"))
-        self.rng = np.random.default_rng(cfg.seed)
+        trained = load_trained_teacher(Path(data), Path(first_stage), Path(teacher), TeacherConfig(**config),
+                                       None if summaries is None else Path(summaries))
+        self.ds, self.fs, self.backbone, self.factory = trained.ds, trained.fs, trained.backbone, trained.factory
+        self.rng = np.random.default_rng(trained.cfg.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
