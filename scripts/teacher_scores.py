@@ -80,9 +80,11 @@ def export(data: Path, teacher: Path, students: list[str], out: Path) -> None:
           f"{out.stat().st_size / 1024:.0f} KB")
 
 
-def figures(path: Path, baseline: str = "first stage") -> str:
+def figures(path: Path, data: Path | None = None, candidates: Path | None = None, baseline: str = "first stage") -> str:
     with gzip.open(path, "rt") as f:
         lines = [json.loads(x) for x in f if x.strip()]
+    if data is not None and candidates is not None:
+        return rules_table(lines, data, candidates)
     names = sorted({k for x in lines if x["scores"] for k in x["scores"]})
     targets = [x["target"] for x in lines]
     ranked = {"first stage": [x["candidates"] for x in lines]}
@@ -103,6 +105,23 @@ def figures(path: Path, baseline: str = "first stage") -> str:
     return "\n".join(rows)
 
 
+def rules_table(lines: list[dict[str, Any]], data: Path, candidates: Path) -> str:
+    """Every model of the file beside chance and the model-free rules (``hmpps pipeline``'s table), which
+    read the users' histories from the dataset."""
+    from training.candidates import load_first_stage
+    from training.dataset import load_dataset
+    from training.headroom import versus_rules, versus_rules_table
+
+    ds = load_dataset(data)
+    fs = load_first_stage(candidates, ds)
+    by_id = {r["query_id"]: r for r in ds.queries("test")}
+    rows = [by_id[x["query_id"]] for x in lines]
+    names = sorted({k for x in lines if x["scores"] for k in x["scores"]})
+    models = {name: {x["query_id"]: rerank(x["candidates"], x["scores"][name]) for x in lines if x["scores"]}
+              for name in names}
+    return versus_rules_table(versus_rules(ds, fs, rows, models))
+
+
 def _ci(v: dict[str, Any]) -> str:
     return f"{v['diff']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] (wins {v['wins']}, losses {v['losses']})"
 
@@ -117,11 +136,13 @@ def main() -> None:
     e.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("figures", help="recompute the figures from a scores file")
     f.add_argument("path", type=Path)
+    f.add_argument("--data", type=Path, help="with --candidates: the models beside chance and the model-free rules")
+    f.add_argument("--candidates", type=Path, help="the first stage's directory")
     a = ap.parse_args()
     if a.cmd == "export":
         export(a.data, a.teacher, a.student, a.out)
     else:
-        print(figures(a.path))
+        print(figures(a.path, a.data, a.candidates))
 
 
 if __name__ == "__main__":
