@@ -416,9 +416,28 @@ def test_first_stage_rank_is_shown_for_candidates_only_when_configured(ds):
         if not show:
             assert not any("Search rank" in t for t in texts)
             continue
-        # the target (not listed), the three hard negatives (the list's top 3), two random products
-        assert "Search rank: not listed;" in texts[0]
-        assert [t.split("Search rank: ")[1].split(";")[0] for t in texts[1:4]] == ["1", "2", "3"]
+        # the target (not listed here), three hard negatives from the list, two random products (not listed)
+        assert "Search rank: not listed;" in texts[0] and all("Search rank: not listed;" in t for t in texts[4:])
+        assert all(t.split("Search rank: ")[1].split(";")[0] in {str(i) for i in range(1, 11)} for t in texts[1:4])
+
+
+def test_with_ranks_shown_hard_negatives_come_from_the_whole_list(ds):
+    """The list's top 3 as the only negatives would teach that a top rank means "no"."""
+    from training.teacher.examples import ExampleFactory
+
+    pids = sorted(ds.products)
+    listed = pids[20:30]
+    row = next(r for r in ds.queries("train") if ds.history(r))
+    ranks = {True: [], False: []}
+    for show in (True, False):
+        cfg = load_teacher_config("tiny", overrides={"first_stage_rank": show})
+        factory = ExampleFactory(ds, cfg, build_backbone(cfg, with_lora=False).prompt_builder())
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            group = factory.training_group(row, listed, "random", rng)
+            ranks[show] += [listed.index(p) + 1 for p in group.product_ids[1:4]]
+    assert set(ranks[False]) == {1, 2, 3}, "without ranks in the prompt: the paper's best-scored negatives"
+    assert max(ranks[True]) > 5 and len(set(ranks[True])) > 5
 
 
 def test_training_query_samples_are_nested():

@@ -99,9 +99,19 @@ class ExampleFactory:
                 for hist, item in zip(hists, items, strict=True)]
 
     def training_group(self, row: dict[str, Any], first_stage: list[str], mode: str, rng: np.random.Generator) -> Group:
-        """The target, K_h^n hard negatives (best-scored first-stage candidates) and K_s^n random ones."""
+        """The target, K_h^n hard negatives (best-scored first-stage candidates) and K_s^n random ones.
+
+        With ``first_stage_rank`` the hard negatives are drawn at random from the whole list instead: the
+        best-scored ones would always show ranks 1-3 while the target shows any rank, teaching the teacher
+        that a top rank means "no" (an Office run trained so scored its test lists at AUC 0.43).
+        """
         target = row["product_id"]
-        hard = [p for p in first_stage if p != target][: self.cfg.hard_negatives]
+        others = [p for p in first_stage if p != target]
+        if self.cfg.first_stage_rank:
+            picked = sorted(rng.choice(len(others), size=min(self.cfg.hard_negatives, len(others)), replace=False))
+            hard = [others[i] for i in picked]
+        else:
+            hard = others[: self.cfg.hard_negatives]
         taken = {target, *hard}
         pool = [p for p in self.catalog if p not in taken]
         n_rand = min(self.cfg.random_negatives, len(pool))

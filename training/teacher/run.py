@@ -321,7 +321,11 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
         fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs_metrics, "metrics_all_test": fs.metrics}
     else:
         fs_meta = {"dir": str(first_stage), "model": fs.model, "metrics": fs.metrics}
-    fit_rows = training_queries(train_rows, cfg)
+    # a teacher shown the first stage's rank learns it from lists that hold the target, as every test list
+    # it can change does; elsewhere the target would carry "not listed", which no scored target ever does
+    fit_pool = ([r for r in train_rows if r["product_id"] in fs.list_ids(r["query_id"])] if cfg.first_stage_rank
+                else train_rows)
+    fit_rows = training_queries(fit_pool, cfg)
 
     backbone = build_backbone(cfg)
     builder = backbone.prompt_builder()
