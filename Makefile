@@ -11,7 +11,7 @@ DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray" --timeout 600
 
-.PHONY: setup tools demo simulate test-loop test-cluster test-office test-dist test-ray compose-check capacity bench reliability test test-all lint typecheck clean
+.PHONY: setup tools demo simulate test-slow test-loop test-cluster test-office test-dist test-ray compose-check capacity bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -89,6 +89,10 @@ test: setup tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy service contract
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# real pretrained SmolLM2 and the reliability soak (Redis killed and the model reloaded under load)
+test-slow: setup
+	$(BIN)/pytest -m slow --timeout 900
 
 # the learning-loop simulation end to end (service processes, Redis, retraining): its own target
 test-loop: setup
