@@ -126,11 +126,6 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
     return log
 
 
-def score_row(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, row: dict[str, Any], mode: str,
-              rng: np.random.Generator) -> dict[str, Any]:
-    return score_chunk(backbone, factory, fs, [row], mode, rng)[0]
-
-
 def score_chunk(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
                 mode: str, rng: np.random.Generator) -> list[dict[str, Any]]:
     """Teacher scores of each row's first-stage list; the rows' prompts go to the backbone together (it
@@ -236,7 +231,7 @@ class ScoreBatch:
         import json
 
         rows = [json.loads(str(r)) for r in batch["row"]]
-        out = [json.dumps(score_row(self.backbone, self.factory, self.fs, r, "selected", self.rng)) for r in rows]
+        out = [json.dumps(line) for line in score_chunk(self.backbone, self.factory, self.fs, rows, "selected", self.rng)]
         return {"scored": np.asarray(out)}
 
 
