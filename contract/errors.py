@@ -35,6 +35,13 @@ class Forbidden(HmppsError):
     http_status = 403
 
 
+class NotPublished(HmppsError):
+    """A write into a bundle version the store does not hold as published: publish would later overwrite
+    it (vectors replaced, stored content hashes kept), so such a write is refused whoever makes it."""
+
+    http_status = 409
+
+
 class Unavailable(HmppsError):
     """The service cannot do this right now (not ready, admin disabled, reload failed)."""
 
@@ -42,7 +49,7 @@ class Unavailable(HmppsError):
 
 
 def http_status(e: HmppsError) -> int:
-    if isinstance(e, (Unauthorized, Forbidden, Unavailable)):
+    if isinstance(e, (Unauthorized, Forbidden, NotPublished, Unavailable)):
         return e.http_status
     if isinstance(e, BundleError):
         return 503

@@ -19,7 +19,7 @@ from typing import Any
 
 from contract import keys
 from contract.codec import encode_vector
-from contract.errors import BundleError, InputError
+from contract.errors import BundleError, InputError, NotPublished
 from contract.events import Product
 from contract.products import product_text, summary_text
 from service.bundle import LoadedBundle
@@ -78,10 +78,19 @@ def content_hash(p: Product, image: Path | None) -> str:
     return h.hexdigest()[:32]
 
 
+def require_published(client: Any, version: str) -> None:
+    """Upserts go into a published version only. Before publish, a written vector would be overwritten by
+    publish while its stored hash survived, so a later upsert of the same content would be skipped."""
+    if not client.exists(keys.complete(version)):
+        raise NotPublished(f"version {version} is not published in this store: run 'hmpps publish --bundle "
+                           f"BUNDLE' for it first (upserts go into a published version only)")
+
+
 def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], base: Path | None = None,
                     prune: bool = False, now: float | None = None) -> UpsertResult:
     """Encode and write the changed products into ``bundle``'s version (sync client; runs in a thread)."""
     t0 = time.perf_counter()
+    require_published(client, bundle.version)
     if bundle.product_encoder is None:
         raise BundleError(f"bundle {bundle.version} has no product encoder; rebuild it with this version's 'hmpps distill'")
     version, now = bundle.version, time.time() if now is None else now
@@ -175,6 +184,7 @@ def publish_features(client: Any, version: str, storage: str, product_dim: int, 
     if doc["bundle_version"] != version or int(doc["product_dim"]) != product_dim:
         raise InputError(f"{root} holds features of bundle {doc['bundle_version']} ({doc['product_dim']} columns), "
                          f"not of {version} ({product_dim})")
+    require_published(client, version)
 
     def one(entry: dict[str, Any]) -> tuple[UpsertResult, float]:
         shard = read_shard(Path(root) / entry["file"])

