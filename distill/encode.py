@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from contract.bundle import verify_bundle
 from contract.errors import InputError
-from contract.products import product_text, summary_text
+from contract.products import product_row
 from contract.reports import write_json
 from contract.shards import FORMAT, INDEX, Shard, write_shard
 from training.artifacts import atomic_dir
@@ -51,7 +51,6 @@ class EncodeBatch:
 
 def product_rows(products: Path, now: float | None = None) -> list[dict[str, Any]]:
     """What the encoder reads per product, from an own-data products file (images relative to it)."""
-    from service.products import content_hash, image_file
     from training.owndata import read_product_records
 
     records, report = read_product_records(products)
@@ -60,12 +59,10 @@ def product_rows(products: Path, now: float | None = None) -> list[dict[str, Any
     now = time.time() if now is None else now
     base = Path(products).resolve().parent
     rows = []
-    for p in records:
-        img = image_file(p, base)
-        rows.append({"product_id": p.product_id, "text": product_text(p.title, p.brand, p.category, p.description),
-                     "image": str(img) if img is not None and img.is_file() else "",
-                     "hash": content_hash(p, img), "updated_at": float(p.updated_at if p.updated_at is not None else now),
-                     "summary": summary_text(p.description) or p.title})
+    for r in (product_row(p, base, now) for p in records):
+        rows.append({"product_id": r.product_id, "text": r.text,
+                     "image": str(r.image) if r.image is not None and r.image.is_file() else "",
+                     "hash": r.hash, "updated_at": r.updated_at, "summary": r.summary})
     return rows
 
 

@@ -10,8 +10,6 @@ Used by ``hmpps publish --products`` and ``POST /admin/products``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from contract import keys
 from contract.codec import encode_vector
 from contract.errors import BundleError, InputError, NotPublished
 from contract.events import Product
-from contract.products import product_text, summary_text
+from contract.products import product_row
 from service.bundle import LoadedBundle
 
 # KEYS: product meta hash, product features, summary: one product's keys, one hash-tagged slot
@@ -63,21 +61,6 @@ class UpsertResult:
         self.deleted += other.deleted
 
 
-def image_file(p: Product, base: Path | None) -> Path | None:
-    if not p.image:
-        return None
-    path = Path(p.image)
-    return path if path.is_absolute() or base is None else base / path
-
-
-def content_hash(p: Product, image: Path | None) -> str:
-    h = hashlib.sha256(json.dumps([p.title, p.brand, list(p.category), p.description, p.attributes],
-                                  sort_keys=True).encode())
-    if image is not None and image.is_file():
-        h.update(image.read_bytes())
-    return h.hexdigest()[:32]
-
-
 def require_published(client: Any, version: str) -> None:
     """Upserts go into a published version only. Before publish, a written vector would be overwritten by
     publish while its stored hash survived, so a later upsert of the same content would be skipped."""
@@ -93,30 +76,24 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     require_published(client, bundle.version)
     if bundle.product_encoder is None:
         raise BundleError(f"bundle {bundle.version} has no product encoder; rebuild it with this version's 'hmpps distill'")
-    version, now = bundle.version, time.time() if now is None else now
-    images = [image_file(p, base) for p in products]
-    hashes = [content_hash(p, img) for p, img in zip(products, images, strict=True)]
+    version = bundle.version
+    recipe = [product_row(p, base, time.time() if now is None else now) for p in products]
     stored = client.pipeline(transaction=False)
     for p in products:
         stored.hget(keys.product_meta(version, p.product_id), "hash")
     known = [(h.decode() if isinstance(h, bytes) else h) for h in stored.execute()] if products else []
     out = UpsertResult()
-    todo = [i for i, (h, k) in enumerate(zip(hashes, known, strict=True)) if h != k]
+    todo = [r for r, k in zip(recipe, known, strict=True) if r.hash != k]
     out.unchanged = len(products) - len(todo)
-    try:
-        features = bundle.product_encoder.encode([(product_text(products[i].title, products[i].brand,
-                                                                products[i].category, products[i].description),
-                                                   images[i]) for i in todo])
-    except (OSError, ValueError) as e:  # an unreadable image, typically: nothing has been written yet
+    try:  # a missing or unreadable image fails here, naming it, before anything is written
+        features = bundle.product_encoder.encode([(r.text, r.image) for r in todo])
+    except (OSError, ValueError) as e:
         raise InputError(f"could not encode the products, nothing was written: {type(e).__name__}: {e}") from None
     if todo and features.shape != (len(todo), bundle.spec.product_dim):
         raise BundleError(f"the product encoder returned shape {features.shape}, the spec wants "
                           f"({len(todo)}, {bundle.spec.product_dim})")
-    default_ts: float = time.time() if now is None else now
-    rows: list[EncodedRow] = [(products[i].product_id, hashes[i],
-             u if (u := products[i].updated_at) is not None else default_ts,
-             encode_vector(vec, bundle.spec.storage), summary_text(products[i].description) or products[i].title)
-            for i, vec in zip(todo, features, strict=True)]
+    rows: list[EncodedRow] = [(r.product_id, r.hash, r.updated_at, encode_vector(vec, bundle.spec.storage), r.summary)
+                              for r, vec in zip(todo, features, strict=True)]
     out.add(write_encoded(client, version, rows))
     if prune:
         out.deleted = _prune(client, version, {p.product_id for p in products})
