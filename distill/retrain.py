@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.arms import write_experiment
 from contract.bundle import write_manifest
 from contract.errors import InputError
 from contract.reports import markdown_table, write_json
@@ -48,7 +49,6 @@ from distill.export import export_student, onnx_logits, quantize_int8
 from distill.run import PARITY_TOL, _slug, student_logits
 from distill.student import Student, StudentConfig
 from distill.tables import BundleTables, held_out_lists
-from service.arms import write_experiment
 from training.artifacts import atomic_dir, write_jsonl
 from training.clicklog import LabelledRanking, Propensities, read_labelled
 

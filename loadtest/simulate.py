@@ -234,9 +234,9 @@ def run_phase(name: str, out: Path, arms: list[tuple[str, str]], redis_url: str,
               cfg: SimConfig, rng: random.Random) -> tuple[PhaseResult, dict[str, Any]]:
     """One A/B phase: its arms file (the first arm is control), a service on it, the simulated users,
     and the A/B report of exactly this phase's feedback."""
+    from contract.arms import load_experiment, write_experiment
     from loadtest.reliability import service
     from service.abreport import ab_report, read_events
-    from service.arms import load_experiment, write_experiment
 
     phase_dir = out / f"phase_{name}"
     phase_dir.mkdir()

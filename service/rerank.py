@@ -18,13 +18,13 @@ import anyio
 import numpy as np
 from redis.exceptions import RedisError
 
+from contract.arms import Arm
 from contract.codec import decode_rows, encode_vector
 from contract.constants import PASSTHROUGH
 from contract.served import ServedItem, ServedRanking
 from contract.signals import Listing, column_names
 from contract.spec import SIGNALS, build_inputs, select_for, yes_probability
 from service import metrics as m
-from service.arms import Arm
 from service.bundle import LoadedBundle
 from service.schemas import RequestExplain, RerankRequest, RerankResponse, Result, ResultExplain
 from service.store import FeatureStore, Fetched

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.arms import Experiment, load_experiment, single_arm
 from contract.bundle import verify_bundle
 from contract.codec import encode_vector
 from contract.constants import PASSTHROUGH
 from contract.errors import HmppsError, InputError
-from service.arms import Experiment, load_experiment, single_arm
 from service.bundle import LoadedBundle, load_bundle
 from service.rerank import Listed, score_sync
 from service.settings import Settings

@@ -154,9 +154,9 @@ def ab_report(
     until: str = typer.Option(None, "--until", help="last event time, ISO 8601 or unix seconds"),
 ) -> None:
     """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
+    from contract.arms import load_experiment
     from service.abreport import ab_report as compute
     from service.abreport import read_events, report_markdown
-    from service.arms import load_experiment
     from service.redis_conn import connect
 
     expected = load_experiment(arms).expected_shares() if arms is not None else None

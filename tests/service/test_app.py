@@ -136,7 +136,7 @@ def test_overload_answers_429_with_retry_after(tmp_path, bundle_dir, catalog):
 
 
 def test_ab_arms_are_sticky_and_split_by_weight(tmp_path, bundle_dir, catalog):
-    from service.arms import load_experiment
+    from contract.arms import load_experiment
 
     arms = tmp_path / "arms.yaml"
     arms.write_text(f"experiment: exp1\nsalt: s1\narms:\n  - {{name: student, weight: 70, bundle: {bundle_dir}}}\n"
@@ -158,8 +158,8 @@ def test_ab_arms_are_sticky_and_split_by_weight(tmp_path, bundle_dir, catalog):
 
 
 def test_arms_file_errors_are_named(tmp_path):
+    from contract.arms import load_experiment
     from contract.errors import InputError
-    from service.arms import load_experiment
 
     bad = tmp_path / "arms.yaml"
     bad.write_text("arms:\n  - {name: a, weight: -1, bundle: passthrough}\n")
