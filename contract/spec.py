@@ -37,6 +37,13 @@ from contract.signals import Listing, check_groups, compute_signals, signal_dim
 INPUT_NAMES = ("query", "candidate", "history", "history_mask")
 SIGNALS = "signals"
 OUTPUT_NAME = "logits"
+# The bundle's encoders (MiniLM-L6 and a projection; the product encoder also reads the image): their ONNX
+# input and output names, which the export writes and the service feeds
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+IMAGE_INPUTS = ("pixels", "has_image")
+QUERY_ENCODER_INPUTS = TEXT_INPUTS
+PRODUCT_ENCODER_INPUTS = TEXT_INPUTS + IMAGE_INPUTS
+ENCODER_OUTPUT = "features"
 
 
 @dataclass(frozen=True)

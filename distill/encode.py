@@ -34,14 +34,9 @@ class EncodeBatch:
     """Product rows -> features. A Ray Data callable class: the model loads once per actor."""
 
     def __init__(self, bundle: str):
-        from contract.bundle import PRODUCT_ENCODER, TOKENIZER
-        from service.bundle import OnnxProductEncoder
+        from service.bundle import product_encoder
 
-        m = verify_bundle(Path(bundle))
-        if PRODUCT_ENCODER not in m.models:
-            raise InputError(f"bundle {bundle} has no product encoder; rebuild it with this version's 'hmpps distill'")
-        self.encoder = OnnxProductEncoder(Path(bundle) / m.models[PRODUCT_ENCODER], Path(bundle) / m.models[TOKENIZER],
-                                          int(m.features.get("image_size", 0)), 1, None, m.spec.product_dim)
+        self.encoder = product_encoder(Path(bundle), verify_bundle(Path(bundle)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [(str(t), Path(str(i)) if str(i) else None) for t, i in zip(batch["text"], batch["image"], strict=True)]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.spec import OUTPUT_NAME
+from contract.spec import ENCODER_OUTPUT, OUTPUT_NAME, PRODUCT_ENCODER_INPUTS, QUERY_ENCODER_INPUTS
 
 OPSET = 17
 
@@ -88,11 +88,13 @@ def export_product_encoder(module: ProductEncoderModule, tokenizer: object, imag
     enc = tokenizer(["an example product. brand. a > path"], return_tensors="pt")  # type: ignore[operator]
     args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], torch.zeros(1, 3, image_size, image_size),
             torch.ones(1, 1))
-    names = ["input_ids", "attention_mask", "token_type_ids", "pixels", "has_image"]
-    dyn = {"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}, "token_type_ids": {0: "b", 1: "t"},
-           "pixels": {0: "b"}, "has_image": {0: "b"}, "features": {0: "b"}}
-    torch.onnx.export(module, args, str(path), input_names=names, output_names=["features"], dynamic_axes=dyn,
-                      opset_version=OPSET, dynamo=False)
+    torch.onnx.export(module, args, str(path), input_names=list(PRODUCT_ENCODER_INPUTS), output_names=[ENCODER_OUTPUT],
+                      dynamic_axes=_encoder_axes(PRODUCT_ENCODER_INPUTS), opset_version=OPSET, dynamo=False)
+
+
+def _encoder_axes(inputs: tuple[str, ...]) -> dict[str, dict[int, str]]:
+    """A batch axis on every input and the output, a token axis on the token inputs."""
+    return {n: ({0: "b", 1: "t"} if n in QUERY_ENCODER_INPUTS else {0: "b"}) for n in inputs} | {ENCODER_OUTPUT: {0: "b"}}
 
 
 def fit_projection(module: QueryEncoderModule | ProductEncoderModule, text: np.ndarray, target: np.ndarray,
@@ -115,7 +117,5 @@ def export_query_encoder(module: QueryEncoderModule, tokenizer: object, path: Pa
     module.eval()
     enc = tokenizer(["example query"], return_tensors="pt")  # type: ignore[operator]
     args = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
-    dyn = {"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"}, "token_type_ids": {0: "b", 1: "t"},
-           "features": {0: "b"}}
-    torch.onnx.export(module, args, str(path), input_names=["input_ids", "attention_mask", "token_type_ids"],
-                      output_names=["features"], dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+    torch.onnx.export(module, args, str(path), input_names=list(QUERY_ENCODER_INPUTS), output_names=[ENCODER_OUTPUT],
+                      dynamic_axes=_encoder_axes(QUERY_ENCODER_INPUTS), opset_version=OPSET, dynamo=False)

@@ -74,10 +74,9 @@ class BundleTables:
         if i is not None:
             return self.query_features[i]
         if self._encoder is None:  # a tail query: the bundle's query encoder, as the service does
-            from service.bundle import OnnxQueryEncoder
+            from service.bundle import query_encoder
 
-            m = self.manifest.models
-            self._encoder = OnnxQueryEncoder(self.dir / m["query_encoder"], self.dir / m["tokenizer"])
+            self._encoder = query_encoder(self.dir, self.manifest)
         vec = np.asarray(self._encoder.encode(text), np.float32)
         return roundtrip(vec[None], self.spec.storage)[0]  # the service caches it in this storage
 

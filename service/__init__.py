@@ -1,6 +1,7 @@
-"""The online reranking service, and the offline/online contract.
+"""The online reranking service: HTTP API, ranking on the request path, Redis, metrics.
 
 Modules here must not import torch or transformers: the serving image has
-neither. Offline code imports the contract (history selection, key schema,
-student input spec) from here so both sides agree by construction.
+neither. What the service shares with the offline side (key schema, student
+input spec, history selection, bundle format, arms file, product rows) lives
+in ``contract``, which both import; the layer rules are in tests/test_layers.py.
 """

@@ -16,7 +16,7 @@ from contract.constants import QUERY_MAX_TOKENS
 from contract.errors import BundleError
 from contract.images import pixels
 from contract.products import TEXT_MAX_TOKENS
-from contract.spec import INPUT_NAMES, OUTPUT_NAME, SIGNALS, FeatureSpec
+from contract.spec import ENCODER_OUTPUT, INPUT_NAMES, OUTPUT_NAME, SIGNALS, FeatureSpec
 
 
 class Scorer(Protocol):
@@ -35,7 +35,8 @@ def session_options(threads: int) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    # one session per process, thread count explicit (DESIGN.md section 5)
+    # one session per process with an explicit thread count (HMPPS_ORT_THREADS): workers x threads must
+    # not exceed the cores, or sessions in different processes fight over them
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -82,12 +83,12 @@ class OnnxQueryEncoder:
 
     def encode(self, query: str) -> np.ndarray:
         enc = self.tokenizer.encode(query)
-        feeds = {
+        feeds = {  # contract.spec.QUERY_ENCODER_INPUTS
             "input_ids": np.asarray([enc.ids], dtype=np.int64),
             "attention_mask": np.asarray([enc.attention_mask], dtype=np.int64),
             "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64),
         }
-        return self.session.run(["features"], {k: v for k, v in feeds.items() if k in self.input_names})[0][0]
+        return self.session.run([ENCODER_OUTPUT], {k: v for k, v in feeds.items() if k in self.input_names})[0][0]
 
 
 class ProductEncoder(Protocol):
@@ -124,11 +125,11 @@ class OnnxProductEncoder:
             for i, (_, image) in enumerate(chunk):
                 if image is not None and Path(image).is_file() and "pixels" in self.input_names:
                     pix[i], has[i] = pixels(image, self.image_size), 1.0
-            feeds = {"input_ids": np.asarray([e.ids for e in encs], np.int64),
+            feeds = {"input_ids": np.asarray([e.ids for e in encs], np.int64),  # PRODUCT_ENCODER_INPUTS
                      "attention_mask": np.asarray([e.attention_mask for e in encs], np.int64),
                      "token_type_ids": np.asarray([e.type_ids for e in encs], np.int64),
                      "pixels": pix, "has_image": has}
-            out.append(self.session.run(["features"], {k: v for k, v in feeds.items() if k in self.input_names})[0])
+            out.append(self.session.run([ENCODER_OUTPUT], {k: v for k, v in feeds.items() if k in self.input_names})[0])
         feats = np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.product_dim or 0), np.float32)
         if self.product_dim is not None and feats.shape[1] < self.product_dim:
             # the popularity and co-purchase slices: nobody has bought a new product yet
@@ -164,11 +165,25 @@ def load_bundle(path: Path, threads: int = 1, providers: list[str] | None = None
     manifest = verify_bundle(path)
     student = manifest.student_file(int8)
     scorer = OnnxScorer(path / student, threads, providers, manifest.spec)
-    encoder = OnnxQueryEncoder(path / manifest.models[QUERY_ENCODER], path / manifest.models[TOKENIZER],
-                               threads, providers)
-    products = None
-    if PRODUCT_ENCODER in manifest.models:
-        products = OnnxProductEncoder(path / manifest.models[PRODUCT_ENCODER], path / manifest.models[TOKENIZER],
-                                      int(manifest.features.get("image_size", 0)), threads, providers,
-                                      manifest.spec.product_dim)
-    return LoadedBundle(path, manifest, scorer, encoder, products, {"student_file": student})
+    products = product_encoder(path, manifest, threads, providers) if PRODUCT_ENCODER in manifest.models else None
+    return LoadedBundle(path, manifest, scorer, query_encoder(path, manifest, threads, providers), products,
+                        {"student_file": student})
+
+
+def no_product_encoder(bundle: object) -> BundleError:
+    return BundleError(f"bundle {bundle} has no product encoder; rebuild it with this version's 'hmpps distill'")
+
+
+def query_encoder(path: Path, manifest: Manifest, threads: int = 1, providers: list[str] | None = None) -> OnnxQueryEncoder:
+    """The bundle's query encoder, as the service runs it (offline checks of tail queries use this too)."""
+    return OnnxQueryEncoder(Path(path) / manifest.models[QUERY_ENCODER], Path(path) / manifest.models[TOKENIZER],
+                            threads, providers)
+
+
+def product_encoder(path: Path, manifest: Manifest, threads: int = 1,
+                    providers: list[str] | None = None) -> OnnxProductEncoder:
+    """The bundle's product encoder, as the service runs it for upserts (``hmpps encode`` too)."""
+    if PRODUCT_ENCODER not in manifest.models:
+        raise no_product_encoder(manifest.version)
+    return OnnxProductEncoder(Path(path) / manifest.models[PRODUCT_ENCODER], Path(path) / manifest.models[TOKENIZER],
+                              int(manifest.features.get("image_size", 0)), threads, providers, manifest.spec.product_dim)

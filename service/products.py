@@ -20,7 +20,7 @@ from contract.codec import encode_vector
 from contract.errors import BundleError, InputError, NotPublished
 from contract.events import Product
 from contract.products import product_row
-from service.bundle import LoadedBundle
+from service.bundle import LoadedBundle, no_product_encoder
 
 # KEYS: product meta hash, product features, summary: one product's keys, one hash-tagged slot
 # ARGV: content hash, updated_at, features, summary
@@ -75,7 +75,7 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     t0 = time.perf_counter()
     require_published(client, bundle.version)
     if bundle.product_encoder is None:
-        raise BundleError(f"bundle {bundle.version} has no product encoder; rebuild it with this version's 'hmpps distill'")
+        raise no_product_encoder(bundle.version)
     version = bundle.version
     recipe = [product_row(p, base, time.time() if now is None else now) for p in products]
     stored = client.pipeline(transaction=False)

@@ -58,6 +58,19 @@ def test_each_package_imports_only_its_own_layer_and_below():
     assert not wrong, "\n".join(sorted(wrong))
 
 
+# distill reaches into service only for the bundle runtime, to check an export exactly as the service
+# loads it; the rest of what both sides share (product rows, the arms file, names) lives in contract
+DISTILL_MAY_USE_FROM_SERVICE = {"service", "service.bundle"}
+
+
+def test_distill_uses_only_the_bundle_runtime_of_service():
+    mods = _modules()
+    wrong = [f"{m} imports {i}" for m, p in mods.items() if m.split(".")[0] == "distill"
+             for i in _imports(p, m) if i.split(".")[0] == "service"
+             and i not in DISTILL_MAY_USE_FROM_SERVICE and i.rsplit(".", 1)[0] not in DISTILL_MAY_USE_FROM_SERVICE - {"service"}]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
 def test_no_import_cycles():
     mods = _modules()
     graph = {m: {i for i in _imports(p, m) if i in mods and i != m} for m, p in mods.items()}
