@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import overload
 
 PREFIX = "hmpps"
 ALIAS = f"{PREFIX}:live"
@@ -115,5 +116,15 @@ def history_member(event_id: str, product_id: str) -> str:
 
 def history_product(member: str | bytes) -> str:
     """The product id of a history member (everything after the first separator)."""
-    text = member.decode() if isinstance(member, bytes) else member
-    return text.split(HISTORY_SEP, 1)[-1]
+    return str(as_text(member)).split(HISTORY_SEP, 1)[-1]
+
+
+@overload
+def as_text(value: str | bytes) -> str: ...
+@overload
+def as_text(value: None) -> None: ...
+@overload
+def as_text(value: str | bytes | None) -> str | None: ...
+def as_text(value: str | bytes | None) -> str | None:
+    """A Redis reply as text: clients return bytes unless decode_responses is on (None stays None)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from contract.keys import as_text
+
 
 def iter_stream(client: Any, key: str, since: float | None = None, until: float | None = None,
                 batch: int = 5000) -> Iterator[tuple[str, dict[Any, Any]]]:
@@ -21,7 +23,7 @@ def iter_stream(client: Any, key: str, since: float | None = None, until: float 
         if not chunk:
             return
         for sid, fields in chunk:
-            yield (sid.decode() if isinstance(sid, bytes) else sid), fields
+            yield as_text(sid), fields
         if len(chunk) < batch:
             return
         lo = "(" + (chunk[-1][0].decode() if isinstance(chunk[-1][0], bytes) else chunk[-1][0])  # exclusive

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from contract.keys import as_text
+
 
 def _free(port: int) -> bool:
     for p in (port, port + 10000):  # the cluster bus listens on port + 10000
@@ -118,7 +120,7 @@ class LocalCluster:
         out = []
         for p in self.live_ports():
             role = self.node(p).execute_command("ROLE")[0]
-            if (role.decode() if isinstance(role, bytes) else role) == "master":
+            if as_text(role) == "master":
                 out.append(p)
         return out
 
@@ -157,8 +159,7 @@ class LocalCluster:
         MIGRATE key by batch, SETSLOT NODE), so clients see ASK during the move and MOVED after."""
         s, d = self.node(src), self.node(dst)
         src_id, dst_id = s.cluster("myid"), d.cluster("myid")
-        src_id = src_id.decode() if isinstance(src_id, bytes) else src_id
-        dst_id = dst_id.decode() if isinstance(dst_id, bytes) else dst_id
+        src_id, dst_id = as_text(src_id), as_text(dst_id)
         d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
         s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
         moved = 0

@@ -81,7 +81,7 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     stored = client.pipeline(transaction=False)
     for p in products:
         stored.hget(keys.product_meta(version, p.product_id), "hash")
-    known = [(h.decode() if isinstance(h, bytes) else h) for h in stored.execute()] if products else []
+    known = [keys.as_text(h) for h in stored.execute()] if products else []
     out = UpsertResult()
     todo = [r for r, k in zip(recipe, known, strict=True) if r.hash != k]
     out.unchanged = len(products) - len(todo)
@@ -133,8 +133,8 @@ def mark_upserted(client: Any, version: str, at: float) -> None:
 def _prune(client: Any, version: str, keep: set[str]) -> int:
     """Delete the features, summaries and upsert records of this version's products absent from ``keep``."""
     prefix, suffix = keys.split_key(keys.product(version, ""))
-    ids = (k[len(prefix):len(k) - len(suffix)] for k in (x.decode() if isinstance(x, bytes) else x
-                                                        for x in client.scan_iter(match=f"{prefix}*", count=1000)))
+    ids = (k[len(prefix):len(k) - len(suffix)]
+           for k in (keys.as_text(x) for x in client.scan_iter(match=f"{prefix}*", count=1000)))
     gone = [pid for pid in ids if pid not in keep]
     pipe = client.pipeline(transaction=False)
     for pid in gone:

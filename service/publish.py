@@ -98,5 +98,4 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
 
 
 def live_version(client: Any) -> str | None:
-    v = client.get(keys.ALIAS)
-    return v.decode() if isinstance(v, bytes) else v
+    return keys.as_text(client.get(keys.ALIAS))

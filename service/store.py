@@ -99,7 +99,7 @@ class FeatureStore(Protocol):
 
 
 def _str(b: Any) -> str:
-    return b.decode() if isinstance(b, bytes) else str(b)
+    return str(keys.as_text(b))
 
 
 class RedisFeatureStore:

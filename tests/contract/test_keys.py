@@ -52,3 +52,11 @@ def test_a_products_keys_share_a_slot_and_products_spread():
     assert _slot_tag(keys.product("V", "P1")) != _slot_tag(keys.product("V", "P2"))
     pre, suf = keys.split_key(keys.product("V", ""))
     assert pre + "P9" + suf == keys.product("V", "P9")
+
+
+def test_as_text_reads_replies_of_either_client_mode():
+    # redis-py returns bytes unless decode_responses is on; a missing key is None and stays None
+    assert keys.as_text(b"hmpps-v1") == "hmpps-v1"
+    assert keys.as_text("hmpps-v1") == "hmpps-v1"
+    assert keys.as_text(None) is None
+    assert keys.history_product(b"e1\x1fP-9") == keys.history_product("e1\x1fP-9") == "P-9"
