@@ -236,7 +236,7 @@ def run_phase(name: str, out: Path, arms: list[tuple[str, str]], redis_url: str,
     and the A/B report of exactly this phase's feedback."""
     from contract.arms import load_experiment, write_experiment
     from loadtest.reliability import service
-    from service.abreport import ab_report, read_events
+    from training.abreport import ab_report, read_events
 
     phase_dir = out / f"phase_{name}"
     phase_dir.mkdir()

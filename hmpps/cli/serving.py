@@ -155,9 +155,9 @@ def ab_report(
 ) -> None:
     """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
     from contract.arms import load_experiment
-    from service.abreport import ab_report as compute
-    from service.abreport import read_events, report_markdown
     from service.redis_conn import connect
+    from training.abreport import ab_report as compute
+    from training.abreport import read_events, report_markdown
 
     expected = load_experiment(arms).expected_shares() if arms is not None else None
     handle = connect(redis_url)

@@ -33,10 +33,28 @@ def _normal_p(z: float) -> float:
 
 
 def chi2_sf(x: float, df: int) -> float:
-    """P(X > x) for X ~ chi-square(df): the sample-ratio-mismatch p-value."""
-    from scipy.stats import chi2
+    """P(X > x) for X ~ chi-square(df): the sample-ratio-mismatch p-value, exact for integer df.
 
-    return float(chi2.sf(x, df))
+    The regularized upper incomplete gamma Q(df/2, x/2) in closed form (even df: a Poisson tail; odd
+    df: erfc plus a finite sum), so the report needs no scipy.
+    """
+    if df < 1:
+        raise ValueError(f"df={df}: a chi-square test needs at least 1 degree of freedom")
+    if x <= 0:
+        return 1.0
+    y = x / 2.0
+    if df % 2 == 0:  # Q(k, y) = e^-y * sum_{i<k} y^i / i!
+        term, total = 1.0, 1.0
+        for i in range(1, df // 2):
+            term *= y / i
+            total += term
+        return min(1.0, math.exp(-y) * total)
+    # Q(m + 1/2, y) = erfc(sqrt y) + e^-y * sum_{i=1..m} y^(i - 1/2) / Gamma(i + 1/2)
+    total, term = math.erfc(math.sqrt(y)), math.sqrt(y) / math.gamma(1.5)
+    for i in range(1, (df - 1) // 2 + 1):
+        total += math.exp(-y) * term
+        term *= y / (i + 0.5)
+    return min(1.0, total)
 
 
 def _ratio_stats(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
