@@ -156,12 +156,9 @@ def passthrough_results(req: RerankRequest, missing: list[bool] | None = None) -
 
 
 @dataclass(frozen=True)
-class RequestContext:
-    """Everything one rerank needs besides the request body."""
+class Serving:
+    """What every rerank of this process shares, built once with the app state (``AppState.serving``)."""
 
-    request_id: str
-    arm: Arm
-    bundle: LoadedBundle | None  # None: the passthrough (control) arm
     store: FeatureStore
     limiter: anyio.CapacityLimiter  # worker threads for scoring
     budget_s: float  # fail open past this
@@ -173,12 +170,22 @@ class RequestContext:
     inline_max_candidates: int = 0  # score on the event loop up to this many candidates (0: always a thread)
 
 
+@dataclass(frozen=True)
+class RequestContext:
+    """One rerank: its id, the user's arm and that arm's bundle, and what every request shares."""
+
+    request_id: str
+    arm: Arm
+    bundle: LoadedBundle | None  # None: the passthrough (control) arm
+    serving: Serving
+
+
 async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
     """``handle_rerank``, then (sampled) the served ranking is logged after the response."""
     resp = await handle_rerank(req, ctx)
-    if ctx.log_served is not None and ctx.served_log_sample > 0 and (
-            ctx.served_log_sample >= 1 or random.random() < ctx.served_log_sample):
-        ctx.log_served(served_record(req, resp))
+    if ctx.serving.log_served is not None and ctx.serving.served_log_sample > 0 and (
+            ctx.serving.served_log_sample >= 1 or random.random() < ctx.serving.served_log_sample):
+        ctx.serving.log_served(served_record(req, resp))
     return resp
 
 
@@ -203,18 +210,18 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
     scored: Scored | None = None
     fetched: Fetched | None = None
     try:
-        async with asyncio.timeout(ctx.budget_s):
-            fetched = await ctx.store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
-                                            bundle.history_cap, req.return_summaries or ctx.scorer.needs_summaries,
+        async with asyncio.timeout(ctx.serving.budget_s):
+            fetched = await ctx.serving.store.fetch(bundle.version, req.user_id, req.query, ids, req.history,
+                                            bundle.history_cap, req.return_summaries or ctx.serving.scorer.needs_summaries,
                                             req.explain)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            if (ctx.scorer.inline and fetched.query is not None and not req.explain
-                    and len(ids) <= ctx.inline_max_candidates):
-                scored = ctx.scorer(bundle, req.query, fetched, Listed.of(req))
+            if (ctx.serving.scorer.inline and fetched.query is not None and not req.explain
+                    and len(ids) <= ctx.serving.inline_max_candidates):
+                scored = ctx.serving.scorer(bundle, req.query, fetched, Listed.of(req))
             else:
-                scored = await anyio.to_thread.run_sync(ctx.scorer, bundle, req.query, fetched, Listed.of(req),
-                                                        req.explain, limiter=ctx.limiter)
+                scored = await anyio.to_thread.run_sync(ctx.serving.scorer, bundle, req.query, fetched, Listed.of(req),
+                                                        req.explain, limiter=ctx.serving.limiter)
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:
@@ -234,7 +241,7 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
         if scored.encoded_query is not None:
             m.FEATURE_MISSES.labels("query").inc()
             # after the response: the next request for this query skips the encoder
-            ctx.spawn(_cache_tail_query(ctx, bundle.version, req.query, scored.encoded_query))
+            ctx.serving.spawn(_cache_tail_query(ctx, bundle.version, req.query, scored.encoded_query))
         if n_missing == len(ids):
             fallback = "no_features"
     if fallback is not None or scored is None:
@@ -266,8 +273,8 @@ def _source(score: float | None, fetched: Fetched | None, i: int) -> Literal["of
 
 async def _cache_tail_query(ctx: RequestContext, version: str, query: str, vector: bytes) -> None:
     try:
-        async with asyncio.timeout(ctx.budget_s):
-            await ctx.store.cache_query(version, query, vector, ctx.tail_ttl_s)
+        async with asyncio.timeout(ctx.serving.budget_s):
+            await ctx.serving.store.cache_query(version, query, vector, ctx.serving.tail_ttl_s)
     except Exception as e:  # noqa: BLE001 - best effort, counted
         m.TAIL_CACHE_FAILURES.inc()
         log.warning("could not cache tail query: %s", e)

@@ -19,7 +19,7 @@ from contract import keys
 from contract.errors import InputError
 from service import metrics as m
 from service.redis_conn import RedisHandle, async_cluster_client, connect, is_cluster
-from service.rerank import RequestScorer
+from service.rerank import RequestScorer, Serving
 from service.runtime import Runtime
 from service.servedlog import ServedLogWriter
 from service.settings import Settings
@@ -79,12 +79,16 @@ class AppState:
     started: float = field(default_factory=time.time)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     served_log: ServedLogWriter = field(init=False)
+    serving: Serving = field(init=False)  # what every rerank shares, built once here
     _sync: Any = None
 
     def __post_init__(self) -> None:
         # off the request path: a slow write costs only queued records, so its limit is generous
         self.served_log = ServedLogWriter(self.store, self.settings.served_log_flush_ms / 1000,
                                           max(2.0, self.settings.request_budget_ms / 1000 * 20))
+        st = self.settings
+        self.serving = Serving(self.store, self.limiter, st.request_budget_ms / 1000, st.tail_query_ttl_s, self.scorer,
+                               self.spawn, st.served_log_sample, self.served_log.add, st.inline_max_candidates)
 
     @property
     def ready(self) -> bool:

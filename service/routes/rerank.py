@@ -22,11 +22,7 @@ async def rerank(req: RerankRequest, state: State) -> Response:
     t0 = time.perf_counter()
     runtime = state.runtime  # one read: a reload in flight does not change this request's runtime
     arm = runtime.experiment.assign(req.user_id)
-    ctx = RequestContext(request_id=req.request_id or uuid.uuid4().hex, arm=arm, bundle=runtime.bundles[arm.name],
-                         store=state.store, limiter=state.limiter, budget_s=state.settings.request_budget_ms / 1000,
-                         tail_ttl_s=state.settings.tail_query_ttl_s, scorer=state.scorer, spawn=state.spawn,
-                         served_log_sample=state.settings.served_log_sample, log_served=state.served_log.add,
-                         inline_max_candidates=state.settings.inline_max_candidates)
+    ctx = RequestContext(req.request_id or uuid.uuid4().hex, arm, runtime.bundles[arm.name], state.serving)
     try:
         resp = await rerank_and_log(req, ctx)
     except BaseException:
