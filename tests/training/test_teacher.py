@@ -506,3 +506,31 @@ def test_batching_query_groups_takes_the_same_optimizer_steps(ds, synthetic_dir,
         assert torch.allclose(a, states[1][name], atol=1e-5, rtol=1e-4), name
         moved += int("lora_B" in name and a.abs().sum() > 0)
     assert moved > 0, "the adapters trained"
+
+
+def test_stage_two_training_is_the_same_twice(ds, synthetic_dir, tmp_path):
+    """Two runs of the same stage-2 steps (per-candidate selected histories) give bit-identical adapters
+    on a CPU. Without deterministic kernels this test failed, and the demo's teacher differed between
+    two runs of the same commit from stage 2 on (scripts/check_identical.py)."""
+    from training.candidates import load_first_stage
+    from training.first_stage.run import run_retrieval
+    from training.teacher.examples import Embeddings, ExampleFactory
+    from training.teacher.trainer import train
+
+    run_retrieval(synthetic_dir, "pop", tmp_path / "fs")
+    fs = load_first_stage(tmp_path / "fs", ds)
+    rows = ds.queries("train")[:40]
+    rng = np.random.default_rng(3)
+    pids, queries = sorted(ds.products), sorted({r["query"] for r in ds.queries()})
+    emb = Embeddings(pids, rng.standard_normal((len(pids), 16)).astype(np.float32), queries,
+                     rng.standard_normal((len(queries), 16)).astype(np.float32))
+    states = []
+    for run in range(2):
+        cfg = load_teacher_config("tiny", overrides={"grad_accum": 4, "max_steps": 10, "threads": 2, "lora_dropout": 0.0})
+        bb = build_backbone(cfg)
+        factory = ExampleFactory(ds, cfg, bb.prompt_builder(), emb)
+        groups = lambda epoch: [factory.training_group(r, fs.ids(r["query_id"]), "selected", np.random.default_rng(0))  # noqa: B023,E731
+                                for r in rows]
+        assert train(bb, groups, cfg, tmp_path / f"ckpt{run}", "stage2")["steps"] == 10
+        states.append(bb.trainable_state())
+    assert all(torch.equal(a, states[1][k]) for k, a in states[0].items())

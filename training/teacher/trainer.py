@@ -105,6 +105,11 @@ def train(backbone: ComposedBackbone, groups_for_epoch: Callable[[int], list[Gro
     dist = dist_state()  # joins the process group (under accelerate launch) with the run's timeout
     procs, rank, main = int(dist.num_processes), int(dist.process_index), bool(dist.is_main_process)
     backbone.to(dist.device)
+    if torch.device(dist.device).type == "cpu":
+        # the same run twice gives the same teacher: without deterministic kernels stage 2 (per-candidate
+        # histories sharing cached rows) drifted between two runs of the same commit from its first 50
+        # groups, and the demo's outputs with it; stage 1 did not. CUDA keeps its fast kernels.
+        torch.use_deterministic_algorithms(True)
     opt = _optimizer(backbone, cfg)
     params = [p for p in backbone.parameters() if p.requires_grad]
     step = 0
