@@ -26,7 +26,7 @@ def iter_stream(client: Any, key: str, since: float | None = None, until: float 
             yield as_text(sid), fields
         if len(chunk) < batch:
             return
-        lo = "(" + (chunk[-1][0].decode() if isinstance(chunk[-1][0], bytes) else chunk[-1][0])  # exclusive
+        lo = "(" + as_text(chunk[-1][0])  # exclusive
 
 
 def entry_field(fields: dict[Any, Any], name: str) -> Any:

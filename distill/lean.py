@@ -107,7 +107,7 @@ def report(info: dict[str, Any]) -> str:
             [f"max abs P(yes) difference, {sm['pairs']} sampled pairs (same selected history)", "",
              f"{sm['max_abs_p_yes']:.2e}"],
             ["sampled pairs whose selected history items changed (Eq. 6 near-ties)", "",
-             f"{sm.get('selection_changed', 0)} (max abs P(yes) difference with them {sm.get('max_abs_p_yes_all', 0.0):.2e})"]]
+             f"{sm['selection_changed']} (max abs P(yes) difference with them {sm['max_abs_p_yes_all']:.2e})"]]
     if "held_out" in info:
         h = info["held_out"]
         p = h["paired"]

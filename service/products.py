@@ -76,8 +76,8 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
     require_published(client, bundle.version)
     if bundle.product_encoder is None:
         raise no_product_encoder(bundle.version)
-    version = bundle.version
-    recipe = [product_row(p, base, time.time() if now is None else now) for p in products]
+    version, now = bundle.version, time.time() if now is None else now  # one upsert time for the batch
+    recipe = [product_row(p, base, now) for p in products]
     stored = client.pipeline(transaction=False)
     for p in products:
         stored.hget(keys.product_meta(version, p.product_id), "hash")
