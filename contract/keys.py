@@ -19,7 +19,7 @@ The product id in braces is a Redis Cluster hash tag: a product's features,
 summary and upsert record share one slot, so an upsert writes them in one
 atomic script, while a catalogue spreads over every shard (layout 2; layout 1
 had no braces: republish bundles after upgrading). A request's other keys are
-read per slot, see ``service/store.py``.
+read per slot, see ``service/infra/store.py``.
 
 User data is not model data: it outlives bundle versions and takes new actions.
 

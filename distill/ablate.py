@@ -33,7 +33,7 @@ from distill.run import (
     training_arrays,
 )
 from distill.student import StudentConfig
-from service.bundle import OnnxScorer
+from service.core.bundle import OnnxScorer
 from training.artifacts import atomic_dir, write_json
 from training.dataset import Dataset
 from training.metrics import PAPER_KEYS, paired_values_bootstrap, paper_metrics, per_query, rerank

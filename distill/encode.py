@@ -34,7 +34,7 @@ class EncodeBatch:
     """Product rows -> features. A Ray Data callable class: the model loads once per actor."""
 
     def __init__(self, bundle: str):
-        from service.bundle import product_encoder
+        from service.core.bundle import product_encoder
 
         self.encoder = product_encoder(Path(bundle), verify_bundle(Path(bundle)))
 

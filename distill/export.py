@@ -29,7 +29,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 
 def onnx_logits(path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
-    from service.bundle import OnnxScorer
+    from service.core.bundle import OnnxScorer
 
     return OnnxScorer(path, threads=threads).logits(inputs)
 

@@ -41,7 +41,7 @@ from distill.export import (
 )
 from distill.features import FeatureTables, MiniLM, build_features, load_vision_tower, unit, with_signals
 from distill.student import Student, StudentConfig, distill_loss, listwise_loss
-from service.bundle import OnnxProductEncoder, OnnxQueryEncoder, OnnxScorer
+from service.core.bundle import OnnxProductEncoder, OnnxQueryEncoder, OnnxScorer
 from training.artifacts import atomic_dir, read_jsonl, write_json, write_jsonl
 from training.dataset import Dataset, as_dataset, with_summaries
 from training.metrics import (

@@ -74,7 +74,7 @@ class BundleTables:
         if i is not None:
             return self.query_features[i]
         if self._encoder is None:  # a tail query: the bundle's query encoder, as the service does
-            from service.bundle import query_encoder
+            from service.core.bundle import query_encoder
 
             self._encoder = query_encoder(self.dir, self.manifest)
         vec = np.asarray(self._encoder.encode(text), np.float32)

@@ -189,7 +189,7 @@ def _used_memory(client: Any) -> int:
 @contextmanager
 def _redis(kind: str, workdir: Path) -> Iterator[tuple[str, Any]]:
     """An empty redis-server (``single``) or 3+3 cluster, and a client for it."""
-    from service.redis_conn import connect
+    from service.infra.redis_conn import connect
 
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "single":
@@ -223,8 +223,8 @@ def _history_rows(users: int, length: int, ids: list[str], prefix: str, seed: in
 
 
 def memory_and_publish(base: Path, cfg: CapacityConfig, workdir: Path) -> dict[str, Any]:
-    from service.histories import seed_histories
-    from service.publish import publish
+    from contract.histories import seed_histories
+    from contract.publish import publish
 
     out: dict[str, Any] = {"products": {}, "users": {}, "publish": {}, "upsert": {}}
     spec = read_manifest(base).spec
@@ -278,8 +278,8 @@ def _upsert(bundle: Path, client: Any, cfg: CapacityConfig) -> dict[str, Any]:
     import dataclasses
 
     from contract.events import Product
-    from service.bundle import load_bundle
-    from service.products import upsert_products
+    from service.core.bundle import load_bundle
+    from service.core.products import upsert_products
 
     loaded = load_bundle(bundle)
     products = [Product(product_id=f"NEW{i:08d}", title=f"new product {i}", brand="capacity", category=("bench",),
@@ -310,8 +310,8 @@ def http_figures(bundle: Path, cfg: CapacityConfig, workdir: Path) -> dict[str, 
     server = RedisServer(workdir)
     server.start()
     try:
-        from service.publish import publish
-        from service.redis_conn import connect
+        from contract.publish import publish
+        from service.infra.redis_conn import connect
 
         h = connect(server.url, cluster="off")
         h.client.config_set("appendonly", "no")

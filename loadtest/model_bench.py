@@ -60,7 +60,7 @@ def run_model_bench(pipeline: Path, data: Path, repeats: int = 2000, threads: in
     from distill.features import FeatureTables
     from loadtest.cross_encoder import MAX_TOKENS, export, fine_tune, load_cross_encoder
     from loadtest.peers import TorchStudent
-    from service.bundle import OnnxScorer, load_bundle, session_options
+    from service.core.bundle import OnnxScorer, load_bundle, session_options
     from training.artifacts import read_jsonl
     from training.dataset import load_dataset
     from training.metrics import paper_metrics, rerank

@@ -1,6 +1,6 @@
 """The student's peers behind the same HTTP service path, for ``make bench``.
 
-Each peer is a ``service.rerank.RequestScorer``: the app, validation, arm
+Each peer is a ``service.core.scoring.RequestScorer``: the app, validation, arm
 assignment, the Redis round trip, the limiter and fail-open stay the
 service's own; only the scoring call changes.
 
@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 
 from contract.errors import InputError
-from service.bundle import LoadedBundle, make_session
-from service.rerank import Listed, Scored, score_sync
-from service.store import Fetched
+from service.core.bundle import LoadedBundle, make_session
+from service.core.scoring import Listed, Scored, score_sync
+from service.infra.store import Fetched
 
 PEERS = ("student", "eager", "cross-encoder")
 
 
 class TorchStudent:
-    """``service.bundle.Scorer`` over the PyTorch checkpoint the ONNX student was exported from."""
+    """``service.core.bundle.Scorer`` over the PyTorch checkpoint the ONNX student was exported from."""
 
     def __init__(self, checkpoint: Path, threads: int = 1):
         import torch
@@ -128,8 +128,8 @@ def serve_peer(peer: str, pipeline: Path, host: str = "127.0.0.1", port: int = 8
 
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.infra.settings import Settings
 
     os.environ["HMPPS_BUNDLE"] = str(Path(pipeline) / "bundle")
     scorer = make_peer(peer, pipeline, threads)

@@ -199,7 +199,7 @@ def paired_replay(bundle: Path, students: dict[str, Path], logs: Any, relevance:
     from contract.spec import yes_probability
     from distill.retrain import ranking_inputs
     from distill.tables import BundleTables
-    from service.bundle import OnnxScorer
+    from service.core.bundle import OnnxScorer
     from training.clicklog import history_events, join_and_label
     from training.metrics import paired_values_bootstrap
 
@@ -284,9 +284,9 @@ def simulate(inputs: SimInputs, out: Path, cfg: SimConfig | None = None,
 
 def _simulate(inputs: SimInputs, out: Path, cfg: SimConfig, rcfg: Any) -> dict[str, Any]:
     from contract.bundle import read_manifest
+    from contract.publish import publish
     from distill.retrain import retrain
-    from service.publish import publish
-    from service.redis_conn import connect
+    from service.infra.redis_conn import connect
     from training.artifacts import atomic_dir
     from training.clicklog import from_logs, read_logs_redis
 

@@ -67,7 +67,7 @@ def _inputs(spec: Any, k: int) -> dict[str, np.ndarray]:
 def check_onnx(bundle: Path | None, cuda: bool, tmp: Path) -> None:
     import onnxruntime as ort
 
-    from service.bundle import session_options
+    from service.core.bundle import session_options
 
     path, spec = _student(bundle, tmp)
     feeds = _inputs(spec, 10)

@@ -1,4 +1,5 @@
-"""The online reranking service: HTTP API, ranking on the request path, Redis, metrics.
+"""The online reranking service, in three rooms: ``api`` (HTTP) -> ``core`` (ranking) -> ``infra``
+(Redis, settings, metrics); each imports only the rooms to its right and ``contract``.
 
 Modules here must not import torch or transformers: the serving image has
 neither. What the service shares with the offline side (key schema, student

@@ -1,3 +1,3 @@
-from service.serve import main
+from service.api.serve import main
 
 main()

@@ -1,6 +1,6 @@
 """The architecture, checked: the layers' import rules, no import cycles, and a torch-free service.
 
-    contract  <-  service                 (online)
+    contract  <-  service                 (online; inside it api -> core -> infra)
     contract  <-  training  <-  distill   (offline; distill also checks its export with service's runtime)
     all of the above  <-  loadtest  <-  hmpps (CLI and orchestration)
 """
@@ -60,7 +60,7 @@ def test_each_package_imports_only_its_own_layer_and_below():
 
 # distill reaches into service only for the bundle runtime, to check an export exactly as the service
 # loads it; the rest of what both sides share (product rows, the arms file, names) lives in contract
-DISTILL_MAY_USE_FROM_SERVICE = {"service", "service.bundle"}
+DISTILL_MAY_USE_FROM_SERVICE = {"service", "service.core.bundle"}
 
 
 def test_distill_uses_only_the_bundle_runtime_of_service():
@@ -68,6 +68,22 @@ def test_distill_uses_only_the_bundle_runtime_of_service():
     wrong = [f"{m} imports {i}" for m, p in mods.items() if m.split(".")[0] == "distill"
              for i in _imports(p, m) if i.split(".")[0] == "service"
              and i not in DISTILL_MAY_USE_FROM_SERVICE and i.rsplit(".", 1)[0] not in DISTILL_MAY_USE_FROM_SERVICE - {"service"}]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+# inside service: api -> core -> infra; a room imports only the rooms to its right (and contract)
+SERVICE_ROOMS = ("api", "core", "infra")
+
+
+def test_service_rooms_import_only_rightwards():
+    mods = _modules()
+    rooms = {m: m.split(".")[1] for m in mods if m.startswith("service.") and m.split(".")[1] in SERVICE_ROOMS}
+    assert set(rooms.values()) == set(SERVICE_ROOMS)
+    loose = sorted(m for m in mods if m.startswith("service.") and m not in rooms and m != "service.__main__")
+    assert not loose, f"service modules outside the three rooms: {loose}"
+    wrong = [f"{m} imports {i}" for m, room in rooms.items() for i in _imports(mods[m], m)
+             if i.startswith("service.") and i.split(".")[1] in SERVICE_ROOMS
+             and SERVICE_ROOMS.index(i.split(".")[1]) < SERVICE_ROOMS.index(room)]
     assert not wrong, "\n".join(sorted(wrong))
 
 
@@ -99,6 +115,7 @@ def test_the_layer_rules_can_fail():
     assert "torch" in (REPO / "distill" / "student.py").read_text()
     assert any(i.startswith("training.") for i in _imports(REPO / "distill" / "run.py", "distill.run"))
     assert "training" not in ALLOWED["service"] and "service" not in ALLOWED["contract"]
+    assert "service.core.scoring" in _imports(REPO / "service" / "api" / "handler.py", "service.api.handler")
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -111,7 +128,8 @@ def test_every_service_and_contract_module_stays_free_of_torch():
     names = sorted(m.name for pkg in ("contract", "service")
                    for m in pkgutil.walk_packages([str(REPO / pkg)], prefix=f"{pkg}.")
                    if not m.name.endswith("__main__"))  # running it starts the server
-    assert {"service.app", "service.bundle", "service.routes.rerank", "contract.spec", "contract.bundle"} <= set(names)
+    assert {"service.api.app", "service.core.bundle", "service.api.routes.rerank", "contract.spec", "contract.bundle",
+            "contract.publish"} <= set(names)
     loaded = _loaded_after("import importlib\n" + "\n".join(f"importlib.import_module({n!r})" for n in names))
     assert set(names) <= loaded
     assert not [m for m in HEAVY if m in loaded]

@@ -123,7 +123,7 @@ def data_from_logs(
     if jsonl is not None:
         logs, source = read_logs_jsonl(jsonl, t0, t1), str(jsonl)
     else:
-        from service.redis_conn import connect
+        from service.infra.redis_conn import connect
 
         handle = connect(redis_url)
         try:
@@ -148,7 +148,7 @@ def data_export_logs(
     until: str = typer.Option(None, "--until", help="ISO 8601 or unix seconds"),
 ) -> None:
     """Write the served, feedback and events streams to one JSONL file (input of from-logs --jsonl)."""
-    from service.redis_conn import connect
+    from service.infra.redis_conn import connect
     from training.clicklog import export_logs
 
     handle = connect(redis_url)

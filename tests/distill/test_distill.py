@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from contract import keys
 from contract.bundle import verify_bundle
 from contract.errors import ArtifactMismatch, BundleError
+from contract.publish import publish
 from contract.signals import Listing
 from contract.spec import FeatureSpec, build_inputs, concat_inputs
 from distill.student import Student, StudentConfig, distill_loss
 from hmpps.cli import app
-from service.bundle import load_bundle
-from service.publish import publish
+from service.core.bundle import load_bundle
 
 runner = CliRunner()
 
@@ -143,7 +143,7 @@ def test_publish_into_embedded_redis_is_complete_idempotent_and_atomic(bundle_di
         assert live == row["history"] and len(row["timestamps"]) == len(row["history"])
         size = r.dbsize()
         again = publish(bundle_dir, r, activate=True)  # idempotent: same keys, same values
-        assert r.dbsize() == size + 1 and again["counts"]["products"] == len(index["products"])  # + the alias
+        assert r.dbsize() == size + 1 and again.counts.products == len(index["products"])  # + the alias
         assert [keys.history_product(m) for m in r.zrevrange(keys.user_history(row["user_id"]), 0, -1)] == live
         assert r.get(keys.ALIAS).decode() == version
         r.set(keys.manifest(version), json.dumps({"dataset_fingerprint": "another-catalog"}))

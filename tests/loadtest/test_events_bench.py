@@ -10,8 +10,8 @@ from loadtest.events_bench import markdown, run_events_bench
 
 
 def test_events_bench_records_every_event_it_counts(tmp_path, bundle_dir):
-    from service.app import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.infra.settings import Settings
     from tests.live_server import live_server
 
     app = create_app(Settings(redis_url=None, embedded_redis_path=tmp_path / "r.db", bundle=bundle_dir))

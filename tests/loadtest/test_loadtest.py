@@ -62,8 +62,8 @@ def test_latency_counts_queueing_from_the_scheduled_time(bundle_dir):
 
 
 def test_real_service_under_a_short_load(tmp_path, bundle_dir):
-    from service.app import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.infra.settings import Settings
     from tests.live_server import live_server
 
     app = create_app(Settings(redis_url=None, embedded_redis_path=tmp_path / "r.db", bundle=bundle_dir))
@@ -107,8 +107,8 @@ def _rerank_all(url: str, bodies: list[dict]) -> list[dict]:
 def test_eager_peer_serves_the_same_ranking_as_the_onnx_student(tmp_path, tiny_pipeline):
     """The PyTorch peer on the service path: same features, same selection, same order as ONNX."""
     from loadtest.peers import make_peer
-    from service.app import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.infra.settings import Settings
     from tests.live_server import live_server
 
     mix = RequestMix(tiny_pipeline / "bundle", 10, seed=11)
@@ -159,8 +159,8 @@ def test_cross_encoder_peer_fetches_summaries_and_scores_pairs(tmp_path, tiny_pi
 
     from contract.errors import InputError
     from loadtest.peers import CrossEncoderScorer, make_peer
-    from service.app import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.infra.settings import Settings
     from tests.live_server import live_server
     from training.pretrained import minilm_dir
 

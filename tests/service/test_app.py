@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contract import keys
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.infra.settings import Settings
 from tests.live_server import live_server
 
 

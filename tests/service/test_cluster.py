@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from contract import keys
+from contract.publish import publish
 from loadtest.redis_cluster import LocalCluster, available
-from service.app import create_app
-from service.publish import publish
-from service.redis_conn import connect
-from service.settings import Settings
+from service.api.app import create_app
+from service.infra.redis_conn import connect
+from service.infra.settings import Settings
 from tests.live_server import live_server
 
 pytestmark = pytest.mark.cluster
@@ -179,8 +179,8 @@ def test_a_slot_moved_under_load_gives_no_wrong_answer(published, bundle_dir, ca
 def test_product_upserts_and_prune_on_a_cluster(published, bundle_dir, catalog):
     # last in this module on purpose: the prune removes most of the published catalogue
     from contract.events import parse_product
-    from service.bundle import load_bundle
-    from service.products import upsert_products
+    from service.core.bundle import load_bundle
+    from service.core.products import upsert_products
 
     loaded = load_bundle(bundle_dir)
     version = loaded.version

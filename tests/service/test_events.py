@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from contract import keys
 from contract.bundle import read_manifest, write_manifest
-from service.app import create_app
-from service.publish import publish
-from service.settings import Settings
+from contract.publish import publish
+from service.api.app import create_app
+from service.infra.settings import Settings
 
 
 @pytest.fixture

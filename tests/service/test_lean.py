@@ -10,12 +10,12 @@ import pytest
 from contract import keys
 from contract.bundle import read_manifest
 from contract.errors import InputError
+from contract.publish import publish
 from distill.lean import lean_bundle
-from service.bundle import load_bundle
-from service.publish import publish
-from service.redis_conn import connect
-from service.rerank import Listed, score_sync
-from service.store import RedisFeatureStore
+from service.core.bundle import load_bundle
+from service.core.scoring import Listed, score_sync
+from service.infra.redis_conn import connect
+from service.infra.store import RedisFeatureStore
 
 
 @pytest.fixture(scope="module")

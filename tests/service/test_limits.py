@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from service.limits import LimitsMiddleware
+from service.api.limits import LimitsMiddleware
 
 
 class Gate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.rerank import order
+from service.core.scoring import order
 
 
 def test_known_candidates_are_sorted_and_unknown_ones_keep_their_slot():

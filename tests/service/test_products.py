@@ -15,10 +15,10 @@ from contract import keys
 from contract.events import parse_product
 from contract.products import record_text
 from hmpps.cli import app as cli
-from service.app import create_app
-from service.bundle import load_bundle
-from service.products import upsert_products
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.products import upsert_products
+from service.infra.settings import Settings
 from training.dataset import load_dataset
 
 runner = CliRunner()
@@ -81,7 +81,7 @@ def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, 
     # The sequence the rule prevents: an upsert into an unpublished version, then publish overwrote its vector
     # while its stored hash survived, so a later upsert of the same content was skipped as unchanged.
     from contract.errors import NotPublished
-    from service.publish import publish
+    from contract.publish import publish
 
     bundle = load_bundle(bundle_dir)
     new = parse_product(_new_product(synthetic_dir, tmp_path))

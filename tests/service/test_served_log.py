@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 
 from contract import keys
 from contract.served import FIELD, ServedRanking
-from service import metrics as m
-from service.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.infra import metrics as m
+from service.infra.settings import Settings
 
 
 def _settings(tmp_path, bundle_dir, **kw):

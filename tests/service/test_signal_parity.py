@@ -14,13 +14,13 @@ import json
 import numpy as np
 import pytest
 
+from contract.publish import publish
 from distill.features import FeatureTables
 from distill.run import _request_arrays
-from service.bundle import load_bundle
-from service.publish import publish
-from service.redis_conn import connect
-from service.rerank import Listed, score_sync
-from service.store import RedisFeatureStore
+from service.core.bundle import load_bundle
+from service.core.scoring import Listed, score_sync
+from service.infra.redis_conn import connect
+from service.infra.store import RedisFeatureStore
 from training.artifacts import read_jsonl
 from training.dataset import load_dataset
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from contract import keys
-from service.redis_conn import connect
-from service.store import RedisFeatureStore
+from service.infra.redis_conn import connect
+from service.infra.store import RedisFeatureStore
 
 V = "test-v1"
 

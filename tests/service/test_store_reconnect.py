@@ -10,7 +10,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from contract import keys
-from service.store import RedisFeatureStore
+from service.infra.store import RedisFeatureStore
 from tests.compose_native import redis_server_binary
 from tests.live_server import free_port
 
@@ -37,7 +37,7 @@ def test_feedback_and_served_writes_survive_a_redis_restart(tmp_path: Path) -> N
 
     async def scenario() -> tuple[int, int]:
         client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.05, socket_connect_timeout=0.5,
-                                         health_check_interval=0)  # as service.state.open_redis makes it
+                                         health_check_interval=0)  # as service.api.state.open_redis makes it
         store = RedisFeatureStore(client)
         ev = {"type": "impression", "request_id": "r1", "user_id": "u", "arm": "a", "ts": 1.0}
         # several pooled connections, all made stale by the restart below
@@ -74,8 +74,8 @@ end
 
 def test_a_stalled_redis_fails_reads_fast_but_feedback_waits_on_the_write_client(tmp_path: Path) -> None:
     """The request path's 25 ms read timeout must not apply to feedback: a stall answered 503 in CI."""
-    from service.settings import Settings
-    from service.state import open_redis
+    from service.api.state import open_redis
+    from service.infra.settings import Settings
 
     port = free_port()
     server = _start(port, tmp_path)

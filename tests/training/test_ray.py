@@ -56,9 +56,9 @@ def test_publish_streams_shards_with_parallel_writers(encoded, bundle_dir, tmp_p
     from contract.bundle import read_manifest
     from contract.codec import encode_vector
     from contract.errors import InputError
-    from service.products import publish_features
-    from service.publish import publish
-    from service.redis_conn import connect
+    from contract.publish import publish
+    from service.core.products import publish_features
+    from service.infra.redis_conn import connect
 
     root, _, _ = encoded
     m = read_manifest(bundle_dir)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from typing import Any
 
-from service import metrics as m
+from service.infra import metrics as m
 
 log = logging.getLogger("hmpps.service")
 

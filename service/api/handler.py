@@ -1,7 +1,8 @@
-"""One rerank request: fetch, select history, score, order; fail open on trouble.
+"""One rerank request end to end: fetch, score, order, build the response; fail open on trouble.
 
-The async part does the Redis round trip; the CPU part (decode, selection,
-ONNX) runs in a worker thread so the event loop never blocks on inference.
+The scoring itself (``service.core.scoring``) knows nothing of HTTP; this module
+turns a ``RerankRequest`` into a ``RerankResponse`` around it, with the budget,
+the fallbacks, the metrics and the served log.
 """
 
 from __future__ import annotations
@@ -11,143 +12,26 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import anyio
-import numpy as np
 from redis.exceptions import RedisError
 
 from contract.arms import Arm
-from contract.codec import decode_rows, encode_vector
 from contract.constants import PASSTHROUGH
 from contract.served import ServedItem, ServedRanking
-from contract.signals import Listing, column_names
-from contract.spec import SIGNALS, build_inputs, select_for, yes_probability
-from service import metrics as m
-from service.bundle import LoadedBundle
-from service.schemas import RequestExplain, RerankRequest, RerankResponse, Result, ResultExplain
-from service.store import FeatureStore, Fetched
+from service.api.schemas import RequestExplain, RerankRequest, RerankResponse, Result, ResultExplain
+from service.core.bundle import LoadedBundle
+from service.core.scoring import Listed, RequestScorer, Scored, order
+from service.infra import metrics as m
+from service.infra.store import FeatureStore, Fetched
 
 log = logging.getLogger("hmpps.service")
 
 
-@dataclass
-class Scored:
-    scores: list[float | None]  # None: missing features
-    stages: dict[str, float] = field(default_factory=dict)
-    encoded_query: bytes | None = None
-    history_used: int = 0
-    # with explain: the history the model saw (most recent first) and, per candidate, what selection picked
-    history_ids: list[str] | None = None
-    selected: list[list[str]] | None = None
-    signals: list[dict[str, float]] | None = None  # per candidate, by column name
-
-
-@dataclass(frozen=True)
-class Listed:
-    """The caller's candidate list: ids in its order, and its first-stage scores (None where not sent)."""
-
-    ids: list[str]
-    scores: list[float | None]
-
-    @classmethod
-    def of(cls, req: RerankRequest) -> Listed:
-        return cls([c.product_id for c in req.candidates], [c.score for c in req.candidates])
-
-
-def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed, explain: bool = False) -> Scored:
-    """Decode features, select history (Eq. 6), signals, one batched ONNX call, yes/no softmax."""
-    spec = bundle.spec
-    stages: dict[str, float] = {}
-    t = time.perf_counter()
-    encoded = None
-    qrows, _ = decode_rows([fetched.query], spec.query_dim, spec.storage)
-    if len(qrows):
-        q = qrows[0]
-    else:  # a tail query: encode it with the bundle's query encoder
-        q = np.asarray(bundle.query_encoder.encode(query), dtype=np.float32)
-        encoded = encode_vector(q, spec.storage)
-        q = decode_rows([encoded], spec.query_dim, spec.storage)[0][0]  # what later requests will read
-        stages["query_encode"] = time.perf_counter() - t
-        t = time.perf_counter()
-    cand_mat, known = decode_rows(fetched.candidates, spec.product_dim, spec.storage)
-    scores: list[float | None] = [None] * len(fetched.candidates)
-    if not known:
-        stages["selection"] = time.perf_counter() - t
-        return Scored(scores, stages, encoded)
-    # history arrives most recent first; selection wants oldest first
-    hist_mat, kept = decode_rows(fetched.history[::-1], spec.product_dim, spec.storage)
-    n_hist = len(fetched.history)
-    hist_ids = [fetched.history_ids[n_hist - 1 - j] for j in kept]
-    selected = select_for(spec, q, cand_mat, hist_mat) if explain else None
-    listing = None
-    if spec.signals:  # positions count every listed candidate, known or not
-        listing = Listing(np.asarray(known), len(fetched.candidates),
-                          np.array([np.nan if listed.scores[i] is None else listed.scores[i] for i in known], float),
-                          [listed.ids[i] for i in known], hist_ids)
-    inputs = build_inputs(spec, q, cand_mat, hist_mat, selected, listing)
-    stages["selection"] = time.perf_counter() - t
-    t = time.perf_counter()
-    probs = yes_probability(bundle.scorer.logits(inputs))
-    stages["inference"] = time.perf_counter() - t
-    for i, p in zip(known, probs.tolist(), strict=True):
-        scores[i] = p
-    out = Scored(scores, stages, encoded, len(hist_ids))
-    if selected is not None:
-        out.history_ids = hist_ids[::-1]
-        picks: list[list[str]] = [[] for _ in scores]
-        for row, i in zip(selected, known, strict=True):
-            picks[i] = [hist_ids[j] for j in sorted(row.tolist(), reverse=True)]  # most recent first
-        out.selected = picks
-        if spec.signals:
-            names = column_names(spec.signals)
-            out.signals = [{} for _ in scores]
-            for row, i in zip(inputs[SIGNALS], known, strict=True):
-                out.signals[i] = {n: round(float(v), 4) for n, v in zip(names, row, strict=True)}
-    return out
-
-
-class RequestScorer(Protocol):
-    """Turns one request's fetched features into scores (run in a worker thread).
-
-    The service scores with the student (``StudentScorer``); ``make bench`` swaps in
-    its peers through ``create_app(settings, scorer=...)`` so that they pay for the
-    same HTTP, validation, Redis and fail-open path.
-    """
-
-    name: str
-    needs_summaries: bool  # fetch candidate summaries from Redis on every request
-    # a fraction of a millisecond per request: run it on the event loop, since a worker-thread hand-off
-    # costs about as much as the call (a tail query's encoding or an explain still go to a thread)
-    inline: bool
-
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
-                 explain: bool = False) -> Scored: ...
-
-
-class StudentScorer:
-    name = "student"
-    needs_summaries = False
-    inline = True
-
-    def __call__(self, bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed,
-                 explain: bool = False) -> Scored:
-        return score_sync(bundle, query, fetched, listed, explain)
-
-
-STUDENT = StudentScorer()
-
-
-def order(scores: list[float | None]) -> list[int]:
-    """Known candidates sorted by score (ties keep the caller's order) fill the slots that
-    known candidates held; unknown ones stay exactly where the caller put them."""
-    known = [i for i, s in enumerate(scores) if s is not None]
-    ranked = sorted(known, key=lambda i: (-scores[i], i))  # type: ignore[operator]
-    out, it = [], iter(ranked)
-    for i, s in enumerate(scores):
-        out.append(next(it) if s is not None else i)
-    return out
+def _listed(req: RerankRequest) -> Listed:
+    return Listed([c.product_id for c in req.candidates], [c.score for c in req.candidates])
 
 
 def passthrough_results(req: RerankRequest, missing: list[bool] | None = None) -> list[Result]:
@@ -166,7 +50,7 @@ class Serving:
     scorer: RequestScorer
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # best-effort work after the response
     served_log_sample: float = 0.0  # share of responses logged to the served stream
-    log_served: Callable[[str], None] | None = None  # queues a served record (service.servedlog)
+    log_served: Callable[[str], None] | None = None  # queues a served record (service.infra.servedlog)
     inline_max_candidates: int = 0  # score on the event loop up to this many candidates (0: always a thread)
 
 
@@ -218,9 +102,9 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
             m.STAGE.labels("redis").observe(fetched.seconds)
             if (ctx.serving.scorer.inline and fetched.query is not None and not req.explain
                     and len(ids) <= ctx.serving.inline_max_candidates):
-                scored = ctx.serving.scorer(bundle, req.query, fetched, Listed.of(req))
+                scored = ctx.serving.scorer(bundle, req.query, fetched, _listed(req))
             else:
-                scored = await anyio.to_thread.run_sync(ctx.serving.scorer, bundle, req.query, fetched, Listed.of(req),
+                scored = await anyio.to_thread.run_sync(ctx.serving.scorer, bundle, req.query, fetched, _listed(req),
                                                         req.explain, limiter=ctx.serving.limiter)
     except TimeoutError:
         fallback = "timeout"

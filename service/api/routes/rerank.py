@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service import metrics as m
-from service.deps import State
-from service.rerank import RequestContext, rerank_and_log
-from service.schemas import RerankRequest, RerankResponse
+from service.api.deps import State
+from service.api.handler import RequestContext, rerank_and_log
+from service.api.schemas import RerankRequest, RerankResponse
+from service.infra import metrics as m
 
 router = APIRouter(tags=["rerank"])
 

@@ -20,14 +20,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from contract.errors import HmppsError, http_status
-from service.limits import LimitsMiddleware
-from service.rerank import STUDENT, RequestScorer
-from service.routes import admin, events, feedback, ops, rerank
-from service.runtime import load_runtime
-from service.schemas import ErrorBody
-from service.settings import Settings
-from service.state import AppState, open_redis
-from service.store import feature_store
+from service.api.limits import LimitsMiddleware
+from service.api.routes import admin, events, feedback, ops, rerank
+from service.api.schemas import ErrorBody
+from service.api.state import AppState, open_redis
+from service.core.runtime import load_runtime
+from service.core.scoring import STUDENT, RequestScorer
+from service.infra.settings import Settings
+from service.infra.store import feature_store
 
 log = logging.getLogger("hmpps.service")
 
@@ -110,5 +110,5 @@ async def _close_redis(handle: object, *clients: object) -> None:
 
 
 def app_factory() -> FastAPI:
-    """For ``uvicorn --factory service.app:app_factory``: settings from the environment."""
+    """For ``uvicorn --factory service.api.app:app_factory``: settings from the environment."""
     return create_app(Settings())

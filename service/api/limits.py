@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service import metrics as m
+from service.infra import metrics as m
 
 Scope = dict[str, Any]
 

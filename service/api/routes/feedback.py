@@ -9,9 +9,9 @@ from fastapi import APIRouter
 
 from contract.constants import EFFICIENT_DWELL_S
 from contract.errors import Unavailable
-from service import metrics as m
-from service.deps import State
-from service.schemas import FeedbackAccepted, FeedbackBatch
+from service.api.deps import State
+from service.api.schemas import FeedbackAccepted, FeedbackBatch
+from service.infra import metrics as m
 
 router = APIRouter(tags=["feedback"])
 

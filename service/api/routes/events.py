@@ -8,9 +8,9 @@ from fastapi import APIRouter
 
 from contract.constants import HISTORY_CAP
 from contract.errors import Unavailable
-from service import metrics as m
-from service.deps import State
-from service.schemas import EventsAccepted, EventsBatch
+from service.api.deps import State
+from service.api.schemas import EventsAccepted, EventsBatch
+from service.infra import metrics as m
 
 router = APIRouter(tags=["events"])
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from service import metrics as m
-from service.deps import State
+from service.api.deps import State
+from service.infra import metrics as m
 
 router = APIRouter(tags=["ops"])
 

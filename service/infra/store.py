@@ -20,8 +20,9 @@ from typing import Any, Protocol
 from contract import keys
 from contract.constants import FEEDBACK_STREAM_MAXLEN, SERVED_STREAM_MAXLEN
 from contract.events import Event
+from contract.redis_client import AsyncRedis
 from contract.served import FIELD as SERVED_FIELD
-from service.histories import AppendResult, append_events
+from service.infra.histories import AppendResult, append_events
 
 # Single node only: its keys are built inside (one slot per product), which Redis Cluster refuses.
 # ARGV: product prefix, summary prefix, product-meta prefix, per-product key suffix, query key, tail-query key,
@@ -105,7 +106,7 @@ def _str(b: Any) -> str:
 class RedisFeatureStore:
     """``client`` serves the request path's reads; ``writer`` (default: the same) the writes that must not be lost."""
 
-    def __init__(self, client: Any, writer: Any = None):
+    def __init__(self, client: AsyncRedis, writer: AsyncRedis | None = None):
         self.client = client
         self.writer = writer if writer is not None else client
         self._fetch = client.register_script(_FETCH)
@@ -185,7 +186,7 @@ class RedisFeatureStore:
 class ClusterFeatureStore(RedisFeatureStore):
     """The same store on Redis Cluster: per-slot reads in parallel instead of one script."""
 
-    def __init__(self, client: Any, writer: Any = None):
+    def __init__(self, client: AsyncRedis, writer: AsyncRedis | None = None):
         self.client = client
         self.writer = writer if writer is not None else client
 
@@ -250,5 +251,5 @@ class ClusterFeatureStore(RedisFeatureStore):
         )
 
 
-def feature_store(client: Any, cluster: bool, writer: Any = None) -> RedisFeatureStore:
+def feature_store(client: AsyncRedis, cluster: bool, writer: AsyncRedis | None = None) -> RedisFeatureStore:
     return ClusterFeatureStore(client, writer) if cluster else RedisFeatureStore(client, writer)

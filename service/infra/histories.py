@@ -3,8 +3,9 @@
 One sorted set per user (``contract.keys.user_history``): members are
 ``event_id \\x1f product_id``, scored by the event's unix time, so a late event
 lands in its place, a retried one changes nothing, and the newest ``cap`` are
-kept. ``hmpps publish`` seeds histories from a bundle without ever displacing
-newer actions; ``POST /events`` appends, one round trip per batch.
+kept (the layout is ``contract.histories``). ``hmpps publish`` seeds histories from a
+bundle without ever displacing newer actions; ``POST /events`` appends here, one round
+trip per batch.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from contract import keys
 from contract.constants import EVENT_DEDUPE_TTL_S, EVENTS_STREAM_MAXLEN
 from contract.events import Event
+from contract.redis_client import AsyncRedis
 
 
 @dataclass
@@ -33,7 +34,7 @@ def event_json(e: Event) -> str:
     return json.dumps({k: v for k, v in e.__dict__.items() if v is not None}, separators=(",", ":"))
 
 
-async def append_events(client: Any, events: Iterable[Event], history_types: frozenset[str],
+async def append_events(client: AsyncRedis, events: Iterable[Event], history_types: frozenset[str],
                         version: str | None, cap: int, history_ttl_s: int) -> AppendResult:
     """Record a batch: every new event into the stream, the history types into their users' histories.
 
@@ -99,33 +100,3 @@ async def append_events(client: Any, events: Iterable[Event], history_types: fro
         out.history_appends += int(added > 0)
         out.unknown_products += int(bool(version) and not known)
     return out
-
-
-def seed_histories(client: Any, rows: Iterable[dict[str, Any]], cap: int, history_ttl_s: int, chunk: int = 1000) -> int:
-    """Merge a bundle's histories into the live ones (sync; ``hmpps publish``).
-
-    ``ZADD NX``: a member already there keeps its place, newer actions are never displaced
-    (trimming keeps the newest ``cap``), and publishing again changes nothing. Rows without
-    timestamps (bundles from before histories were live) rank below any timed action.
-    """
-    pipe = client.pipeline(transaction=False)
-    n = pending = 0
-    for row in rows:
-        items = row["history"][:cap]  # newest first
-        times = row.get("timestamps") or [-float(i + 1) for i in range(len(items))]
-        if items:
-            key = keys.user_history(row["user_id"])
-            members = {keys.history_member(f"seed-{t:g}-{pid}", pid): float(t) for pid, t in zip(items, times, strict=True)}
-            pipe.zadd(key, members, nx=True)
-            pipe.zremrangebyrank(key, 0, -(cap + 1))
-            if history_ttl_s > 0:
-                pipe.expire(key, history_ttl_s)
-            pending += 3
-        n += 1
-        if pending >= chunk:
-            pipe.execute()
-            pipe = client.pipeline(transaction=False)
-            pending = 0
-    if pending:
-        pipe.execute()
-    return n

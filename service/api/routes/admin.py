@@ -8,11 +8,11 @@ import anyio
 from fastapi import APIRouter, Depends
 
 from contract.errors import HmppsError, Unavailable
-from service import metrics as m
-from service.deps import State, require_admin
-from service.products import upsert_products
-from service.runtime import load_runtime
-from service.schemas import ProductsBatch, ProductsUpserted
+from service.api.deps import State, require_admin
+from service.api.schemas import ProductsBatch, ProductsUpserted
+from service.core.products import upsert_products
+from service.core.runtime import load_runtime
+from service.infra import metrics as m
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 

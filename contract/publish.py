@@ -1,6 +1,9 @@
 """``hmpps publish``: a bundle's features into Redis, under the bundle's version namespace,
 and its users' histories into the live histories (user data, outside any version).
 
+It lives in the contract because both sides run it: ``hmpps publish`` offline (and in the
+serving image, docker/seed.sh), and the service itself for its embedded default.
+
 Writes are pipelined in chunks. The ``complete`` marker is written last, and
 ``--activate`` flips the live alias only after it, so readers never see half
 a catalog. Publishing the same bundle again rewrites the same keys with the
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,8 @@ from contract.bundle import verify_bundle
 from contract.codec import encode_vector
 from contract.constants import HISTORY_TTL_S
 from contract.errors import ArtifactMismatch, InputError
-from service.histories import seed_histories
+from contract.histories import seed_histories
+from contract.redis_client import SyncRedis
 
 CHUNK = 1000
 
@@ -31,8 +36,26 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint: str | None = None,
-            history_ttl_s: int = HISTORY_TTL_S) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PublishCounts:
+    products: int
+    summaries: int
+    queries: int
+    users: int  # histories seeded (merged into the live ones)
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``publish`` wrote: the version, its counts, whether the live alias now points at it."""
+
+    version: str
+    counts: PublishCounts
+    activated: bool
+    seconds: float
+
+
+def publish(bundle: Path, client: SyncRedis, activate: bool = False, data_fingerprint: str | None = None,
+            history_ttl_s: int = HISTORY_TTL_S) -> Published:
     """Write the bundle's features to Redis and seed its users' histories; return counts and seconds."""
     t0 = time.perf_counter()
     bundle = Path(bundle)
@@ -94,8 +117,4 @@ def publish(bundle: Path, client: Any, activate: bool = False, data_fingerprint:
     client.set(keys.complete(version), json.dumps({"counts": counts, "published_at": time.time()}))
     if activate:
         client.set(keys.ALIAS, version)
-    return {"version": version, "counts": counts, "activated": activate, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def live_version(client: Any) -> str | None:
-    return keys.as_text(client.get(keys.ALIAS))
+    return Published(version, PublishCounts(**counts), activate, round(time.perf_counter() - t0, 3))

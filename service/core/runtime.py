@@ -17,10 +17,10 @@ from contract.bundle import verify_bundle
 from contract.codec import encode_vector
 from contract.constants import PASSTHROUGH
 from contract.errors import HmppsError, InputError
-from service.bundle import LoadedBundle, load_bundle
-from service.rerank import Listed, score_sync
-from service.settings import Settings
-from service.store import Fetched
+from service.core.bundle import LoadedBundle, load_bundle
+from service.core.scoring import Listed, score_sync
+from service.infra.settings import Settings
+from service.infra.store import Fetched
 
 
 @dataclass

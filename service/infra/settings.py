@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     history_ttl_s: int = Field(HISTORY_TTL_S, ge=0)
     # Share of rerank responses logged to the served-rankings stream (learning from traffic); 0: none.
     served_log_sample: float = Field(1.0, ge=0.0, le=1.0)
-    # How often queued served rankings are written (one pipeline per flush, service/servedlog.py).
+    # How often queued served rankings are written (one pipeline per flush, service/infra/servedlog.py).
     served_log_flush_ms: float = Field(50.0, gt=0, le=60_000)
     health_interval_s: float = Field(1.0, gt=0)
     admin_token: str | None = None

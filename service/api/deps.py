@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from contract.errors import Forbidden, Unauthorized
-from service.state import AppState
+from service.api.state import AppState
 
 
 async def get_state(request: Request) -> AppState:
