@@ -11,7 +11,7 @@ DEMO ?= runs/demo
 PORT ?= 8000
 PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not distributed and not ray" --timeout 600
 
-.PHONY: setup tools demo simulate test-slow test-loop test-cluster test-office test-dist test-ray compose-check capacity bench reliability test test-all lint typecheck clean
+.PHONY: setup tools test-service demo simulate test-slow test-loop test-cluster test-office test-dist test-ray compose-check capacity bench reliability test test-all lint typecheck clean
 
 setup: $(STAMP)
 
@@ -85,10 +85,24 @@ reliability: setup
 	@test -f $(DEMO)/pipeline/bundle/manifest.json || { $(BIN)/hmpps data synthetic --users 150 --products 120 --seed 3 --out $(DEMO)/data && $(BIN)/hmpps pipeline --data $(DEMO)/data --first-stage hem --profile tiny --out $(DEMO)/pipeline; }
 	$(BIN)/hmpps reliability --bundle $(DEMO)/pipeline/bundle --out docs/bench/reliability.json
 
-test: setup tools
+test: setup tools test-service
 	$(BIN)/ruff check .
 	$(BIN)/mypy service contract
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS) --ignore=tests/service
+
+# The service's tests in a virtual environment with the service and dev extras only (no torch, no
+# transformers), on a bundle built without torch (tests/service/tiny_bundle.py): the serving image's view.
+SVC_VENV ?= .venv-service
+SVC_STAMP := $(SVC_VENV)/.installed
+$(SVC_STAMP): pyproject.toml Makefile
+	@test -n "$(PYTHON)" || { echo "python3 (3.10+) is required"; exit 1; }
+	$(PYTHON) -m venv $(SVC_VENV)
+	$(SVC_VENV)/bin/pip install --quiet -e '.[service,dev]'
+	touch $@
+
+test-service: $(SVC_STAMP) tools
+	@if $(SVC_VENV)/bin/python -c "import torch" 2>/dev/null; then echo "torch is installed in $(SVC_VENV)"; exit 1; fi
+	$(SVC_VENV)/bin/pytest tests/service tests/test_layers.py -m "not slow and not cluster" --timeout 600
 
 # real pretrained SmolLM2 and the reliability soak (Redis killed and the model reloaded under load)
 test-slow: setup
@@ -126,4 +140,4 @@ typecheck: setup
 	$(BIN)/mypy service contract
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) $(SVC_VENV) runs .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -23,20 +23,14 @@ from contract.signals import GROUPS
 from contract.spec import concat_inputs, yes_probability
 from distill.export import export_student
 from distill.features import FeatureTables
-from distill.run import (
-    _candidate_ids,
-    _request_arrays,
-    _split_scores,
-    load_student_data,
-    student_logits,
-    train_student,
-    training_arrays,
-)
+from distill.lists import load_student_data, request_arrays, split_scores, training_arrays
 from distill.student import StudentConfig
+from distill.train import student_logits, train_student
 from service.core.bundle import OnnxScorer
 from training.artifacts import atomic_dir, write_json
 from training.dataset import Dataset
 from training.metrics import PAPER_KEYS, paired_values_bootstrap, paper_metrics, per_query, rerank
+from training.teacher.scored import ScoredList
 
 
 def variants(groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -47,14 +41,14 @@ def variants(groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def request_cost_us(tables: FeatureTables, ds: Dataset, rows: dict[str, dict[str, Any]], lists: list[dict[str, Any]],
+def request_cost_us(tables: FeatureTables, ds: Dataset, rows: dict[str, dict[str, Any]], lists: list[ScoredList],
                     onnx_path: Path, requests: int = 300) -> dict[str, float]:
     """Median microseconds per request of building the inputs and of the ONNX call, one request at a time."""
     scorer = OnnxScorer(onnx_path, threads=1)
     build, infer = [], []
     for s in (lists * (1 + requests // max(1, len(lists))))[:requests]:
         t = time.perf_counter()
-        inputs = _request_arrays(tables, ds, rows[s["query_id"]], s)
+        inputs = request_arrays(tables, ds, rows[s.query_id], s)
         t1 = time.perf_counter()
         scorer.logits(inputs)
         t2 = time.perf_counter()
@@ -69,10 +63,10 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
     t0 = time.time()
     sd = load_student_data(data, teacher_dir)
     ds, teacher, test, rows, lists = sd.ds, sd.teacher, sd.test, sd.rows, sd.lists
-    targets = [s["target"] for s in test]
+    targets = [s.target for s in test]
     # a test query whose target is outside the top K is a miss for every reranker (n counts them)
     missing = teacher.n_test - len(test)
-    fs_lists = [_candidate_ids(s) for s in test]
+    fs_lists = [s.product_ids for s in test]
     fs_vals = np.concatenate([per_query(fs_lists, targets), np.zeros(missing)])
     results: dict[str, Any] = {}
     ranked_by: dict[str, list[list[str]]] = {}
@@ -82,9 +76,9 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
         train_tables, tables = sd.tables(sig, cfg.cf_dim)
         model, _ = train_student(tables.spec, vcfg, training_arrays(train_tables, ds, rows, lists, vcfg,
                                                                     np.random.default_rng(cfg.seed)))
-        inputs = concat_inputs([_request_arrays(tables, ds, rows[s["query_id"]], s) for s in test])
+        inputs = concat_inputs([request_arrays(tables, ds, rows[s.query_id], s) for s in test])
         probs = yes_probability(student_logits(model, inputs))
-        ranked = [rerank(_candidate_ids(s), list(sc)) for s, sc in zip(test, _split_scores(probs, test), strict=True)]
+        ranked = [rerank(s.product_ids, list(sc)) for s, sc in zip(test, split_scores(probs, test), strict=True)]
         ranked_by[name] = ranked
         with tempfile.TemporaryDirectory() as tmp:
             export_student(model, inputs, Path(tmp) / "student.onnx")

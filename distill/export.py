@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from contract.spec import ENCODER_OUTPUT, OUTPUT_NAME, PRODUCT_ENCODER_INPUTS, QUERY_ENCODER_INPUTS
+from distill.features import masked_mean
 
 OPSET = 17
 
@@ -34,6 +35,17 @@ def onnx_logits(path: Path, inputs: dict[str, np.ndarray], threads: int = 1) -> 
     return OnnxScorer(path, threads=threads).logits(inputs)
 
 
+def _unit(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def _text(bert: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+          token_type_ids: torch.Tensor) -> torch.Tensor:
+    """MiniLM-L6, pooled as the offline text features are (``masked_mean``), unit length."""
+    hidden = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+    return _unit(masked_mean(hidden, attention_mask), 1e-12)
+
+
 class QueryEncoderModule(nn.Module):
     """MiniLM-L6 mean pooling, then a projection into the stage-1 space: output = [text | sel], both unit."""
 
@@ -43,14 +55,10 @@ class QueryEncoderModule(nn.Module):
         self.proj = nn.Linear(text_dim, sel_dim)
 
     def project(self, text: torch.Tensor) -> torch.Tensor:
-        sel = self.proj(text)
-        return sel / sel.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        return _unit(self.proj(text), 1e-9)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        text = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        text = _text(self.bert, input_ids, attention_mask, token_type_ids)
         return torch.cat([text, self.project(text)], dim=-1)
 
 
@@ -65,18 +73,13 @@ class ProductEncoderModule(nn.Module):
         self.proj = nn.Linear(text_dim + image_dim + 1, sel_dim)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        sel = self.proj(x)
-        return sel / sel.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        return _unit(self.proj(x), 1e-9)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                 pixels: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        text = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        text = _text(self.bert, input_ids, attention_mask, token_type_ids)
         if self.cnn is not None:
-            image = self.cnn(pixels).flatten(1)
-            image = image / image.norm(dim=-1, keepdim=True).clamp(min=1e-12) * has_image
+            image = _unit(self.cnn(pixels).flatten(1), 1e-12) * has_image
         else:
             image = text[:, :0]
         rest = torch.cat([text, image, has_image], dim=-1)

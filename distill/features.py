@@ -48,10 +48,15 @@ class MiniLM:
         out = []
         for i in tqdm(range(0, len(texts), batch), desc=desc, unit="batch", disable=desc is None):
             enc = self.tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).numpy())
+            out.append(masked_mean(self.model(**enc).last_hidden_state, enc["attention_mask"]).numpy())
         return unit(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """MiniLM's sentence pooling: the mean of the token states the mask keeps (offline features and the
+    exported encoders pool the same way, so an encoded product lands where its offline features are)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 def load_vision_tower(teacher_dir: Path, teacher_cfg: dict[str, Any]) -> Any:

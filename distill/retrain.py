@@ -45,12 +45,16 @@ from contract.errors import InputError
 from contract.reports import markdown_table, write_json
 from contract.signals import Listing
 from contract.spec import FeatureSpec, build_inputs, concat_inputs, yes_probability
+from distill.bundle_files import slug
+from distill.checks import PARITY_TOL
 from distill.export import export_student, onnx_logits, quantize_int8
-from distill.run import PARITY_TOL, _slug, student_logits
 from distill.student import Student, StudentConfig
 from distill.tables import BundleTables, held_out_lists
+from distill.train import student_logits
 from training.artifacts import atomic_dir, write_jsonl
-from training.clicklog import LabelledRanking, Propensities, read_labelled
+from training.clicklog.from_logs import read_labelled
+from training.clicklog.labels import LabelledRanking
+from training.clicklog.propensities import Propensities
 
 CORRECTIONS = ("ipw", "none")
 
@@ -351,7 +355,7 @@ def retrain(bundle: Path, logs: Path, out: Path, cfg: RetrainConfig | None = Non
         }
         extra = dict(old.extra) | {"retrained_from": old.version,
                                    "retrain": {k: info[k] for k in ("config", "trained_lists", "clicks")}}
-        manifest = write_manifest(dst, _slug(old.dataset), old.dataset, old.dataset_fingerprint, old.spec,
+        manifest = write_manifest(dst, slug(old.dataset), old.dataset, old.dataset_fingerprint, old.spec,
                                   old.models, old.features, extra)
         info["bundle_version"] = manifest.version
         if data is not None and first_stage is not None:

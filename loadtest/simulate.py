@@ -200,7 +200,7 @@ def paired_replay(bundle: Path, students: dict[str, Path], logs: Any, relevance:
     from distill.retrain import ranking_inputs
     from distill.tables import BundleTables
     from service.core.bundle import OnnxScorer
-    from training.clicklog import history_events, join_and_label
+    from training.clicklog.labels import history_events, join_and_label
     from training.metrics import paired_values_bootstrap
 
     tables = BundleTables(bundle)
@@ -288,7 +288,8 @@ def _simulate(inputs: SimInputs, out: Path, cfg: SimConfig, rcfg: Any) -> dict[s
     from distill.retrain import retrain
     from service.infra.redis_conn import connect
     from training.artifacts import atomic_dir
-    from training.clicklog import from_logs, read_logs_redis
+    from training.clicklog.from_logs import from_logs
+    from training.clicklog.logs import read_logs_redis
 
     bundle, data, first_stage = inputs.bundle, inputs.data, inputs.first_stage
 

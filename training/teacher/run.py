@@ -35,6 +35,7 @@ from training.teacher.config import TeacherConfig
 from training.teacher.dist import is_main, processes
 from training.teacher.dist import state as dist_state
 from training.teacher.examples import Embeddings, ExampleFactory, Group
+from training.teacher.scored import ScoredCandidate, ScoredList
 from training.teacher.trainer import train, training_fields
 
 
@@ -66,6 +67,10 @@ class TeacherRun:
 
     def scores(self) -> list[dict[str, Any]]:
         return read_jsonl(self.dir / "scores.jsonl")
+
+    def scored_lists(self) -> list[ScoredList]:
+        """``scores.jsonl``, typed: what distillation reads."""
+        return [ScoredList.from_json(d) for d in self.scores()]
 
     def embeddings(self) -> Embeddings:
         return load_embeddings(self.dir / "embeddings")
@@ -136,15 +141,13 @@ def score_chunk(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
     for row, g in zip(rows, groups, strict=True):
         n = len(g.prompts)
         fs_scores = [c["score"] for c in fs.line(row["query_id"])["candidates"]]
-        out.append({
-            "query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
-            "target": row["product_id"],
-            "candidates": [{"product_id": p, "first_stage_score": s, "teacher_score": round(float(pr), 6),
-                            "teacher_logit": round(float(m), 5), "label": y}
-                           for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs[at: at + n], margins[at: at + n],
-                                                     g.labels, strict=True)],
-            "prompt_tokens": [pr.meta.get("tokens", 0) for pr in g.prompts],
-        })
+        out.append(ScoredList(
+            row["query_id"], row["split"], row["product_id"],
+            tuple(ScoredCandidate(p, int(y), s, round(float(pr), 6), round(float(m), 5))
+                  for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs[at: at + n], margins[at: at + n],
+                                            g.labels, strict=True)),
+            row["user_id"], row["query"], prompt_tokens=tuple(pr.meta.get("tokens", 0) for pr in g.prompts),
+        ).to_json())
         at += n
     return out
 

@@ -1,6 +1,6 @@
 """The student's inputs, ranking signals included, are the same arrays offline and in the service.
 
-Offline: ``distill.run._request_arrays`` (what the student trained and was evaluated on). Online: the
+Offline: ``distill.lists.request_arrays`` (what the student trained and was evaluated on). Online: the
 bundle published into a real (embedded) Redis, fetched by the service's store, and turned into
 inputs by ``score_sync``, with the first-stage scores the caller sends.
 """
@@ -16,13 +16,14 @@ import pytest
 
 from contract.publish import publish
 from distill.features import FeatureTables
-from distill.run import _request_arrays
+from distill.lists import request_arrays
 from service.core.bundle import load_bundle
 from service.core.scoring import Listed, score_sync
 from service.infra.redis_conn import connect
 from service.infra.store import RedisFeatureStore
 from training.artifacts import read_jsonl
 from training.dataset import load_dataset
+from training.teacher.scored import ScoredList
 
 
 class Recorder:
@@ -80,7 +81,7 @@ def test_service_builds_the_offline_arrays_signals_included(tiny_pipeline, bundl
         fetched = asyncio.run(fetch(ids, row["user_id"], row["query"]))
         score_sync(recorded, row["query"], fetched, Listed(ids, [c["first_stage_score"] for c in s["candidates"]]))
         online = recorder.seen[-1]
-        offline = _request_arrays(tables, ds, row, s)
+        offline = request_arrays(tables, ds, row, ScoredList.from_json(s))
         assert set(online) == set(offline) == set(spec.input_names)
         for name in spec.input_names:
             assert online[name].shape == offline[name].shape, name

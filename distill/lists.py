@@ -1,0 +1,162 @@
+"""What the student trains and is evaluated on: scored lists, their arrays, per-fold feature tables.
+
+The teacher's lists arrive typed (``training.teacher.scored.ScoredList``); the arrays are built the
+way the service builds them for a request (``request_arrays``), so training and serving agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.constants import HISTORY_CAP
+from contract.errors import InputError
+from contract.signals import Listing
+from contract.spec import build_inputs, concat_inputs
+from distill.features import FeatureTables, MiniLM, build_features, with_signals
+from distill.student import StudentConfig
+from training.artifacts import read_jsonl
+from training.dataset import Dataset, as_dataset, with_summaries
+from training.teacher.run import TeacherRun
+from training.teacher.scored import ScoredCandidate, ScoredList
+
+
+def request_arrays(tables: FeatureTables, ds: Dataset, row: dict[str, Any], lst: ScoredList,
+                    extra: list[str] | None = None, query_features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays the service builds for this list: the same history cap, order, scores and ids.
+
+    ``extra`` products (random negatives) are appended below the caller's list, without a score.
+    """
+    hist = [p for p in ds.history(row) if tables.has_product(p)][-HISTORY_CAP:]
+    q = tables.query(row["query"]) if query_features is None else query_features
+    hist_feats = tables.product(hist) if hist else np.zeros((0, tables.spec.product_dim), np.float32)
+    pids = lst.product_ids + list(extra or [])
+    listing = None
+    if tables.spec.signals:
+        k = len(lst.candidates)
+        scores = [c.first_stage_score for c in lst.candidates] + [None] * len(extra or [])
+        listing = Listing(np.arange(len(pids)), k, np.array([np.nan if x is None else x for x in scores], float),
+                          pids, hist)
+    return build_inputs(tables.spec, q, tables.product(pids), hist_feats, listing=listing)
+
+
+@dataclass
+class TrainingArrays:
+    inputs: dict[str, np.ndarray]  # the student's inputs, N rows; each list's rows are contiguous
+    teacher_logits: np.ndarray  # (N, 2)
+    has_teacher: np.ndarray  # (N,) 1 where the teacher scored the pair
+    labels: np.ndarray  # (N,) 1 for the purchased product
+    starts: np.ndarray  # (L + 1,) row offsets of the L lists
+    listed: np.ndarray  # (N,) True for the caller's candidates, False for the added random negatives
+
+
+def training_arrays(tables: dict[int | None, FeatureTables], ds: Dataset, rows: dict[str, dict[str, Any]],
+                    lists: list[ScoredList], cfg: StudentConfig, rng: np.random.Generator) -> TrainingArrays:
+    """Inputs, teacher logits, has-teacher mask, hard labels and list offsets for every training list,
+    each list's features from the tables of its cross-fitting fold (``training_tables``).
+
+    Each list adds ``extra_negatives`` random catalog products with a hard label only:
+    the teacher never scored them, so they carry no soft target.
+    """
+    parts, t_logits, has_t, labels, starts, listed = [], [], [], [], [0], []
+    catalog = np.array(next(iter(tables.values())).product_ids)
+    for s in lists:
+        pids = s.product_ids
+        taken = set(pids)
+        extra = [p for p in rng.choice(catalog, size=min(len(catalog), cfg.extra_negatives + len(pids)), replace=False)
+                 if p not in taken][: cfg.extra_negatives]
+        parts.append(request_arrays(tables[s.fold], ds, rows[s.query_id], s, extra))
+        t_logits += [[c.teacher_logit or 0.0, 0.0] for c in s.candidates] + [[0.0, 0.0]] * len(extra)
+        has_t += [float(c.teacher_logit is not None) for c in s.candidates] + [0.0] * len(extra)
+        labels += [c.label for c in s.candidates] + [0] * len(extra)
+        starts.append(starts[-1] + len(pids) + len(extra))
+        listed += [True] * len(pids) + [False] * len(extra)
+    return TrainingArrays(concat_inputs(parts), np.asarray(t_logits, np.float32), np.asarray(has_t, np.float32),
+                          np.asarray(labels, np.float32), np.asarray(starts, np.int64), np.asarray(listed, bool))
+
+
+def student_lists(teacher: TeacherRun, scored_train: list[ScoredList]) -> tuple[list[ScoredList], str]:
+    """What the student trains on, and where it came from.
+
+    The first stage's holdout lists (``holdout.jsonl``: queries its shadow fit never saw) when it wrote
+    them, with the teacher's logit on every (query, product) pair it scored; else the teacher-scored
+    train lists, whose candidates the first stage ranked in-sample (positions there overstate it).
+    """
+    path = Path(teacher.info["first_stage"]["dir"]) / "holdout.jsonl"
+    if not path.is_file():
+        return scored_train, "teacher-scored train lists (in-sample first stage)"
+    logits = {(s.query_id, c.product_id): c.teacher_logit for s in scored_train for c in s.candidates}
+    lists = []
+    for line in read_jsonl(path):
+        cands = tuple(ScoredCandidate(c["product_id"], int(c["product_id"] == line["target"]), c["score"],
+                                      teacher_logit=logits.get((line["query_id"], c["product_id"])))
+                      for c in line["candidates"])
+        lists.append(ScoredList(line["query_id"], "train", line["target"], cands, fold=line.get("fold", 0)))
+    return lists, "the first stage's holdout lists (ranked by models that never saw their queries)"
+
+
+def training_tables(content: FeatureTables, signals: tuple[str, ...], ds: Dataset, lists: list[ScoredList],
+                    cf_dim: int) -> dict[int | None, FeatureTables]:
+    """Feature tables per cross-fitting fold: popularity and co-purchase vectors from the train purchases
+    outside the fold (else a list's own target would look co-bought with its history by construction).
+    Lists without a fold (in-sample ones) share tables from every train purchase."""
+    folds: dict[int | None, set[str]] = {}
+    for lst in lists:
+        folds.setdefault(lst.fold, set()).add(lst.query_id)
+    return {f: with_signals(content, signals, train_baskets(ds, ids if f is not None else set()), cf_dim)
+            for f, ids in folds.items()}
+
+
+def train_baskets(ds: Dataset, exclude: set[str]) -> list[list[str]]:
+    """Each user's train purchases (popularity and co-purchase vectors), without the ``exclude`` queries'."""
+    return [[r["product_id"] for r in seq if r["split"] == "train" and r.get("query_id") not in exclude]
+            for _, seq in sorted(ds.by_user().items())]
+
+
+@dataclass
+class StudentData:
+    """What every student trained on one teacher run shares: the dataset, the teacher's lists, the
+    content features and the training lists (``run_distill`` and ``hmpps ablate-student`` read it)."""
+
+    ds: Dataset
+    teacher: TeacherRun
+    train: list[ScoredList]  # the teacher-scored train lists
+    test: list[ScoredList]  # the teacher-scored test lists
+    rows: dict[str, dict[str, Any]]  # query id -> purchase row
+    minilm: MiniLM
+    content: FeatureTables  # content parts only, no signal slices
+    lists: list[ScoredList]  # what the student trains on (``student_lists``)
+    lists_source: str
+
+    def tables(self, signals: tuple[str, ...], cf_dim: int) -> tuple[dict[int | None, FeatureTables], FeatureTables]:
+        """Per-fold training tables, and the tables for serving and the test queries (every train purchase)."""
+        return (training_tables(self.content, signals, self.ds, self.lists, cf_dim),
+                with_signals(self.content, signals, train_baskets(self.ds, set()), cf_dim))
+
+
+def load_student_data(data: Dataset | Path, teacher_dir: Path) -> StudentData:
+    ds = as_dataset(data)
+    teacher = TeacherRun.load(teacher_dir, ds)
+    ds = with_summaries(ds, teacher.summaries_dir)  # a no-op when the pipeline already applied them
+    scored = teacher.scored_lists()
+    train = [s for s in scored if s.split == "train"]
+    test = [s for s in scored if s.split == "test"]
+    if not train:
+        raise InputError(f"{teacher_dir}/scores.jsonl has no scored train queries; raise score_train_fraction")
+    minilm = MiniLM()
+    content = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, minilm, int(teacher.config["k_s2"]))
+    lists, source = student_lists(teacher, train)
+    return StudentData(ds, teacher, train, test, {r["query_id"]: r for r in ds.queries()}, minilm, content, lists,
+                       source)
+
+
+def split_scores(probs: np.ndarray, test: list[ScoredList]) -> list[np.ndarray]:
+    out, i = [], 0
+    for s in test:
+        k = len(s.candidates)
+        out.append(probs[i:i + k])
+        i += k
+    return out

@@ -1,0 +1,124 @@
+"""Serving throughput of two source trees, alternating, on the same Redis, bundle and wrk bodies.
+
+For refactors that must not cost speed: each round serves the bundle from one tree, then the
+other (``python -m service`` with that tree first on ``PYTHONPATH``, one worker), and drives
+``/rerank`` with ``wrk -t1`` at one connection and at ``--connections``. Rounds alternate so
+that drift of the machine hits both sides alike.
+
+    git worktree add /tmp/before <commit>
+    python scripts/compare_serving.py --before /tmp/before --after . --bundle runs/demo/pipeline/bundle \\
+        --out docs/bench/refactor_serving.json
+
+Needs Debian's redis-server and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtest.capacity import parse_wrk, wrk_script
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited during startup (code {proc.returncode})")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} not ready after {timeout_s} s")
+
+
+def _serve_and_load(tree: Path, bundle: Path, redis_url: str, script: Path, duration_s: float,
+                    connections: list[int]) -> dict[str, Any]:
+    port = _free_port()
+    env = os.environ | {"PYTHONPATH": str(tree), "REDIS_URL": redis_url, "HMPPS_AUTO_PUBLISH": "1",
+                        "HMPPS_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)],
+                            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, proc)
+        subprocess.run(["wrk", "-t1", "-c1", "-d2s", "-s", str(script), url + "/rerank"], capture_output=True, check=True)
+        out = {}
+        for c in connections:
+            res = subprocess.run(["wrk", "-t1", f"-c{c}", f"-d{duration_s:g}s", "--latency", "-s", str(script),
+                                  url + "/rerank"], capture_output=True, text=True, check=True)
+            out[f"c{c}"] = parse_wrk(res.stdout)
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--before", type=Path, required=True, help="source tree of the old code")
+    p.add_argument("--after", type=Path, required=True, help="source tree of the new code")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    for tool in ("redis-server", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian: apt-get install {tool})")
+    with tempfile.TemporaryDirectory(prefix="hmpps-compare-") as tmp:
+        rport = _free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
+                                  "--dir", tmp], stdout=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            script = wrk_script(a.bundle, Path(tmp) / "post.lua")
+            rounds = []
+            for r in range(a.rounds):
+                row: dict[str, Any] = {"round": r + 1}
+                for side in ("before", "after"):
+                    row[side] = _serve_and_load(getattr(a, side).resolve(), a.bundle.resolve(),
+                                                f"redis://127.0.0.1:{rport}/0", script, a.duration, [1, a.connections])
+                rounds.append(row)
+                print(json.dumps(row))
+        finally:
+            redis.terminate()
+            redis.wait()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"before": str(a.before), "after": str(a.after), "bundle": str(a.bundle),
+                                 "duration_s": a.duration, "rounds": rounds}, indent=1) + "\n")
+    c = f"c{a.connections}"
+    print(f"\n| round | before -c1 req/s | after -c1 | before -{c} | after -{c} | before p99 -c1 ms | after p99 -c1 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rounds:
+        b, f = row["before"], row["after"]
+        print(f"| {row['round']} | {b['c1']['rps']:.0f} | {f['c1']['rps']:.0f} | {b[c]['rps']:.0f} | {f[c]['rps']:.0f} "
+              f"| {b['c1']['p99_ms']} | {f['c1']['p99_ms']} |")
+
+
+if __name__ == "__main__":
+    main()
