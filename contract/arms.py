@@ -46,6 +46,9 @@ class Experiment:
                 return arm
         return self.arms[-1]
 
+    def arm_names(self) -> frozenset[str]:
+        return frozenset(a.name for a in self.arms)
+
     def expected_shares(self) -> dict[str, float]:
         total = sum(a.weight for a in self.arms)
         return {a.name: a.weight / total for a in self.arms}

@@ -15,6 +15,12 @@ class InputError(HmppsError):
     """An input file or directory is missing, malformed or of the wrong kind."""
 
 
+class Unprocessable(InputError):
+    """A well-formed request that breaks a configured rule (too many candidates, an image not allowed)."""
+
+    http_status = 422
+
+
 class ArtifactMismatch(HmppsError):
     """An input artifact belongs to a different dataset or schema version."""
 
@@ -49,7 +55,7 @@ class Unavailable(HmppsError):
 
 
 def http_status(e: HmppsError) -> int:
-    if isinstance(e, (Unauthorized, Forbidden, NotPublished, Unavailable)):
+    if isinstance(e, (Unauthorized, Forbidden, NotPublished, Unavailable, Unprocessable)):
         return e.http_status
     if isinstance(e, BundleError):
         return 503

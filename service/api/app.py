@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from contract.errors import HmppsError, http_status
@@ -73,18 +74,27 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
         version="0.1.0",
         summary="Personalized reranking of search candidates with an ONNX student distilled from a multimodal LLM.",
         lifespan=lifespan,
-        responses={400: {"model": ErrorBody}, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                   429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
     app.add_middleware(LimitsMiddleware, max_in_flight=settings.max_in_flight, max_body_bytes=settings.max_body_bytes,
-                       limited_paths=("/rerank", "/feedback", "/events"))
-    app.add_exception_handler(HmppsError, domain_error)  # type: ignore[arg-type]
+                       limited_paths=("/rerank", "/feedback", "/events"),
+                       admin_max_body_bytes=settings.admin_max_body_bytes)
+    for kind in (HmppsError, RequestValidationError):
+        app.add_exception_handler(kind, error_body)  # type: ignore[arg-type]
     for router in (rerank.router, feedback.router, events.router, ops.router, admin.router):
         app.include_router(router)
     return app
 
 
-async def domain_error(request: Request, exc: HmppsError) -> JSONResponse:
-    """The one exception handler: domain errors to HTTP, no internals leaked."""
+async def error_body(request: Request, exc: HmppsError | RequestValidationError) -> JSONResponse:
+    """The one exception handler: domain and validation errors to HTTP in one shape (``ErrorBody``),
+    no internals leaked."""
+    if isinstance(exc, RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        return JSONResponse(status_code=422, content={"error": "ValidationError", "detail": detail, "errors": errors})
     return JSONResponse(status_code=http_status(exc), content={"error": type(exc).__name__, "detail": str(exc)})
 
 

@@ -24,6 +24,6 @@ async def require_admin(state: State, authorization: Annotated[str | None, Heade
     token_expected = state.settings.admin_token
     if not token_expected:
         raise Forbidden("admin endpoints are disabled: set HMPPS_ADMIN_TOKEN")
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(token.encode(), token_expected.encode()):
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme != "Bearer" or not hmac.compare_digest(token.strip().encode(), token_expected.encode()):
         raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -39,6 +39,33 @@ def passthrough_results(req: RerankRequest, missing: list[bool] | None = None) -
                    missing_features=bool(missing and missing[i])) for i, c in enumerate(req.candidates)]
 
 
+@dataclass
+class InlineGate:
+    """Whether a request may be scored on the event loop (no worker-thread hand-off).
+
+    The request budget (``asyncio.timeout``) cannot interrupt a call running on the event loop,
+    so inline scoring is allowed only while every such call stays under ``max_s``: the first one
+    over it closes the gate for the life of the process, and every later request is scored in a
+    worker thread, where a spent budget returns the caller's order on time. A request scored
+    inline past its budget still answers the caller's order (``fallback: "timeout"``), late by
+    at most that one call.
+    """
+
+    max_candidates: int  # 0: never inline
+    max_s: float
+    open: bool = True
+
+    def admits(self, n_candidates: int) -> bool:
+        return self.open and n_candidates <= self.max_candidates
+
+    def observe(self, seconds: float) -> None:
+        if seconds > self.max_s and self.open:
+            self.open = False
+            m.INLINE_CLOSED.inc()
+            log.warning("an inline scoring call took %.1f ms (limit %.1f ms): scoring moves to worker threads",
+                        seconds * 1000, self.max_s * 1000)
+
+
 @dataclass(frozen=True)
 class Serving:
     """What every rerank of this process shares, built once with the app state (``AppState.serving``)."""
@@ -51,7 +78,7 @@ class Serving:
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # best-effort work after the response
     served_log_sample: float = 0.0  # share of responses logged to the served stream
     log_served: Callable[[str], None] | None = None  # queues a served record (service.infra.servedlog)
-    inline_max_candidates: int = 0  # score on the event loop up to this many candidates (0: always a thread)
+    inline: InlineGate = field(default_factory=lambda: InlineGate(0, 0.0))  # default: always a worker thread
 
 
 @dataclass(frozen=True)
@@ -100,12 +127,18 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
                                             req.explain)
             timings["redis"] = fetched.seconds * 1000
             m.STAGE.labels("redis").observe(fetched.seconds)
-            if (ctx.serving.scorer.inline and fetched.query is not None and not req.explain
-                    and len(ids) <= ctx.serving.inline_max_candidates):
+            if ctx.serving.scorer.inline and fetched.query is not None and not req.explain \
+                    and ctx.serving.inline.admits(len(ids)):
+                t_call = time.perf_counter()
                 scored = ctx.serving.scorer(bundle, req.query, fetched, _listed(req))
+                done = time.perf_counter()
+                ctx.serving.inline.observe(done - t_call)
+                if done - t0 > ctx.serving.budget_s:
+                    raise TimeoutError  # the budget could not interrupt the call: answer as if it had
             else:
                 scored = await anyio.to_thread.run_sync(ctx.serving.scorer, bundle, req.query, fetched, _listed(req),
-                                                        req.explain, limiter=ctx.serving.limiter)
+                                                        req.explain, limiter=ctx.serving.limiter,
+                                                        abandon_on_cancel=True)  # the budget must not wait for it
     except TimeoutError:
         fallback = "timeout"
     except (RedisError, ConnectionError, OSError) as e:

@@ -28,8 +28,9 @@ class RerankRequest(BaseModel):
     request_id: str | None = Field(None, max_length=128, description="echoed back; generated when absent")
     user_id: str = ID
     query: str = Field(min_length=1, max_length=512)
-    candidates: list[Candidate] = Field(min_length=1, max_length=200,
-                                        description="the first stage's ranking, best first")
+    candidates: list[Candidate] = Field(min_length=1, max_length=1000,
+                                        description="the first stage's ranking, best first; at most "
+                                                    "HMPPS_MAX_CANDIDATES (default 200)")
     history: list[str] | None = Field(None, max_length=200,
                                       description="the user's purchased product ids, most recent first; "
                                                   "read from Redis when absent")
@@ -160,7 +161,8 @@ class EventsAccepted(BaseModel):
 
 
 class ProductIn(BaseModel):
-    """One product of the own-data schema (contract/events.py); ``image`` is a file on the service's host."""
+    """One product of the own-data schema (contract/events.py); ``image`` is a path relative to the service's
+    ``HMPPS_IMAGE_DIR`` (images are refused when it is unset)."""
 
     model_config = ConfigDict(extra="forbid")
     product_id: str = ID
@@ -193,5 +195,8 @@ class ProductsUpserted(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str
-    detail: str
+    """Every error the service answers has this shape (validation errors add ``errors``)."""
+
+    error: str = Field(description="the error's kind: ValidationError, InputError, Unauthorized, PayloadTooLarge, ...")
+    detail: str = Field(description="what is wrong, naming the field or the limit")
+    errors: list[dict[str, Any]] | None = Field(None, description="validation errors: one per field, with its location")

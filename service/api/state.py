@@ -18,7 +18,7 @@ import anyio
 from contract import keys
 from contract.errors import InputError
 from contract.redis_client import AsyncRedis, SyncRedis
-from service.api.handler import Serving
+from service.api.handler import InlineGate, Serving
 from service.core.runtime import Runtime
 from service.core.scoring import RequestScorer
 from service.infra import metrics as m
@@ -90,7 +90,8 @@ class AppState:
                                           max(2.0, self.settings.request_budget_ms / 1000 * 20))
         st = self.settings
         self.serving = Serving(self.store, self.limiter, st.request_budget_ms / 1000, st.tail_query_ttl_s, self.scorer,
-                               self.spawn, st.served_log_sample, self.served_log.add, st.inline_max_candidates)
+                               self.spawn, st.served_log_sample, self.served_log.add,
+                               InlineGate(st.inline_max_candidates, st.inline_max_ms / 1000))
 
     @property
     def ready(self) -> bool:

@@ -11,13 +11,13 @@ Used by ``hmpps publish --products`` and ``POST /admin/products``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from contract import keys
 from contract.codec import encode_vector
-from contract.errors import BundleError, InputError, NotPublished
+from contract.errors import BundleError, InputError, NotPublished, Unprocessable
 from contract.events import Product
 from contract.products import product_row
 from contract.redis_client import SyncRedis
@@ -60,6 +60,29 @@ class UpsertResult:
         self.unchanged += other.unchanged
         self.stale += other.stale
         self.deleted += other.deleted
+
+
+def images_under(products: list[Product], root: Path | None, max_bytes: int) -> list[Product]:
+    """Products sent over HTTP may name an image only as a file inside ``root`` (``HMPPS_IMAGE_DIR``), of at
+    most ``max_bytes``; each comes back with its image resolved. The error is the same whether a path is
+    outside ``root`` or missing inside it, so that a caller cannot probe which files exist on the host."""
+    out = []
+    for p in products:
+        if p.image is None:
+            out.append(p)
+            continue
+        if root is None:
+            raise Unprocessable(f"product {p.product_id}: images are not accepted over HTTP by this service "
+                                "(its operator sets HMPPS_IMAGE_DIR to allow them)")
+        base = root.resolve()
+        path = (base / p.image).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            raise Unprocessable(f"product {p.product_id}: image {p.image!r} is not a file of the image directory "
+                                "(give a path relative to it)")
+        if path.stat().st_size > max_bytes:
+            raise Unprocessable(f"product {p.product_id}: image {p.image!r} is over {max_bytes} bytes")
+        out.append(replace(p, image=str(path)))
+    return out
 
 
 def require_published(client: SyncRedis, version: str) -> None:

@@ -25,6 +25,8 @@ CANDIDATES = Histogram("hmpps_rerank_candidates", "Candidates per request",
 FALLBACKS = Counter("hmpps_rerank_fallbacks_total", "Requests answered in the caller's order", ["reason"])
 FEATURE_MISSES = Counter("hmpps_rerank_feature_misses_total", "Lookups that found no features", ["kind"])
 REJECTED = Counter("hmpps_rerank_rejected_total", "Requests refused before work", ["reason"])
+INLINE_CLOSED = Counter("hmpps_inline_scoring_closed_total",
+                        "Times an inline scoring call ran over HMPPS_INLINE_MAX_MS and scoring moved to worker threads")
 IN_FLIGHT = Gauge("hmpps_rerank_in_flight", "Requests being served", multiprocess_mode="livesum")
 BUNDLE_INFO = Gauge("hmpps_bundle_info", "Loaded bundles (value 1)", ["arm", "version"], multiprocess_mode="liveall")
 FEEDBACK = Counter("hmpps_feedback_events_total", "Feedback events accepted", ["arm", "type"])

@@ -41,14 +41,18 @@ class Settings(BaseSettings):
     ort_providers: str = "CPUExecutionProvider"  # comma-separated, in priority order
     int8: bool = False
     # Score on the event loop (no worker-thread hand-off) up to this many candidates: the student's call
-    # takes well under a millisecond at K=10; 0 sends every request to a worker thread.
+    # takes well under a millisecond at K=10; 0 sends every request to a worker thread. The budget cannot
+    # interrupt a call on the event loop, so the first inline call slower than inline_max_ms sends every
+    # later request to a worker thread, where the budget holds (service/api/handler.py, InlineGate).
     inline_max_candidates: int = Field(50, ge=0, le=1000)
+    inline_max_ms: float = Field(20.0, gt=0)
 
     # Limits and reliability.
     request_budget_ms: float = Field(50.0, gt=0)
     max_in_flight: int = Field(32, ge=1)
-    max_body_bytes: int = Field(256 * 1024, ge=1024)
-    max_candidates: int = Field(200, ge=1, le=1000)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)  # /rerank, /feedback, /events (declared or chunked)
+    admin_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)  # /admin/* (product batches)
+    max_candidates: int = Field(200, ge=1, le=1000)  # per /rerank request; more is a 422
     tail_query_ttl_s: int = Field(TAIL_QUERY_TTL_S, ge=1)
     # Live histories: which event types join a user's history, and how long an idle history lives (0: forever).
     history_event_types: str = ",".join(DEFAULT_POSITIVE_TYPES)
@@ -59,6 +63,10 @@ class Settings(BaseSettings):
     served_log_flush_ms: float = Field(50.0, gt=0, le=60_000)
     health_interval_s: float = Field(1.0, gt=0)
     admin_token: str | None = None
+    # POST /admin/products reads a product's image only from this directory (a relative path inside it);
+    # unset: images are not accepted over HTTP. ``hmpps publish --products`` reads files as given.
+    image_dir: Path | None = None
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024)
 
     @field_validator("ort_providers")
     @classmethod

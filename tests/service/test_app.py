@@ -1,4 +1,4 @@
-"""The service over real HTTP, a real embedded Redis and the real ONNX bundle from the tiny pipeline."""
+"""The service over real HTTP, a real embedded Redis and real ONNX sessions (the torch-free tiny bundle)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def test_bad_input_gets_a_422_naming_the_field(client, catalog, mutate, field):
     mutate(body)
     res = client.post("/rerank", json=body)
     assert res.status_code == 422
-    assert any(field in [str(x) for x in d["loc"]] for d in res.json()["detail"]), res.json()
+    assert res.json()["error"] == "ValidationError"
+    assert any(field in [str(x) for x in d["loc"]] for d in res.json()["errors"]), res.json()
 
 
 def test_body_limit_and_malformed_json(tmp_path, bundle_dir, catalog):

@@ -34,7 +34,7 @@ async def _call(app, path="/rerank", body=b"{}", headers=None, chunks=None):
 
     async def send(message):
         sent.append(message)
-    scope = {"type": "http", "path": path, "headers": headers or [(b"content-length", str(len(body)).encode())]}
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers or [(b"content-length", str(len(body)).encode())]}
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body_out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

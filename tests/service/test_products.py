@@ -78,7 +78,7 @@ def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, 
         r.shutdown()
     # the admin endpoint goes through the same rule: a service that does not publish for itself answers 409
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
-                        health_interval_s=0.2, admin_token="s3cret", auto_publish=False)
+                        health_interval_s=0.2, admin_token="s3cret", auto_publish=False, image_dir=tmp_path)
     with TestClient(create_app(settings)) as c:
         res = c.post("/admin/products", json={"products": [_new_product(images_dir, tmp_path)]},
                      headers={"Authorization": "Bearer s3cret"})
@@ -88,8 +88,8 @@ def test_an_upsert_before_publish_is_refused_wherever_it_comes_from(bundle_dir, 
 
 def test_admin_upsert_then_rerank_scores_the_new_product_as_encoded(bundle_dir, images_dir, tmp_path):
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "redis" / "hmpps.db", bundle=bundle_dir,
-                        health_interval_s=0.2, admin_token="s3cret")
-    body = {"products": [_new_product(images_dir, tmp_path, image=str(tmp_path / "new.png"))]}
+                        health_interval_s=0.2, admin_token="s3cret", image_dir=tmp_path)
+    body = {"products": [_new_product(images_dir, tmp_path, image="new.png")]}  # relative to HMPPS_IMAGE_DIR
     index = json.loads((bundle_dir / "features" / "index.json").read_text())
     with TestClient(create_app(settings)) as c:
         upserts_before = _counter(c.get("/metrics").text, "hmpps_product_upserts_total")

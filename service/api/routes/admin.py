@@ -1,4 +1,4 @@
-"""Admin actions behind a bearer token: reload the arms file and bundles."""
+"""Admin actions behind a bearer token: reload the arms file and bundles, upsert products."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends
 
-from contract.errors import HmppsError, Unavailable
+from contract.errors import HmppsError, InputError, Unavailable, Unprocessable
 from service.api.deps import State, require_admin
 from service.api.schemas import ProductsBatch, ProductsUpserted
-from service.core.products import upsert_products
+from service.core.products import images_under, upsert_products
 from service.core.runtime import load_runtime
 from service.infra import metrics as m
 
@@ -36,7 +36,8 @@ async def reload(state: State) -> dict[str, Any]:
 @router.post("/admin/products", response_model=ProductsUpserted,
              summary="Upsert new or changed products into every loaded bundle version, encoded online")
 async def upsert(batch: ProductsBatch, state: State) -> ProductsUpserted:
-    products = [p.to_product() for p in batch.products]
+    products = images_under([p.to_product() for p in batch.products], state.settings.image_dir,
+                            state.settings.max_image_bytes)
     bundles = {b.version: b for b in state.runtime.bundles.values() if b is not None}
     if not bundles:
         raise Unavailable("no bundle is loaded (every arm is passthrough)")
@@ -46,6 +47,9 @@ async def upsert(batch: ProductsBatch, state: State) -> ProductsUpserted:
         return {v: upsert_products(client, b, products).as_dict() for v, b in bundles.items()}
     try:
         results = await anyio.to_thread.run_sync(run, limiter=state.limiter)
+    except InputError:  # its text may name files on the host: say what failed, not where
+        raise Unprocessable("could not encode the products (is every image a readable image?); "
+                            "nothing was written") from None
     except HmppsError:
         raise
     except Exception as e:  # noqa: BLE001 - the previous features stay; the caller may retry (idempotent)

@@ -26,8 +26,10 @@ async def feedback(batch: FeedbackBatch, state: State) -> FeedbackAccepted:
             await state.store.add_feedback(events)
     except Exception as e:  # noqa: BLE001 - feedback must not be lost silently: tell the caller to retry
         raise Unavailable(f"feedback store unavailable, retry later ({type(e).__name__})") from None
+    arms = state.runtime.experiment.arm_names()  # labels come from the arms file, never from the caller
     for ev in batch.events:
-        m.FEEDBACK.labels(ev.arm, ev.type).inc()
+        arm = ev.arm if ev.arm in arms else "other"
+        m.FEEDBACK.labels(arm, ev.type).inc()
         if ev.type == "dwell" and (ev.dwell_s or 0) > EFFICIENT_DWELL_S:
-            m.EFFICIENT_CLICKS.labels(ev.arm).inc()
+            m.EFFICIENT_CLICKS.labels(arm).inc()
     return FeedbackAccepted(accepted=len(events))

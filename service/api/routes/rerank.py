@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from service.api.deps import State
@@ -20,6 +21,10 @@ router = APIRouter(tags=["rerank"])
 @router.post("/rerank", response_model=RerankResponse, summary="Reorder a query's candidates for this user")
 async def rerank(req: RerankRequest, state: State) -> Response:
     t0 = time.perf_counter()
+    if len(req.candidates) > state.settings.max_candidates:  # the configured limit, as a validation error
+        raise RequestValidationError([{"loc": ("body", "candidates"), "type": "too_long",
+                                       "msg": f"{len(req.candidates)} candidates sent, at most "
+                                              f"{state.settings.max_candidates} (HMPPS_MAX_CANDIDATES)"}])
     runtime = state.runtime  # one read: a reload in flight does not change this request's runtime
     arm = runtime.experiment.assign(req.user_id)
     ctx = RequestContext(req.request_id or uuid.uuid4().hex, arm, runtime.bundles[arm.name], state.serving)
