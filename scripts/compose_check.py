@@ -390,11 +390,15 @@ class Stack:
         return f"{PROJECT}_{name}"
 
 
+REDIS_PASSWORD = os.urandom(12).hex()
+
+
 def write_env_file(path: Path, reranker_ports: int, prometheus_port: int) -> None:
-    """.env.example with only what must change: the required Grafana password and free host ports."""
+    """.env.example with only what must change: the required passwords and free host ports."""
     lines = [ln for ln in (REPO / ".env.example").read_text().splitlines()
-             if not ln.startswith(("GRAFANA_ADMIN_PASSWORD=", "RERANKER_PORTS=", "PROMETHEUS_PORT=", "GRAFANA_PORT="))]
-    lines += ["GRAFANA_ADMIN_PASSWORD=" + os.urandom(12).hex(),
+             if not ln.startswith(("GRAFANA_ADMIN_PASSWORD=", "REDIS_PASSWORD=", "RERANKER_PORTS=", "PROMETHEUS_PORT=",
+                                   "GRAFANA_PORT="))]
+    lines += ["GRAFANA_ADMIN_PASSWORD=" + os.urandom(12).hex(), "REDIS_PASSWORD=" + REDIS_PASSWORD,
               f"RERANKER_PORTS={reranker_ports}-{reranker_ports + 9}",
               f"PROMETHEUS_PORT={prometheus_port}", f"GRAFANA_PORT={prometheus_port + 1}"]
     path.write_text("\n".join(lines) + "\n")
@@ -532,7 +536,7 @@ def stack_checks(stack: Stack, report: Report, tmp: Path) -> None:
         name = f"{PROJECT}-healthcheck"
         stack.engine.d("rm", "-f", name, check=False)
         # the image's own HEALTHCHECK (compose replaces it with the service's), on the stack's network
-        stack.engine.d("run", "-d", "--name", name, "--network", f"{PROJECT}_default", "-e", "REDIS_URL=redis://redis:6379/0",
+        stack.engine.d("run", "-d", "--name", name, "--network", f"{PROJECT}_default", "-e", f"REDIS_URL=redis://:{REDIS_PASSWORD}@redis:6379/0",
                        "-e", f"HMPPS_BUNDLE={bundle_path}", "-v", f"{stack.volume('bundles')}:/bundles:ro", image)
         try:
             t = time.time()

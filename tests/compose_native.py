@@ -70,7 +70,7 @@ class NativeMap:
 
     def url(self, value: str) -> str:
         for host, port in self.hosts.items():
-            value = re.sub(rf"//{host}:\d+", f"//127.0.0.1:{port}", value)
+            value = re.sub(rf"//([^@/\s]*@)?{host}:\d+", lambda m, p=port: f"//{m[1] or ''}127.0.0.1:{p}", value)
         return value
 
     def arg(self, value: str) -> str:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import need
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,7 +20,7 @@ def shared_data_dir() -> Path:
 def amazon_2018() -> Path:
     d = shared_data_dir() / "amazon-2018"
     if not (d / "Magazine_Subscriptions.csv").exists():
-        pytest.skip(f"real Amazon data not found at {d} (set HMPPS_SHARED_DATA to the shared/data folder)")
+        need(False, f"real Amazon data not found at {d} (set HMPPS_SHARED_DATA to the shared/data folder)")
     return d
 
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from contract.errors import HmppsError, http_status
 from service.api.limits import LimitsMiddleware
-from service.api.routes import admin, events, feedback, ops, rerank
+from service.api.routes import admin, compat, events, feedback, ops, rerank
 from service.api.schemas import ErrorBody
 from service.api.state import AppState, open_redis
 from service.core.runtime import load_runtime
@@ -74,15 +74,18 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
         version="0.1.0",
         summary="Personalized reranking of search candidates with an ONNX student distilled from a multimodal LLM.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.expose_docs else None,
+        redoc_url="/redoc" if settings.expose_docs else None,
+        openapi_url="/openapi.json" if settings.expose_docs else None,
         responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody},
                    429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
     app.add_middleware(LimitsMiddleware, max_in_flight=settings.max_in_flight, max_body_bytes=settings.max_body_bytes,
-                       limited_paths=("/rerank", "/feedback", "/events"),
+                       limited_paths=("/rerank", "/v1/rerank", "/v2/rerank", "/feedback", "/events"),
                        admin_max_body_bytes=settings.admin_max_body_bytes)
     for kind in (HmppsError, RequestValidationError):
         app.add_exception_handler(kind, error_body)  # type: ignore[arg-type]
-    for router in (rerank.router, feedback.router, events.router, ops.router, admin.router):
+    for router in (rerank.router, compat.router, feedback.router, events.router, ops.router, admin.router):
         app.include_router(router)
     return app
 

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
@@ -23,6 +23,7 @@ from contract.constants import PASSTHROUGH
 from contract.served import ServedItem, ServedRanking
 from service.api.schemas import RequestExplain, RerankRequest, RerankResponse, Result, ResultExplain
 from service.core.bundle import LoadedBundle
+from service.core.runtime import Runtime
 from service.core.scoring import Listed, RequestScorer, Scored, order
 from service.infra import metrics as m
 from service.infra.store import FeatureStore, Fetched
@@ -81,6 +82,11 @@ class Serving:
     inline: InlineGate = field(default_factory=lambda: InlineGate(0, 0.0))  # default: always a worker thread
 
 
+    def with_store(self, store: FeatureStore) -> Serving:
+        """The same, reading features through ``store`` (one request's free-text documents, /v1/rerank)."""
+        return replace(self, store=store)
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """One rerank: its id, the user's arm and that arm's bundle, and what every request shares."""
@@ -89,6 +95,21 @@ class RequestContext:
     arm: Arm
     bundle: LoadedBundle | None  # None: the passthrough (control) arm
     serving: Serving
+
+
+async def serve_rerank(req: RerankRequest, runtime: Runtime, serving: Serving, request_id: str) -> RerankResponse:
+    """One request as every rerank route serves it: the user's arm, the rerank, its metrics."""
+    t0 = time.perf_counter()
+    arm = runtime.experiment.assign(req.user_id)
+    ctx = RequestContext(request_id, arm, runtime.bundles[arm.name], serving)
+    try:
+        resp = await rerank_and_log(req, ctx)
+    except BaseException:
+        m.REQUESTS.labels(arm.name, "error").inc()
+        raise
+    m.REQUESTS.labels(arm.name, "fallback" if resp.fallback else "ok").inc()
+    m.LATENCY.labels(arm.name).observe(time.perf_counter() - t0)
+    return resp
 
 
 async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankResponse:

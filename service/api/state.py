@@ -19,6 +19,7 @@ from contract import keys
 from contract.errors import InputError
 from contract.redis_client import AsyncRedis, SyncRedis
 from service.api.handler import InlineGate, Serving
+from service.core.documents import TextFeatures
 from service.core.runtime import Runtime
 from service.core.scoring import RequestScorer
 from service.infra import metrics as m
@@ -81,10 +82,12 @@ class AppState:
     started: float = field(default_factory=time.time)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     served_log: ServedLogWriter = field(init=False)
+    texts: TextFeatures = field(init=False)  # /v1/rerank's free text, encoded and cached
     serving: Serving = field(init=False)  # what every rerank shares, built once here
     _sync: SyncRedis | None = None
 
     def __post_init__(self) -> None:
+        self.texts = TextFeatures(self.settings.text_cache_items)
         # off the request path: a slow write costs only queued records, so its limit is generous
         self.served_log = ServedLogWriter(self.store, self.settings.served_log_flush_ms / 1000,
                                           max(2.0, self.settings.request_budget_ms / 1000 * 20))

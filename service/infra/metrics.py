@@ -25,6 +25,10 @@ CANDIDATES = Histogram("hmpps_rerank_candidates", "Candidates per request",
 FALLBACKS = Counter("hmpps_rerank_fallbacks_total", "Requests answered in the caller's order", ["reason"])
 FEATURE_MISSES = Counter("hmpps_rerank_feature_misses_total", "Lookups that found no features", ["kind"])
 REJECTED = Counter("hmpps_rerank_rejected_total", "Requests refused before work", ["reason"])
+TEXT_ENCODED = Counter("hmpps_text_encoded_total",
+                       "Free-text documents of /v1/rerank encoded by the product encoder (cache misses)")
+TEXT_ENCODE_TIMEOUTS = Counter("hmpps_text_encode_timeouts_total",
+                               "/v1/rerank requests whose free text was not encoded within HMPPS_TEXT_BUDGET_MS")
 INLINE_CLOSED = Counter("hmpps_inline_scoring_closed_total",
                         "Times an inline scoring call ran over HMPPS_INLINE_MAX_MS and scoring moved to worker threads")
 IN_FLIGHT = Gauge("hmpps_rerank_in_flight", "Requests being served", multiprocess_mode="livesum")

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     served_log_flush_ms: float = Field(50.0, gt=0, le=60_000)
     health_interval_s: float = Field(1.0, gt=0)
     admin_token: str | None = None
+    # /v1/rerank's free-text documents: encoded (cache misses) within this budget, before the request's own;
+    # past it they stay unscored (the caller's order) and are cached when the encoder finishes
+    text_budget_ms: float = Field(2000.0, gt=0)
+    text_cache_items: int = Field(50_000, ge=0)  # encoded texts kept per process (LRU)
+    # /docs, /redoc and /openapi.json: the API reference (the compose stack turns it off)
+    expose_docs: bool = True
     # POST /admin/products reads a product's image only from this directory (a relative path inside it);
     # unset: images are not accepted over HTTP. ``hmpps publish --products`` reads files as given.
     image_dir: Path | None = None

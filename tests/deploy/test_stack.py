@@ -30,16 +30,18 @@ from tests.compose_native import (
     redis_server_binary,
 )
 from tests.live_server import free_port
+from tests.needs import need_tool
 
 ENV_EXAMPLE = read_env_file(REPO / ".env.example")
+REDIS_PASSWORD = "testonlypw"
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "hmpps-rerank.json"
 RULES = REPO / "docker" / "prometheus" / "rules" / "hmpps.yml"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool not installed (make setup installs Debian's prometheus as root)")
+
 
 
 def compose(**overrides: str) -> dict[str, Any]:
-    return load_compose(ENV_EXAMPLE | {"GRAFANA_ADMIN_PASSWORD": "test-only"} | overrides)
+    return load_compose(ENV_EXAMPLE | {"GRAFANA_ADMIN_PASSWORD": "test-only", "REDIS_PASSWORD": REDIS_PASSWORD}
+                        | overrides)
 
 
 # ---------------------------------------------------------------- static structure
@@ -57,7 +59,25 @@ def test_compose_services_healthchecks_and_order() -> None:
     assert dep["grafana"] == {"prometheus": "service_healthy"}
     assert svc["reranker"]["deploy"]["replicas"] == "1"
     assert compose(RERANKER_REPLICAS="4")["services"]["reranker"]["deploy"]["replicas"] == "4"
-    assert svc["redis"]["command"][-1] == "/usr/local/etc/redis/redis.conf"
+    assert svc["redis"]["command"][:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    assert svc["redis"]["command"][2:] == ["--requirepass", REDIS_PASSWORD]
+
+
+def test_compose_exposes_nothing_beyond_this_host_by_default() -> None:
+    svc = compose()["services"]
+    assert "ports" not in svc["redis"]  # the feature store is reachable from compose's network only
+    published = {name: s["ports"] for name, s in svc.items() if "ports" in s}
+    assert set(published) == {"reranker", "prometheus", "grafana"}
+    for name, ports in published.items():
+        assert all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+    assert all(p.startswith("0.0.0.0:") for p in compose(BIND_ADDRESS="0.0.0.0")["services"]["grafana"]["ports"])
+    assert not [f for f in svc["prometheus"]["command"] if "lifecycle" in f]  # nobody can shut it down over HTTP
+    assert svc["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert svc["reranker"]["environment"]["HMPPS_EXPOSE_DOCS"] == "false"
+    for name in ("seed", "reranker"):
+        assert svc[name]["environment"]["REDIS_URL"] == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
+    conf = (REPO / "docker" / "redis" / "redis.conf").read_text()
+    assert "protected-mode yes" in conf and "protected-mode no" not in conf
 
 
 def test_compose_mounts_exist_and_every_variable_is_documented() -> None:
@@ -68,8 +88,11 @@ def test_compose_mounts_exist_and_every_variable_is_documented() -> None:
                 assert (REPO / src).exists(), f"{name} mounts missing {src}"
     used = set(re.findall(r"\$\{([A-Za-z_]+)", (REPO / "docker-compose.yml").read_text()))
     assert used <= set(ENV_EXAMPLE), f"not in .env.example: {sorted(used - set(ENV_EXAMPLE))}"
+    # no default password ships
     with pytest.raises(ValueError, match="GRAFANA_ADMIN_PASSWORD"):
-        load_compose(ENV_EXAMPLE)  # no default password ships
+        load_compose(ENV_EXAMPLE | {"REDIS_PASSWORD": REDIS_PASSWORD})
+    with pytest.raises(ValueError, match="REDIS_PASSWORD"):
+        load_compose(ENV_EXAMPLE | {"GRAFANA_ADMIN_PASSWORD": "test-only"})
 
 
 def _stages(dockerfile: str) -> dict[str, list[str]]:
@@ -189,8 +212,8 @@ def _native_prometheus_yml(tmp: Path, m: NativeMap, prom_port: int) -> Path:
     return out
 
 
-@needs_promtool
 def test_promtool_config_rules_and_rule_unit_tests(tmp_path: Path) -> None:
+    need_tool("promtool", "Debian's prometheus; make tools installs it as root")
     m = NativeMap(tmp_path, hosts={"reranker": 8000}, paths={"/etc/prometheus/rules": REPO / "docker/prometheus/rules"})
     for args in (["check", "config", str(REPO / "docker/prometheus/prometheus.yml")],
                  ["check", "config", str(_native_prometheus_yml(tmp_path, m, 9090))],
@@ -239,9 +262,8 @@ def _wait(ok: Any, what: str, procs: list[Proc], timeout_s: float = 90) -> None:
     raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(p.tail() for p in procs))
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None,
-                    reason="prometheus not installed (make setup installs Debian's prometheus as root)")
 def test_compose_commands_run_natively_and_every_dashboard_query_returns_data(bundle_dir: Path, tmp_path: Path) -> None:
+    need_tool("prometheus", "Debian's prometheus; make tools installs it as root")
     ports = {"redis": free_port(), "reranker": free_port(), "prometheus": free_port()}
     m = NativeMap(tmp_path, hosts={"redis": ports["redis"], "reranker": ports["reranker"]}, paths={"/app": REPO})
     # an A/B experiment in the bundles volume, passed the way .env does
@@ -265,11 +287,14 @@ def test_compose_commands_run_natively_and_every_dashboard_query_returns_data(bu
         local_conf = tmp_path / "redis.conf"
         local_conf.write_text(native_redis_conf(conf, ports["redis"], m.paths["/data"]))
         assert svc["redis"]["command"][0] == "redis-server"
-        procs.append(Proc("redis", [redis_server_binary(), str(local_conf)], env, tmp_path / "redis.log"))
+        procs.append(Proc("redis", [redis_server_binary(), str(local_conf), *svc["redis"]["command"][2:]], env,
+                          tmp_path / "redis.log"))
         import redis as redis_py
 
-        rc = redis_py.Redis(port=ports["redis"])
+        rc = redis_py.Redis(port=ports["redis"], password=REDIS_PASSWORD)
         _wait(lambda: rc.ping(), "redis", procs)
+        with pytest.raises(redis_py.AuthenticationError):
+            redis_py.Redis(port=ports["redis"]).get("hmpps:live")  # no password, no data
         assert rc.config_get("appendonly")["appendonly"] == "yes"
         assert rc.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from hmpps.cli import app
 from tests.conftest import shared_data_dir
+from tests.needs import need
 
 pytestmark = pytest.mark.office  # about 80 s: its own target, make test-office (in .ci/run)
 
@@ -22,7 +23,7 @@ USERS = 200
 def office_slice(tmp_path_factory) -> Path:
     src = shared_data_dir() / "amazon-2014-office"
     if not (src / "events.jsonl.gz").exists():
-        pytest.skip(f"the Office dataset is not at {src} (set HMPPS_SHARED_DATA to the shared/data folder)")
+        need(False, f"the Office dataset is not at {src} (set HMPPS_SHARED_DATA to the shared/data folder)")
     root = tmp_path_factory.mktemp("office")
     with gzip.open(src / "events.jsonl.gz", "rt") as f:
         events = [json.loads(line) for line in f]

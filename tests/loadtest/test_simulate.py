@@ -28,6 +28,7 @@ def test_a_short_simulation_closes_the_loop(tiny_pipeline, synthetic_dir, tmp_pa
     # the student puts more relevant items on top than the caller's order, by the simulator's ground truth
     top3 = s["phases"]["a"]["mean_relevance_top3"]
     assert set(top3) == {"control", "student"}
+    assert top3["student"] > top3["control"], top3
     new = verify_bundle(out / "phase_b" / "retrained" / "bundle")
     assert new.version == s["retrain"]["bundle_version"] != verify_bundle(inputs.bundle).version
     assert new.extra["retrained_from"] == verify_bundle(inputs.bundle).version

@@ -16,6 +16,7 @@ from service.api.app import create_app
 from service.infra.redis_conn import connect
 from service.infra.settings import Settings
 from tests.live_server import live_server
+from tests.needs import need
 
 pytestmark = pytest.mark.cluster
 
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     why = available()
-    if why:
-        pytest.skip(why)
+    need(not why, why or "")
     c = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     c.remember_masters()
     yield c

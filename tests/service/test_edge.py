@@ -194,3 +194,10 @@ def test_max_candidates_is_read_and_validation_errors_have_the_error_shape(tmp_p
         spec = httpx.get(url + "/openapi.json").json()
         assert spec["paths"]["/rerank"]["post"]["responses"]["422"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_the_api_reference_can_be_turned_off(tmp_path, bundle_dir, catalog):
+    with live_server(create_app(_settings(tmp_path, bundle_dir, expose_docs=False))) as url:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(url + path).status_code == 404, path
+        assert httpx.post(url + "/rerank", json=_body(catalog)).status_code == 200

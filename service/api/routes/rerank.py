@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -11,30 +10,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from service.api.deps import State
-from service.api.handler import RequestContext, rerank_and_log
+from service.api.handler import serve_rerank
 from service.api.schemas import RerankRequest, RerankResponse
-from service.infra import metrics as m
 
 router = APIRouter(tags=["rerank"])
 
 
 @router.post("/rerank", response_model=RerankResponse, summary="Reorder a query's candidates for this user")
 async def rerank(req: RerankRequest, state: State) -> Response:
-    t0 = time.perf_counter()
     if len(req.candidates) > state.settings.max_candidates:  # the configured limit, as a validation error
         raise RequestValidationError([{"loc": ("body", "candidates"), "type": "too_long",
                                        "msg": f"{len(req.candidates)} candidates sent, at most "
                                               f"{state.settings.max_candidates} (HMPPS_MAX_CANDIDATES)"}])
-    runtime = state.runtime  # one read: a reload in flight does not change this request's runtime
-    arm = runtime.experiment.assign(req.user_id)
-    ctx = RequestContext(req.request_id or uuid.uuid4().hex, arm, runtime.bundles[arm.name], state.serving)
-    try:
-        resp = await rerank_and_log(req, ctx)
-    except BaseException:
-        m.REQUESTS.labels(arm.name, "error").inc()
-        raise
-    m.REQUESTS.labels(arm.name, "fallback" if resp.fallback else "ok").inc()
-    m.LATENCY.labels(arm.name).observe(time.perf_counter() - t0)
+    # one read of the runtime: a reload in flight does not change this request's
+    resp = await serve_rerank(req, state.runtime, state.serving, req.request_id or uuid.uuid4().hex)
     # built from validated models already: serialize once, skip FastAPI's re-validation;
     # the explain fields appear only when asked for
     return Response(resp.model_dump_json(exclude=None if req.explain else _NO_EXPLAIN), media_type="application/json")
