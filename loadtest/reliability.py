@@ -99,8 +99,10 @@ class RedisServer:
 
 @contextmanager
 def service(bundle: Path | None, redis_url: str, arms: Path | None = None, log: Path | None = None,
-            **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``python -m service`` on a free loopback port (one bundle, or an arms file), ready; stopped after."""
+            cwd: Path | None = None, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m service`` on a free loopback port (one bundle, or an arms file), ready; stopped after.
+
+    ``cwd``: run another source tree's service (``-m`` puts the working directory first on the path)."""
     port = _free_port()
     e = os.environ | {"REDIS_URL": redis_url, "HMPPS_AUTO_PUBLISH": "1", "HMPPS_ADMIN_TOKEN": ADMIN_TOKEN,
                       "HMPPS_HEALTH_INTERVAL_S": "0.2"} | env
@@ -108,7 +110,7 @@ def service(bundle: Path | None, redis_url: str, arms: Path | None = None, log: 
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen([sys.executable, "-m", "service", *model, "--port", str(port)], env=e,
-                                stdout=out, stderr=out)
+                                stdout=out, stderr=out, cwd=cwd)
     finally:
         if log is not None:
             out.close()  # type: ignore[union-attr]

@@ -1,7 +1,7 @@
 """Serving throughput of two source trees, alternating, on the same Redis, bundle and wrk bodies.
 
 For refactors that must not cost speed: each round serves the bundle from one tree, then the
-other (``python -m service`` with that tree first on ``PYTHONPATH``, one worker), and drives
+other (``python -m service`` run in that tree, one worker, a Debian ``redis-server``), and drives
 ``/rerank`` with ``wrk -t1`` at one connection and at ``--connections``. Rounds alternate so
 that drift of the machine hits both sides alike.
 
@@ -16,52 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from loadtest.capacity import parse_wrk, wrk_script
+from loadtest.reliability import RedisServer, service
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    end = time.time() + timeout_s
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited during startup (code {proc.returncode})")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready after {timeout_s} s")
-
-
-def _serve_and_load(tree: Path, bundle: Path, redis_url: str, script: Path, duration_s: float,
-                    connections: list[int]) -> dict[str, Any]:
-    port = _free_port()
-    env = os.environ | {"PYTHONPATH": str(tree), "REDIS_URL": redis_url, "HMPPS_AUTO_PUBLISH": "1",
-                        "HMPPS_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)],
-                            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(url, proc)
+def _load(tree: Path, bundle: Path, redis_url: str, script: Path, duration_s: float,
+          connections: list[int]) -> dict[str, Any]:
+    with service(bundle, redis_url, cwd=tree, PYTHONPATH=str(tree)) as (url, _):
         subprocess.run(["wrk", "-t1", "-c1", "-d2s", "-s", str(script), url + "/rerank"], capture_output=True, check=True)
         out = {}
         for c in connections:
@@ -69,12 +36,6 @@ def _serve_and_load(tree: Path, bundle: Path, redis_url: str, script: Path, dura
                                   url + "/rerank"], capture_output=True, text=True, check=True)
             out[f"c{c}"] = parse_wrk(res.stdout)
         return out
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main() -> None:
@@ -87,27 +48,24 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    for tool in ("redis-server", "wrk"):
+    for tool in ("wrk",):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (Debian: apt-get install {tool})")
     with tempfile.TemporaryDirectory(prefix="hmpps-compare-") as tmp:
-        rport = _free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
-                                  "--dir", tmp], stdout=subprocess.DEVNULL)
+        redis = RedisServer(Path(tmp))
+        redis.start()
         try:
-            time.sleep(0.5)
             script = wrk_script(a.bundle, Path(tmp) / "post.lua")
             rounds = []
             for r in range(a.rounds):
                 row: dict[str, Any] = {"round": r + 1}
                 for side in ("before", "after"):
-                    row[side] = _serve_and_load(getattr(a, side).resolve(), a.bundle.resolve(),
-                                                f"redis://127.0.0.1:{rport}/0", script, a.duration, [1, a.connections])
+                    row[side] = _load(getattr(a, side).resolve(), a.bundle.resolve(), redis.url, script, a.duration,
+                                      [1, a.connections])
                 rounds.append(row)
                 print(json.dumps(row))
         finally:
-            redis.terminate()
-            redis.wait()
+            redis.kill()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"before": str(a.before), "after": str(a.after), "bundle": str(a.bundle),
                                  "duration_s": a.duration, "rounds": rounds}, indent=1) + "\n")

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.api.schemas import QUERY, not_blank
+
 
 class CompatRerankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
@@ -21,7 +23,7 @@ class CompatRerankRequest(BaseModel):
     }]})
 
     model: str | None = Field(None, max_length=200, description="accepted for compatibility; the arm's bundle ranks")
-    query: str = Field(min_length=1, max_length=512)
+    query: str = QUERY
     documents: list[str | dict[str, Any]] = Field(
         min_length=1, max_length=1000,
         description="product ids (a string without whitespace, or {\"id\": ...}) or free text (any other string, "
@@ -37,12 +39,7 @@ class CompatRerankRequest(BaseModel):
     history: list[str] | None = Field(None, max_length=200,
                                       description="extension: the user's purchased product ids, most recent first")
 
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query must not be blank")
-        return v
+    _query_not_blank = field_validator("query")(not_blank)
 
     @field_validator("documents")
     @classmethod

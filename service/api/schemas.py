@@ -9,6 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from contract.events import MAX_ID, MAX_TEXT, TYPE_PATTERN, Event, Product, parse_product, parse_timestamp
 
 ID = Field(min_length=1, max_length=128)
+QUERY = Field(min_length=1, max_length=512)
+
+
+def not_blank(cls: type, v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be blank")
+    return v
 
 
 class Candidate(BaseModel):
@@ -27,7 +34,7 @@ class RerankRequest(BaseModel):
 
     request_id: str | None = Field(None, max_length=128, description="echoed back; generated when absent")
     user_id: str = ID
-    query: str = Field(min_length=1, max_length=512)
+    query: str = QUERY
     candidates: list[Candidate] = Field(min_length=1, max_length=1000,
                                         description="the first stage's ranking, best first; at most "
                                                     "HMPPS_MAX_CANDIDATES (default 200)")
@@ -38,12 +45,7 @@ class RerankRequest(BaseModel):
     return_summaries: bool = False
     explain: bool = Field(False, description="add the history used and, per result, the history selected for it")
 
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query must not be blank")
-        return v
+    _query_not_blank = field_validator("query")(not_blank)
 
     @field_validator("candidates")
     @classmethod

@@ -260,5 +260,14 @@ def build(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def request_catalog(bundle_dir: Path) -> dict[str, object]:
+    """What tests draw requests from: a bundle's products and queries, and a user with 3+ purchases."""
+    index = json.loads((bundle_dir / "features" / "index.json").read_text())
+    hist = [json.loads(x) for x in (bundle_dir / "features" / "histories.jsonl").read_text().splitlines()]
+    user = next(h for h in hist if len(h["history"]) >= 3)
+    return {"products": index["products"], "queries": index["queries"], "user": user["user_id"],
+            "history": user["history"]}
+
+
 if __name__ == "__main__":
     print(build(Path(sys.argv[1])))
