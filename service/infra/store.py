@@ -95,6 +95,8 @@ class FeatureStore(Protocol):
 
     async def log_served(self, records: list[str]) -> None: ...
 
+    async def recent_served(self, count: int) -> list[str]: ...
+
     async def append_events(self, events: list[Event], history_types: frozenset[str], version: str | None,
                             cap: int, history_ttl_s: int) -> AppendResult: ...
 
@@ -154,6 +156,11 @@ class RedisFeatureStore:
 
     async def log_served(self, records: list[str]) -> None:
         await self._xadd_all(keys.SERVED_STREAM, [{SERVED_FIELD: r} for r in records], SERVED_STREAM_MAXLEN)
+
+    async def recent_served(self, count: int) -> list[str]:
+        """The newest ``count`` served-ranking records, newest first (what warm-up replays)."""
+        rows = await self.client.xrevrange(keys.SERVED_STREAM, count=count)
+        return [_str(fields[SERVED_FIELD.encode()]) for _, fields in rows if SERVED_FIELD.encode() in fields]
 
     async def _xadd_all(self, stream: str, rows: list[dict[str, str]], maxlen: int) -> None:
         """One pipeline of XADDs, sent again once if the connection was dead.

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends
 from contract.errors import HmppsError, InputError, Unavailable, Unprocessable
 from service.api.deps import State, require_admin
 from service.api.schemas import ProductsBatch, ProductsUpserted
+from service.api.warmup import warm_from_traffic
 from service.core.products import images_under, upsert_products
-from service.core.runtime import load_runtime
+from service.core.runtime import Runtime, load_runtime
 from service.infra import metrics as m
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
@@ -25,12 +26,16 @@ async def reload(state: State) -> dict[str, Any]:
             runtime = await anyio.to_thread.run_sync(load_runtime, state.settings, old)
         except HmppsError as e:
             raise Unavailable(f"reload failed, still serving the previous runtime: {e}") from None
-        state.runtime = runtime  # one assignment: in-flight requests keep the old runtime
         if state.settings.publish_missing:
-            await anyio.to_thread.run_sync(state.publish_missing)
+            await anyio.to_thread.run_sync(state.publish_missing, runtime)
+        # warm the new bundles on recent requests before any user request reaches them
+        kept = {id(b) for b in old.bundles.values()}  # load_runtime reuses a bundle that did not change
+        fresh = Runtime(runtime.experiment, {a: b for a, b in runtime.bundles.items() if b is None or id(b) not in kept})
+        state.warmed = await warm_from_traffic(fresh, state.store, state.settings.warmup_requests)
+        state.runtime = runtime  # one assignment: in-flight requests keep the old runtime
         await state.refresh_published()
         state.gauges.set(runtime.versions(), {a.name: a.weight for a in runtime.experiment.arms})
-    return {"reloaded": True, "versions": runtime.versions(), "previous": old.versions()}
+    return {"reloaded": True, "versions": runtime.versions(), "previous": old.versions(), "warmed": state.warmed}
 
 
 @router.post("/admin/products", response_model=ProductsUpserted,

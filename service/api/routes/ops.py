@@ -20,7 +20,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: warmed up, Redis reachable, bundles published")
 async def readyz(state: State) -> JSONResponse:
-    body = {"ready": state.ready, "warm": state.warm, "redis": state.redis_ok, "published": state.published}
+    body = {"ready": state.ready, "warm": state.warm, "warmed": state.warmed, "redis": state.redis_ok,
+            "published": state.published}
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
