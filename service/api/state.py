@@ -19,6 +19,7 @@ from contract import keys
 from contract.errors import InputError
 from contract.redis_client import AsyncRedis, SyncRedis
 from service.api.handler import InlineGate, Serving
+from service.core.batching import MicroBatcher
 from service.core.documents import TextFeatures
 from service.core.runtime import Runtime
 from service.core.scoring import RequestScorer
@@ -95,7 +96,8 @@ class AppState:
         st = self.settings
         self.serving = Serving(self.store, self.limiter, st.request_budget_ms / 1000, st.tail_query_ttl_s, self.scorer,
                                self.spawn, st.served_log_sample, self.served_log.add,
-                               InlineGate(st.inline_max_candidates, st.inline_max_ms / 1000))
+                               InlineGate(st.inline_max_candidates, st.inline_max_ms / 1000),
+                               MicroBatcher(st.batch_delay_ms / 1000, st.batch_max_rows) if st.batch_delay_ms > 0 else None)
 
     @property
     def ready(self) -> bool:

@@ -39,8 +39,19 @@ class Listed:
     scores: list[float | None]
 
 
-def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed, explain: bool = False) -> Scored:
-    """Decode features, select history (Eq. 6), signals, one batched ONNX call, yes/no softmax."""
+@dataclass
+class Prepared:
+    """A request up to the ONNX call: its inputs, and what turning logits into ``Scored`` needs."""
+
+    scored: Scored  # scores all None until ``finish``
+    known: list[int]  # candidates with features, in the inputs' row order
+    inputs: dict[str, np.ndarray] | None  # None: nothing to score
+    hist_ids: list[str] = field(default_factory=list)
+    selected: np.ndarray | None = None
+
+
+def prepare(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed, explain: bool = False) -> Prepared:
+    """Decode features, encode a tail query, select history (Eq. 6), signals: the student's inputs."""
     spec = bundle.spec
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -55,10 +66,10 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Liste
         stages["query_encode"] = time.perf_counter() - t
         t = time.perf_counter()
     cand_mat, known = decode_rows(fetched.candidates, spec.product_dim, spec.storage)
-    scores: list[float | None] = [None] * len(fetched.candidates)
+    scored = Scored([None] * len(fetched.candidates), stages, encoded)
     if not known:
         stages["selection"] = time.perf_counter() - t
-        return Scored(scores, stages, encoded)
+        return Prepared(scored, known, None)
     # history arrives most recent first; selection wants oldest first
     hist_mat, kept = decode_rows(fetched.history[::-1], spec.product_dim, spec.storage)
     n_hist = len(fetched.history)
@@ -71,24 +82,39 @@ def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Liste
                           [listed.ids[i] for i in known], hist_ids)
     inputs = build_inputs(spec, q, cand_mat, hist_mat, selected, listing)
     stages["selection"] = time.perf_counter() - t
-    t = time.perf_counter()
-    probs = yes_probability(bundle.scorer.logits(inputs))
-    stages["inference"] = time.perf_counter() - t
-    for i, p in zip(known, probs.tolist(), strict=True):
-        scores[i] = p
-    out = Scored(scores, stages, encoded, len(hist_ids))
-    if selected is not None:
-        out.history_ids = hist_ids[::-1]
-        picks: list[list[str]] = [[] for _ in scores]
-        for row, i in zip(selected, known, strict=True):
-            picks[i] = [hist_ids[j] for j in sorted(row.tolist(), reverse=True)]  # most recent first
+    scored.history_used = len(hist_ids)
+    return Prepared(scored, known, inputs, hist_ids, selected)
+
+
+def finish(bundle: LoadedBundle, p: Prepared, logits: np.ndarray, inference_s: float) -> Scored:
+    """The yes/no softmax of the student's logits into the request's scores (and, with explain, why)."""
+    out = p.scored
+    out.stages["inference"] = inference_s
+    for i, prob in zip(p.known, yes_probability(logits).tolist(), strict=True):
+        out.scores[i] = prob
+    if p.selected is not None and p.inputs is not None:
+        spec = bundle.spec
+        out.history_ids = p.hist_ids[::-1]
+        picks: list[list[str]] = [[] for _ in out.scores]
+        for row, i in zip(p.selected, p.known, strict=True):
+            picks[i] = [p.hist_ids[j] for j in sorted(row.tolist(), reverse=True)]  # most recent first
         out.selected = picks
         if spec.signals:
             names = column_names(spec.signals)
-            out.signals = [{} for _ in scores]
-            for row, i in zip(inputs[SIGNALS], known, strict=True):
+            out.signals = [{} for _ in out.scores]
+            for row, i in zip(p.inputs[SIGNALS], p.known, strict=True):
                 out.signals[i] = {n: round(float(v), 4) for n, v in zip(names, row, strict=True)}
     return out
+
+
+def score_sync(bundle: LoadedBundle, query: str, fetched: Fetched, listed: Listed, explain: bool = False) -> Scored:
+    """Decode features, select history (Eq. 6), signals, one batched ONNX call, yes/no softmax."""
+    p = prepare(bundle, query, fetched, listed, explain)
+    if p.inputs is None:
+        return p.scored
+    t = time.perf_counter()
+    logits = bundle.scorer.logits(p.inputs)
+    return finish(bundle, p, logits, time.perf_counter() - t)
 
 
 class RequestScorer(Protocol):

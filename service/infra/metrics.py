@@ -29,6 +29,8 @@ TEXT_ENCODED = Counter("hmpps_text_encoded_total",
                        "Free-text documents of /v1/rerank encoded by the product encoder (cache misses)")
 TEXT_ENCODE_TIMEOUTS = Counter("hmpps_text_encode_timeouts_total",
                                "/v1/rerank requests whose free text was not encoded within HMPPS_TEXT_BUDGET_MS")
+BATCH_REQUESTS = Histogram("hmpps_batch_requests", "Requests scored together in one ONNX call (HMPPS_BATCH_DELAY_MS)",
+                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 INLINE_CLOSED = Counter("hmpps_inline_scoring_closed_total",
                         "Times an inline scoring call ran over HMPPS_INLINE_MAX_MS and scoring moved to worker threads")
 IN_FLIGHT = Gauge("hmpps_rerank_in_flight", "Requests being served", multiprocess_mode="livesum")

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     # later request to a worker thread, where the budget holds (service/api/handler.py, InlineGate).
     inline_max_candidates: int = Field(50, ge=0, le=1000)
     inline_max_ms: float = Field(20.0, gt=0)
+    # Cross-request batching of inline scoring: a request waits up to this long for concurrent ones to share
+    # its ONNX call (service/core/batching.py); 0: off. docs/benchmarks.md says where it pays.
+    batch_delay_ms: float = Field(0.0, ge=0.0, le=10.0)
+    batch_max_rows: int = Field(512, ge=1)
 
     # Limits and reliability.
     request_budget_ms: float = Field(50.0, gt=0)
