@@ -331,6 +331,16 @@ def http_figures(bundle: Path, cfg: CapacityConfig, workdir: Path) -> dict[str, 
                                                     "fallback", "errors", "error_rate", "latency",
                                                     "server_latency", "max_send_lag_ms")}
             out["saturation"] = {"1": _saturate(url, cfg, script)}
+        # the same /rerank path with no Redis read and no model (a passthrough arm): the HTTP stack's own cost,
+        # the fair yardstick for what the model's share of a request costs
+        arms = workdir / "passthrough.yaml"
+        arms.write_text(json.dumps({"experiment": "capacity", "salt": "s",
+                                    "arms": [{"name": "control", "weight": 1, "bundle": "passthrough"}]}))
+        with service(None, server.url, arms=arms, log=workdir / "service-passthrough.log") as (url, _):
+            _warm(url, script)
+            for c, s in share.items():
+                s["passthrough"] = run_wrk(url + "/rerank", int(c), cfg.duration_s, script)
+                s["share_of_passthrough"] = round(s["rerank"]["rps"] / s["passthrough"]["rps"], 4)
         with service(bundle, server.url, log=workdir / "service-2.log", HMPPS_WORKERS="2") as (url, _):
             _warm(url, script)
             out["saturation"]["2"] = _saturate(url, cfg, script)
@@ -378,11 +388,15 @@ def markdown(rep: dict[str, Any], command: str) -> str:
     if http:
         rows = []
         for c, s in http["share"].items():
+            pt = s.get("passthrough")
             rows.append([f"-c{c}", f"{s['healthz']['rps']:.0f}", f"{s['rerank']['rps']:.0f}", f"{100 * s['share']:.1f}%",
+                         "-" if pt is None else f"{pt['rps']:.0f}",
+                         "-" if pt is None else f"{100 * s['share_of_passthrough']:.1f}%",
                          _ms(s["rerank"]["p50_ms"]), _ms(s["rerank"]["p99_ms"]),
                          s["rerank"]["non_2xx"] + s["rerank"]["socket_errors"]])
-        lines += ["## /rerank as a share of /healthz (wrk, same service, one worker)", "",
-                  markdown_table(["wrk", "/healthz req/s", "/rerank req/s", "share", "/rerank p50 ms", "p99 ms",
+        lines += ["## /rerank against /healthz and against the passthrough arm (wrk, one worker each)", "",
+                  markdown_table(["wrk", "/healthz req/s", "/rerank req/s", "share of /healthz",
+                                  "passthrough /rerank req/s", "share of passthrough", "/rerank p50 ms", "p99 ms",
                                   "errors"], rows), ""]
         o = http["open_loop"]
         lines += [f"## Open loop at {o['target_rps']:.0f} requests/s", "",
