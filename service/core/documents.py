@@ -64,8 +64,6 @@ class TextFeatures:
         self.max_items = max_items
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()  # encode runs in worker threads
-        self.hits = 0
-        self.misses = 0
 
     def cached(self, version: str, text: str) -> bytes | None:
         with self._lock:
@@ -98,9 +96,6 @@ class TextFeatures:
         for d in docs:
             if d.text is not None and (v := self.cached(version, d.text)) is not None:
                 out[d.candidate_id] = v
-        with self._lock:
-            self.hits += len(out)
-            self.misses += sum(d.text is not None for d in docs) - len(out)
         return out
 
 
@@ -120,9 +115,11 @@ class DocumentStore:
             return fetched
         cands = [c if c is not None else self.vectors.get(pid) for pid, c in zip(product_ids, fetched.candidates,
                                                                                    strict=True)]
-        sources = list(fetched.sources) or [None] * len(product_ids)
-        sources = [("encoded" if pid in self.vectors else s) for pid, s in zip(product_ids, sources, strict=True)]
-        return replace(fetched, candidates=cands, sources=sources if want_sources else fetched.sources)
+        if not want_sources:
+            return replace(fetched, candidates=cands)
+        stored = fetched.sources or [None] * len(product_ids)
+        sources = [("encoded" if pid in self.vectors else s) for pid, s in zip(product_ids, stored, strict=True)]
+        return replace(fetched, candidates=cands, sources=sources)
 
     def __getattr__(self, name: str) -> Any:  # cache_query and the rest: the store's own
         return getattr(self.inner, name)

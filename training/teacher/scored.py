@@ -8,7 +8,7 @@ lists the teacher did not score (the first stage's holdout lists): there a candi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -52,9 +52,6 @@ class ScoredList:
     @property
     def teacher_scored(self) -> int:
         return sum(c.teacher_logit is not None for c in self.candidates)
-
-    def with_fold(self, fold: int | None) -> ScoredList:
-        return replace(self, fold=fold)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"query_id": self.query_id}
