@@ -3,11 +3,17 @@
     experiment: student-vs-passthrough
     salt: 2026-11
     arms:
-      - {name: student, weight: 50, bundle: runs/demo/bundle}
-      - {name: control, weight: 50, bundle: passthrough}
+      - {name: student, weight: 40, bundle: runs/demo/bundle}
+      - {name: control, weight: 40, bundle: passthrough}
+      # the student's ranking, randomised a little, each shown item's display probability logged
+      - {name: explore, weight: 10, bundle: runs/demo/bundle, explore: {temperature: 0.3, depth: 10}}
+      # team-draft interleaving of two rankers on this arm's users (contract/interleaving.py)
+      - {name: new-vs-current, weight: 10, interleave: {new: runs/new/bundle, current: runs/demo/bundle}}
 
 ``passthrough`` returns the caller's order (the control arm). A relative bundle
-path is resolved against the arms file's directory.
+path is resolved against the arms file's directory. An arm has either a
+``bundle`` or an ``interleave`` mapping of exactly two team names to bundles
+(either may be ``passthrough``); ``explore`` applies to a bundle arm only.
 """
 
 from __future__ import annotations
@@ -19,13 +25,31 @@ from typing import Any
 
 from contract.constants import PASSTHROUGH
 from contract.errors import InputError
+from contract.exploration import Exploration
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str
     weight: float
-    bundle: Path | None  # None: passthrough
+    bundle: Path | None  # None: passthrough (and an interleaved arm, whose rankers are its teams)
+    explore: Exploration | None = None  # randomise the bundle's order, logging display probabilities
+    teams: tuple[tuple[str, Path | None], ...] = ()  # an interleaved arm: (team name, bundle or None) x 2
+
+    @property
+    def interleaved(self) -> bool:
+        return bool(self.teams)
+
+    def slots(self) -> list[tuple[str, Path | None]]:
+        """The rankers this arm serves, keyed as ``Runtime.bundles`` holds them: the arm's name, or
+        ``arm:team`` for each team of an interleaved arm."""
+        if self.teams:
+            return [(slot_name(self.name, team), path) for team, path in self.teams]
+        return [(self.name, self.bundle)]
+
+
+def slot_name(arm: str, team: str) -> str:
+    return f"{arm}:{team}"
 
 
 @dataclass(frozen=True)
@@ -74,13 +98,52 @@ def parse_experiment(doc: Any, base: Path) -> Experiment:
         weight = a.get("weight", 1)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
             raise InputError(f"arms file: arms[{i}].weight must be a positive number, got {weight!r}")
-        b = a.get("bundle")
-        if not isinstance(b, str) or not b:
-            raise InputError(f"arms file: arms[{i}].bundle must be a bundle path or '{PASSTHROUGH}'")
-        bundle = None if b == PASSTHROUGH else (base / b if not Path(b).is_absolute() else Path(b))
-        arms.append(Arm(a["name"], float(weight), bundle))
+        unknown = sorted(set(a) - {"name", "weight", "bundle", "explore", "interleave"})
+        if unknown:
+            raise InputError(f"arms file: arms[{i}] has unknown keys {unknown} (name, weight, bundle, explore, "
+                             "interleave)")
+        if ":" in a["name"]:
+            raise InputError(f"arms file: arms[{i}].name {a['name']!r} must not contain ':'")
+        if ("bundle" in a) == ("interleave" in a):
+            raise InputError(f"arms file: arms[{i}] needs exactly one of 'bundle' and 'interleave'")
+        if "interleave" in a:
+            if "explore" in a:
+                raise InputError(f"arms file: arms[{i}]: 'explore' applies to a bundle arm, not an interleaved one")
+            arms.append(Arm(a["name"], float(weight), None, teams=_teams(a["interleave"], i, base)))
+            continue
+        bundle = _bundle(a.get("bundle"), f"arms[{i}].bundle", base)
+        explore = None
+        if a.get("explore") is not None:
+            if bundle is None:
+                raise InputError(f"arms file: arms[{i}]: 'explore' needs a bundle, not {PASSTHROUGH}")
+            try:
+                explore = Exploration.from_dict(a["explore"])
+            except ValueError as e:
+                raise InputError(f"arms file: arms[{i}].explore: {e}") from None
+        arms.append(Arm(a["name"], float(weight), bundle, explore))
     salt = doc.get("salt", "")
     return Experiment(str(doc.get("experiment", "experiment")), str(salt), tuple(arms))
+
+
+def _bundle(b: Any, where: str, base: Path) -> Path | None:
+    if not isinstance(b, str) or not b:
+        raise InputError(f"arms file: {where} must be a bundle path or '{PASSTHROUGH}'")
+    return None if b == PASSTHROUGH else (base / b if not Path(b).is_absolute() else Path(b))
+
+
+def _teams(doc: Any, i: int, base: Path) -> tuple[tuple[str, Path | None], ...]:
+    if not isinstance(doc, dict) or len(doc) != 2:
+        raise InputError(f"arms file: arms[{i}].interleave must map exactly two team names to bundles "
+                         f"(or '{PASSTHROUGH}')")
+    teams = []
+    for team, b in doc.items():
+        if not isinstance(team, str) or not team or ":" in team:
+            raise InputError(f"arms file: arms[{i}].interleave: team name {team!r} must be a non-empty string "
+                             "without ':'")
+        teams.append((team, _bundle(b, f"arms[{i}].interleave.{team}", base)))
+    if teams[0][1] == teams[1][1]:
+        raise InputError(f"arms file: arms[{i}].interleave: both teams are the same ranker")
+    return tuple(teams)
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -96,12 +159,14 @@ def load_experiment(path: Path) -> Experiment:
     return parse_experiment(doc, path.parent)
 
 
-def write_experiment(path: Path, name: str, salt: str, arms: list[tuple[str, float, str]]) -> None:
-    """An arms file (written atomically): ``arms`` are (name, weight, bundle path or 'passthrough');
+def write_experiment(path: Path, name: str, salt: str, arms: list[tuple[str, float, Any]]) -> None:
+    """An arms file (written atomically): ``arms`` are (name, weight, bundle path or 'passthrough'),
+    or (name, weight, a dict of the arm's other keys: ``interleave``, ``bundle`` with ``explore``);
     a relative bundle path is relative to the file, as ``parse_experiment`` reads it."""
     import yaml
 
     from contract.reports import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump({"experiment": name, "salt": salt, "arms": [
-        {"name": n, "weight": w, "bundle": b} for n, w, b in arms]}, sort_keys=False))
+    docs = [{"name": n, "weight": w} | (b if isinstance(b, dict) else {"bundle": b}) for n, w, b in arms]
+    parse_experiment({"experiment": name, "salt": salt, "arms": docs}, Path(path).parent)  # refuse to write a bad file
+    atomic_write_text(Path(path), yaml.safe_dump({"experiment": name, "salt": salt, "arms": docs}, sort_keys=False))

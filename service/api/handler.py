@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from contract.arms import Arm
 from contract.constants import PASSTHROUGH
 from contract.served import ServedItem, ServedRanking
+from service.api.experiments import Shown, explore_order, interleave
 from service.api.schemas import RequestExplain, RerankRequest, RerankResponse, Result, ResultExplain
 from service.core.batching import MicroBatcher
 from service.core.bundle import LoadedBundle
@@ -103,9 +104,13 @@ async def serve_rerank(req: RerankRequest, runtime: Runtime, serving: Serving, r
     """One request as every rerank route serves it: the user's arm, the rerank, its metrics."""
     t0 = time.perf_counter()
     arm = runtime.experiment.assign(req.user_id)
-    ctx = RequestContext(request_id, arm, runtime.bundles[arm.name], serving)
     try:
-        resp = await rerank_and_log(req, ctx)
+        if arm.interleaved:
+            sides = [RequestContext(request_id, arm, runtime.bundles[slot], serving) for slot, _ in arm.slots()]
+            resp, shown = await interleave(req, sides, [team for team, _ in arm.teams], handle_rerank)
+        else:
+            resp, shown = await handle_rerank(req, RequestContext(request_id, arm, runtime.bundles[arm.name], serving))
+        log_served(req, resp, shown, serving)
     except BaseException:
         m.REQUESTS.labels(arm.name, "error").inc()
         raise
@@ -114,30 +119,32 @@ async def serve_rerank(req: RerankRequest, runtime: Runtime, serving: Serving, r
     return resp
 
 
-async def rerank_and_log(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
-    """``handle_rerank``, then (sampled) the served ranking is logged after the response."""
-    resp = await handle_rerank(req, ctx)
-    if ctx.serving.log_served is not None and ctx.serving.served_log_sample > 0 and (
-            ctx.serving.served_log_sample >= 1 or random.random() < ctx.serving.served_log_sample):
-        ctx.serving.log_served(served_record(req, resp))
-    return resp
+def log_served(req: RerankRequest, resp: RerankResponse, shown: Shown, serving: Serving) -> None:
+    """(Sampled) queue the served ranking for the served log, written after the response."""
+    if serving.log_served is not None and serving.served_log_sample > 0 and (
+            serving.served_log_sample >= 1 or random.random() < serving.served_log_sample):
+        serving.log_served(served_record(req, resp, shown))
 
 
-def served_record(req: RerankRequest, resp: RerankResponse) -> str:
+def served_record(req: RerankRequest, resp: RerankResponse, shown: Shown | None = None) -> str:
     # the candidates the caller received (top_n trims them), in served order
+    shown = shown or Shown()
+    items = tuple(ServedItem(r.product_id, r.original_rank - 1, r.score, req.candidates[r.original_rank - 1].score,
+                             shown.propensity.get(r.product_id), shown.team.get(r.product_id))
+                  for r in resp.results)
     return ServedRanking(resp.request_id, req.user_id, req.query, resp.arm, resp.model_version, resp.fallback,
-                         time.time(), tuple(ServedItem(r.product_id, r.original_rank - 1, r.score,
-                                                       req.candidates[r.original_rank - 1].score)
-                                            for r in resp.results), len(req.candidates)).to_json()
+                         time.time(), items, len(req.candidates), shown.policy,
+                         shown.slate(len(items)), shown.teams).to_json()
 
 
-async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankResponse:
+async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> tuple[RerankResponse, Shown]:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     m.CANDIDATES.observe(len(req.candidates))
     bundle = ctx.bundle
     if bundle is None:
-        return _response(req, ctx.request_id, ctx.arm.name, PASSTHROUGH, None, passthrough_results(req), t0, timings)
+        return _response(req, ctx.request_id, ctx.arm.name, PASSTHROUGH, None, passthrough_results(req), t0,
+                         timings), Shown()
 
     ids = [c.product_id for c in req.candidates]
     fallback: str | None = None
@@ -193,11 +200,14 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
         m.FALLBACKS.labels(fallback).inc()
         missing = [s is None for s in scored.scores] if scored is not None else None
         return _response(req, ctx.request_id, ctx.arm.name, bundle.version, fallback,
-                         passthrough_results(req, missing), t0, timings)
+                         passthrough_results(req, missing), t0, timings), Shown()
 
     summaries = fetched.summaries if fetched is not None and req.return_summaries else []
     results = []
-    for rank, i in enumerate(order(scored.scores), 1):
+    ranked, shown = order(scored.scores), Shown()
+    if ctx.arm.explore is not None:
+        ranked, shown = explore_order(scored.scores, ranked, ids, ctx.arm.explore, ctx.arm.name, ctx.request_id)
+    for rank, i in enumerate(ranked, 1):
         s = scored.scores[i]
         why = (ResultExplain(selected_history=scored.selected[i], features=_source(s, fetched, i),
                              signals=scored.signals[i] if scored.signals else {})
@@ -206,7 +216,7 @@ async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> RerankRespon
                               original_rank=i + 1, missing_features=s is None,
                               summary=summaries[i] if summaries else None, explain=why))
     explain = RequestExplain(history=scored.history_ids or []) if req.explain else None
-    return _response(req, ctx.request_id, ctx.arm.name, bundle.version, None, results, t0, timings, explain)
+    return _response(req, ctx.request_id, ctx.arm.name, bundle.version, None, results, t0, timings, explain), shown
 
 
 async def _score_batched(batcher: MicroBatcher, bundle: LoadedBundle, req: RerankRequest,

@@ -102,23 +102,24 @@ class TextFeatures:
 class DocumentStore:
     """The feature store, with the request's free-text documents' vectors where it has none."""
 
-    def __init__(self, inner: FeatureStore, vectors: dict[str, bytes]):
+    def __init__(self, inner: FeatureStore, vectors: dict[str, dict[str, bytes]]):
         self.inner = inner
-        self.vectors = vectors
+        self.vectors = vectors  # bundle version -> product id -> vector
 
     async def fetch(self, version: str, user_id: str, query: str, product_ids: list[str],
                     history_ids: list[str] | None, history_cap: int, want_summaries: bool,
                     want_sources: bool = False) -> Fetched:
         fetched = await self.inner.fetch(version, user_id, query, product_ids, history_ids, history_cap,
                                          want_summaries, want_sources)
-        if not self.vectors:
+        vectors = self.vectors.get(version)
+        if not vectors:
             return fetched
-        cands = [c if c is not None else self.vectors.get(pid) for pid, c in zip(product_ids, fetched.candidates,
-                                                                                   strict=True)]
+        cands = [c if c is not None else vectors.get(pid) for pid, c in zip(product_ids, fetched.candidates,
+                                                                             strict=True)]
         if not want_sources:
             return replace(fetched, candidates=cands)
         stored = fetched.sources or [None] * len(product_ids)
-        sources = [("encoded" if pid in self.vectors else s) for pid, s in zip(product_ids, stored, strict=True)]
+        sources = [("encoded" if pid in vectors else s) for pid, s in zip(product_ids, stored, strict=True)]
         return replace(fetched, candidates=cands, sources=sources)
 
     def __getattr__(self, name: str) -> Any:  # cache_query and the rest: the store's own

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.arms import Experiment, load_experiment, single_arm
+from contract.arms import Arm, Experiment, load_experiment, single_arm
 from contract.bundle import verify_bundle
 from contract.codec import encode_vector
 from contract.constants import PASSTHROUGH
@@ -26,8 +26,13 @@ from service.infra.store import Fetched
 @dataclass
 class Runtime:
     experiment: Experiment
-    bundles: dict[str, LoadedBundle | None]  # arm name -> bundle (None: passthrough)
+    # arm name (``arm:team`` for an interleaved arm's teams, Arm.slots) -> bundle (None: passthrough)
+    bundles: dict[str, LoadedBundle | None]
     loaded_at: float = field(default_factory=time.time)
+
+    def arm_bundles(self, arm: Arm) -> list[LoadedBundle]:
+        """The bundles serving ``arm`` (two on an interleaved arm, none on passthrough)."""
+        return [b for slot, _ in arm.slots() if (b := self.bundles[slot]) is not None]
 
     def versions(self) -> dict[str, str]:
         return {arm: (b.version if b else PASSTHROUGH) for arm, b in self.bundles.items()}
@@ -58,14 +63,15 @@ def load_runtime(settings: Settings, previous: Runtime | None = None) -> Runtime
                 pass  # changed or broken on disk: load it afresh below, which names the problem
     bundles: dict[str, LoadedBundle | None] = {}
     for arm in experiment.arms:
-        if arm.bundle is None:
-            bundles[arm.name] = None
-            continue
-        key = arm.bundle.resolve()
-        if key not in cache:
-            cache[key] = load_bundle(arm.bundle, settings.ort_threads, settings.providers, settings.int8)
-            warm_up(cache[key])
-        bundles[arm.name] = cache[key]
+        for slot, path in arm.slots():
+            if path is None:
+                bundles[slot] = None
+                continue
+            key = path.resolve()
+            if key not in cache:
+                cache[key] = load_bundle(path, settings.ort_threads, settings.providers, settings.int8)
+                warm_up(cache[key])
+            bundles[slot] = cache[key]
     return Runtime(experiment, bundles)
 
 

@@ -57,10 +57,12 @@ async def _rerank(body: CompatRerankRequest, state: State, api_version: str) -> 
         raise _invalid("a product id appears twice")
     user = body.user or ANONYMOUS
     runtime = state.runtime  # one read, as /rerank
-    bundle = runtime.bundles[runtime.experiment.assign(user).name]
     serving = state.serving
-    if bundle is not None and any(d.text is not None for d in docs):
-        todo = state.texts.missing(bundle.version, [d.text for d in docs if d.text is not None])
+    texts = [d.text for d in docs if d.text is not None]
+    vectors: dict[str, dict[str, bytes]] = {}
+    # each bundle the user's arm serves (two when it is interleaved) reads the texts in its own encoder's space
+    for bundle in (runtime.arm_bundles(runtime.experiment.assign(user)) if texts else []):
+        todo = state.texts.missing(bundle.version, texts)
         if todo:
             m.TEXT_ENCODED.inc(len(todo))
             try:  # past the budget the texts stay unscored (the caller's order); the thread still fills the cache
@@ -69,7 +71,8 @@ async def _rerank(body: CompatRerankRequest, state: State, api_version: str) -> 
                                                    abandon_on_cancel=True)
             except TimeoutError:
                 m.TEXT_ENCODE_TIMEOUTS.inc()
-        vectors = state.texts.vectors(bundle.version, docs)
+        vectors[bundle.version] = state.texts.vectors(bundle.version, docs)
+    if vectors:
         serving = serving.with_store(DocumentStore(serving.store, vectors))
     req = RerankRequest(user_id=user, query=body.query, candidates=[Candidate(product_id=i) for i in ids],
                         history=body.history if body.user else [])  # anonymous: no stored history

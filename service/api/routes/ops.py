@@ -28,8 +28,11 @@ async def readyz(state: State) -> JSONResponse:
 @router.get("/info", summary="Experiment, arms and loaded bundle versions")
 async def info(state: State) -> dict[str, Any]:
     rt = state.runtime
-    return {"experiment": rt.experiment.name, "arms": [{"name": a.name, "weight": a.weight} for a in rt.experiment.arms],
-            "versions": rt.versions(), "scorer": state.scorer.name, "loaded_at": rt.loaded_at}
+    arms = [{"name": a.name, "weight": a.weight}
+            | ({"interleave": [t for t, _ in a.teams]} if a.interleaved else {})
+            | ({"explore": a.explore.describe()} if a.explore is not None else {}) for a in rt.experiment.arms]
+    return {"experiment": rt.experiment.name, "arms": arms, "versions": rt.versions(), "scorer": state.scorer.name,
+            "loaded_at": rt.loaded_at}
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
