@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 MAX_DEPTH = 10
-_FLOOR = 1e-300  # weights below this would divide by zero once every heavier item is placed
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,9 @@ class Draw:
         return float(np.prod(self.steps[:shown]))
 
 
-def _weights(logits: np.ndarray, temperature: float) -> np.ndarray:
+def _log_weights(logits: np.ndarray, temperature: float) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / temperature
-    return np.maximum(np.exp(z - z.max()), _FLOOR)
+    return z - z.max()
 
 
 @lru_cache(maxsize=MAX_DEPTH + 1)
@@ -92,19 +91,24 @@ def marginals(logits: np.ndarray, temperature: float) -> np.ndarray:
     from the remaining items moves ``f[S] * w_i / (W - w(S))`` from S to S + {i}, and that mass is
     also the probability of i at position |S| through S. Rows and columns each sum to 1.
     """
-    w = _weights(logits, temperature)
-    m = len(w)
+    lw = _log_weights(logits, temperature)
+    m = len(lw)
     if m > MAX_DEPTH:
         raise ValueError(f"{m} items: exact marginals are computed for at most {MAX_DEPTH}")
     bits, layers = _subsets(m)
-    placed = bits @ w
+    # each draw's probability w_i / (unplaced weight) in log space: at a low temperature the weights span
+    # more than a float's range, and clipping them would make the light ones tie
+    masked = np.where(bits, -np.inf, lw[None, :])
+    top = masked.max(1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0
+    with np.errstate(divide="ignore"):  # the set of all items has no weight left: log 0, never read
+        log_left = (top + np.log(np.exp(masked - top).sum(1, keepdims=True)))[:, 0]
     f = np.zeros(1 << m)
     f[0] = 1.0
     out = np.zeros((m, m))
-    total = w.sum()
     one = 1 << np.arange(m)
     for k, masks in enumerate(layers):
-        move = f[masks, None] * w[None, :] / (total - placed[masks])[:, None] * ~bits[masks]
+        move = f[masks, None] * np.exp(masked[masks] - log_left[masks][:, None])  # 0 where already placed
         out[:, k] = move.sum(0)
         if k + 1 < m:
             f += np.bincount((masks[:, None] | one[None, :]).ravel(), move.ravel(), minlength=1 << m)
@@ -132,9 +136,9 @@ def draw(logits: np.ndarray, policy: Exploration, rng: np.random.Generator) -> D
     sub = logits[top]
     keys = sub / policy.temperature + rng.gumbel(size=len(top))
     pick = [int(j) for j in np.argsort(-keys, kind="stable")]
-    w = _weights(sub, policy.temperature)
-    left = w[pick[::-1]].cumsum()[::-1]  # the weight still unplaced before each draw
-    steps = [float(w[j] / left[k]) for k, j in enumerate(pick)] + [1.0] * len(rest)
+    lw = _log_weights(sub, policy.temperature)[pick]
+    log_left = np.logaddexp.accumulate(lw[::-1])[::-1]  # the weight still unplaced before each draw
+    steps = [float(np.exp(x)) for x in lw - log_left] + [1.0] * len(rest)
     marg = marginals(sub, policy.temperature)
     prop = [float(marg[j, k]) for k, j in enumerate(pick)] + [1.0] * len(rest)
     return Draw([top[j] for j in pick] + rest, prop, steps)

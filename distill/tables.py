@@ -100,9 +100,9 @@ class HeldOutLists:
         return per_query(ranked, self.targets)
 
 
-def held_out_lists(tables: BundleTables, data: Path, first_stage: Path) -> HeldOutLists:
-    """The student's inputs for ``data``'s test queries and ``first_stage``'s candidates, built from the
-    bundle's features as the service builds them."""
+def held_out_lists(tables: BundleTables, data: Path, first_stage: Path, split: str = "test") -> HeldOutLists:
+    """The student's inputs for ``data``'s test queries (or another split's) and ``first_stage``'s candidates,
+    built from the bundle's features as the service builds them."""
     from training.candidates import load_first_stage
     from training.dataset import load_dataset
 
@@ -110,9 +110,9 @@ def held_out_lists(tables: BundleTables, data: Path, first_stage: Path) -> HeldO
     if ds.fingerprint != tables.manifest.dataset_fingerprint:
         raise InputError(f"{data} is not the dataset bundle {tables.manifest.version} was built from")
     fs = load_first_stage(first_stage, ds)
-    rows = [r for r in ds.queries("test") if r["query_id"] in fs.rows]
+    rows = [r for r in ds.queries(split) if r["query_id"] in fs.rows]
     if not rows:
-        raise InputError(f"{first_stage}: no candidates for the test queries of {data}")
+        raise InputError(f"{first_stage}: no candidates for the {split} queries of {data}")
     lists, parts, targets = [], [], []
     for row in rows:
         cands = [c for c in fs.rows[row["query_id"]]["candidates"] if tables.has(c["product_id"])]

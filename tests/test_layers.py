@@ -2,7 +2,7 @@
 
     contract  <-  service                 (online; inside it api -> core -> infra)
     contract  <-  training  <-  distill   (offline; distill also checks its export with service's runtime)
-    all of the above  <-  loadtest  <-  hmpps (CLI and orchestration)
+    all of the above  <-  loadtest  <-  experiments  <-  hmpps (CLI and orchestration)
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("contract", "service", "training", "distill", "loadtest", "hmpps")
+PACKAGES = ("contract", "service", "training", "distill", "loadtest", "experiments", "hmpps")
 ALLOWED = {
     "contract": {"contract"},
     "service": {"contract", "service"},
     "training": {"contract", "training"},
     "distill": {"contract", "service", "training", "distill"},
     "loadtest": {"contract", "service", "training", "distill", "loadtest"},
+    # the simulator starts services with loadtest's process helpers
+    "experiments": {"contract", "service", "training", "distill", "loadtest", "experiments"},
     "hmpps": set(PACKAGES),
 }
 HEAVY = ("torch", "transformers", "peft")

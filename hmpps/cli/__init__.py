@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from hmpps.cli import bench, data, offline, serving  # noqa: F401 - each registers its commands
+from hmpps.cli import bench, data, experiments, offline, serving  # noqa: F401 - each registers its commands
 from hmpps.cli.root import app
 
 __all__ = ["app", "main"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hmpps.cli.common import Peer, Sets, command_line, friendly_errors, split_list, write_report
+from hmpps.cli.common import Peer, command_line, friendly_errors, split_list, write_report
 from hmpps.cli.root import app
 
 
@@ -167,25 +167,3 @@ def bench_events(
     md = markdown(rep, command_line())
     write_report(out, rep, md)
     typer.echo(md)
-
-
-@app.command("simulate", rich_help_panel="Benchmarks")
-@friendly_errors
-def simulate(
-    demo: Path = typer.Option(Path("runs/demo"), "--demo", help="a 'make demo' directory: data/ and pipeline/"),
-    out: Path = typer.Option(Path("runs/simulate"), "--out", help="output directory (report.md, simulate.json)"),
-    requests: int = typer.Option(3000, "--requests", min=10, help="rerank requests per A/B phase"),
-    seed: int = typer.Option(0, "--seed"),
-    sets: Sets = None,
-    retrain_sets: list[str] = typer.Option(None, "--retrain-set", help="override a RetrainConfig field"),
-) -> None:
-    """The learning loop on simulated users over real HTTP: (a) passthrough vs the student, (b) from-logs and
-    retraining with inverse propensity weights, (c) the retrained student vs the original."""
-    from hmpps.cli.common import parse_sets
-    from loadtest.simulate import SimConfig, SimInputs
-    from loadtest.simulate import simulate as run
-    from training.config import load_config
-
-    cfg = load_config(SimConfig, None, parse_sets(sets) | {"requests_per_phase": requests, "seed": seed})
-    run(SimInputs.from_demo(demo), out, cfg, parse_sets(retrain_sets))
-    typer.echo((out / "report.md").read_text())

@@ -152,20 +152,27 @@ def ab_report(
     since: str = typer.Option(None, "--since", help="first event time, ISO 8601 or unix seconds"),
     until: str = typer.Option(None, "--until", help="last event time, ISO 8601 or unix seconds"),
 ) -> None:
-    """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM."""
+    """Per-arm query-CTR, efficient-click rate (dwell > 5 s), lift with user-level p-values, SRM; and each
+    interleaved arm's verdict (share of requests each team won, users bootstrapped)."""
     from contract.arms import load_experiment
+    from experiments.interleaving import interleaving_report
+    from experiments.interleaving import report_markdown as interleaving_markdown
     from service.infra.redis_conn import connect
     from training.abreport import ab_report as compute
     from training.abreport import read_events, report_markdown
+    from training.clicklog.labels import join_and_label
+    from training.clicklog.logs import read_logs_redis
 
     expected = load_experiment(arms).expected_shares() if arms is not None else None
+    t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
     handle = connect(redis_url)
     try:
-        rep = compute(read_events(handle.client, since=parse_time(since, "--since"),
-                                  until=parse_time(until, "--until")), expected, control)
+        rep = compute(read_events(handle.client, since=t0, until=t1), expected, control)
+        # interleaved arms: each click credited to the team that placed the item (the served log's teams)
+        rep["interleaving"] = interleaving_report(join_and_label(read_logs_redis(handle.client, t0, t1))[0])
     finally:
         handle.close()
-    md = report_markdown(rep)
+    md = report_markdown(rep) + "\n" + interleaving_markdown(rep["interleaving"])
     write_report(out, rep, md)
     typer.echo(md)
     if not rep["arms"]:

@@ -104,6 +104,7 @@ async def serve_rerank(req: RerankRequest, runtime: Runtime, serving: Serving, r
     """One request as every rerank route serves it: the user's arm, the rerank, its metrics."""
     t0 = time.perf_counter()
     arm = runtime.experiment.assign(req.user_id)
+    m.CANDIDATES.observe(len(req.candidates))  # once per request, also when an interleaved arm ranks it twice
     try:
         if arm.interleaved:
             sides = [RequestContext(request_id, arm, runtime.bundles[slot], serving) for slot, _ in arm.slots()]
@@ -140,7 +141,6 @@ def served_record(req: RerankRequest, resp: RerankResponse, shown: Shown | None 
 async def handle_rerank(req: RerankRequest, ctx: RequestContext) -> tuple[RerankResponse, Shown]:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    m.CANDIDATES.observe(len(req.candidates))
     bundle = ctx.bundle
     if bundle is None:
         return _response(req, ctx.request_id, ctx.arm.name, PASSTHROUGH, None, passthrough_results(req), t0,

@@ -62,6 +62,8 @@ class LabelledItem:
     purchased: bool = False
     label: int | None = None  # 1 positive, 0 skipped above the last click, None unobserved
     weight: float = 0.0  # the positive's grade (before any propensity correction); 1 for a negative
+    propensity: float | None = None  # its display probability at this position, on an exploring arm
+    team: str | None = None  # the team that placed it, on an interleaved arm
 
 
 @dataclass
@@ -76,13 +78,18 @@ class LabelledRanking:
     listed: int
     shown: bool  # an impression or a click joined it
     items: list[LabelledItem]
+    policy: str | None = None  # the exploration policy that drew it
+    slate_propensity: float | None = None  # the probability of the shown ranking under that policy
+    teams: tuple[str, str] | None = None  # an interleaved arm's teams
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelledRanking:
-        return cls(**{**d, "items": [LabelledItem(**i) for i in d["items"]]})
+        teams = d.get("teams")
+        return cls(**{**d, "items": [LabelledItem(**i) for i in d["items"]],
+                      "teams": None if teams is None else tuple(teams)})
 
 
 @dataclass
@@ -114,8 +121,8 @@ def join_and_label(logs: Logs, window_s: float = WINDOW_S, weights: LabelWeights
             continue
         by_id[r.request_id] = LabelledRanking(
             r.request_id, r.user_id, r.query, r.arm, r.model_version, r.fallback, r.ts, r.listed, False,
-            [LabelledItem(i.product_id, k, i.original_position, i.score, i.caller_score)
-             for k, i in enumerate(r.items)])
+            [LabelledItem(i.product_id, k, i.original_position, i.score, i.caller_score, propensity=i.propensity,
+                          team=i.team) for k, i in enumerate(r.items)], r.policy, r.slate_propensity, r.teams)
     stats.rankings = len(by_id)
 
     def attach(stream: str, e: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from contract.bundle import verify_bundle
-from loadtest.simulate import SimConfig, SimInputs, simulate
+from experiments.simulate import SimConfig, SimInputs, simulate
 
 pytestmark = pytest.mark.loop
 

@@ -125,6 +125,8 @@ class PhaseResult:
     timed_out: bool
     mean_relevance_top3: dict[str, float]  # per arm: the ground-truth relevance of the top 3 served
     relevance: dict[str, dict[str, float]] | None = None  # per request, each candidate's at request time
+    # per arm: the expected clicks per request of what was served, exact under the click model
+    expected_clicks: dict[str, float] | None = None
 
 
 def drive(url: str, world: World, cfg: SimConfig, phase: str, rng: random.Random) -> PhaseResult:
@@ -135,6 +137,7 @@ def drive(url: str, world: World, cfg: SimConfig, phase: str, rng: random.Random
     t0 = time.time()
     res = PhaseResult(phase, t0, t0, 0, 0, 0, 0, 0, 0, False, {}, {})
     top3: dict[str, list[float]] = {}
+    expected: dict[str, list[float]] = {}
     with httpx.Client(base_url=url, timeout=10.0) as http:
         for n in tqdm(range(cfg.requests_per_phase), desc=f"phase {phase}: simulated users", unit="req"):
             if time.time() - t0 > cfg.phase_timeout_s:
@@ -157,6 +160,7 @@ def drive(url: str, world: World, cfg: SimConfig, phase: str, rng: random.Random
             rel = [world.relevance(user, p, wanted, cfg) for p in served]
             res.relevance[rid] = dict(zip(served, rel, strict=True))  # type: ignore[index]
             top3.setdefault(arm, []).append(sum(rel[:3]) / 3)
+            expected.setdefault(arm, []).append(expected_clicks(rel, cfg))
             events: list[dict[str, Any]] = [{"type": "impression", "request_id": rid, "user_id": user, "arm": arm}]
             bought = []
             for k, (pid, p_rel) in enumerate(zip(served, rel, strict=True)):
@@ -185,7 +189,15 @@ def drive(url: str, world: World, cfg: SimConfig, phase: str, rng: random.Random
                 res.purchases += len(bought)
     res.until = time.time()
     res.mean_relevance_top3 = {a: round(sum(v) / len(v), 4) for a, v in sorted(top3.items())}
+    res.expected_clicks = {a: sum(v) / len(v) for a, v in sorted(expected.items())}
     return res
+
+
+def expected_clicks(relevance: list[float], cfg: SimConfig) -> float:
+    """The clicks a served list gets on average: each position examined with 1 / (k + 1) ** eta, then
+    clicked by relevance (``click_relevant``) or by noise (``click_noise``)."""
+    return sum((r * cfg.click_relevant + (1 - r) * cfg.click_noise) / (k + 1) ** cfg.eta
+               for k, r in enumerate(relevance))
 
 
 def paired_replay(bundle: Path, students: dict[str, Path], logs: Any, relevance: dict[str, dict[str, float]],
@@ -230,24 +242,30 @@ def paired_replay(bundle: Path, students: dict[str, Path], logs: Any, relevance:
             "paired": paired_values_bootstrap(b, a, key=f"relevance@{top}") | {"pair": f"{names[1]} - {names[0]}"}}
 
 
-def run_phase(name: str, out: Path, arms: list[tuple[str, str]], redis_url: str, client: Any, world: World,
-              cfg: SimConfig, rng: random.Random) -> tuple[PhaseResult, dict[str, Any]]:
-    """One A/B phase: its arms file (the first arm is control), a service on it, the simulated users,
-    and the A/B report of exactly this phase's feedback."""
-    from contract.arms import load_experiment, write_experiment
+def serve_phase(name: str, out: Path, arms: list[tuple[str, float, Any]], redis_url: str, world: World,
+                cfg: SimConfig, rng: random.Random) -> PhaseResult:
+    """One phase: its arms file (``write_experiment``'s arms), a service on it, the simulated users."""
+    from contract.arms import write_experiment
     from loadtest.reliability import service
-    from training.abreport import ab_report, read_events
 
     phase_dir = out / f"phase_{name}"
     phase_dir.mkdir()
-    write_experiment(phase_dir / "arms.yaml", f"phase_{name}", f"sim-{name}-{cfg.seed}",
-                     [(arm, 50, bundle) for arm, bundle in arms])
+    write_experiment(phase_dir / "arms.yaml", f"phase_{name}", f"sim-{name}-{cfg.seed}", arms)
     with service(None, redis_url, arms=phase_dir / "arms.yaml", log=out / "service.log",
                  HMPPS_SERVED_LOG_SAMPLE="1.0", HMPPS_AUTO_PUBLISH="0") as (url, _):
-        res = drive(url, world, cfg, name, rng)
+        return drive(url, world, cfg, name, rng)
+
+
+def run_phase(name: str, out: Path, arms: list[tuple[str, str]], redis_url: str, client: Any, world: World,
+              cfg: SimConfig, rng: random.Random) -> tuple[PhaseResult, dict[str, Any]]:
+    """One A/B phase (the first arm is control, equal weights) and the A/B report of exactly its feedback."""
+    from contract.arms import load_experiment
+    from training.abreport import ab_report, read_events
+
+    res = serve_phase(name, out, [(arm, 50, bundle) for arm, bundle in arms], redis_url, world, cfg, rng)
     rep = ab_report(read_events(client, since=res.since, until=res.until + 1),
-                    load_experiment(phase_dir / "arms.yaml").expected_shares(), arms[0][0])
-    write_json(phase_dir / "ab_report.json", rep)
+                    load_experiment(out / f"phase_{name}" / "arms.yaml").expected_shares(), arms[0][0])
+    write_json(out / f"phase_{name}" / "ab_report.json", rep)
     return res, rep
 
 
@@ -256,11 +274,13 @@ class SimInputs:
     bundle: Path  # the shipped student
     data: Path  # the synthetic dataset (with users_truth.jsonl)
     first_stage: Path  # its first-stage candidates
+    teacher: Path | None = None  # its teacher (experiments.trials distills a weaker student from it)
 
     @classmethod
     def from_demo(cls, demo: Path) -> SimInputs:
         demo = Path(demo)
-        return cls(demo / "pipeline" / "bundle", demo / "data", demo / "pipeline" / "first_stage")
+        return cls(demo / "pipeline" / "bundle", demo / "data", demo / "pipeline" / "first_stage",
+                   demo / "pipeline" / "teacher")
 
 
 def simulate(inputs: SimInputs, out: Path, cfg: SimConfig | None = None,

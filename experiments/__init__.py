@@ -1,0 +1,1 @@
+"""Experimentation: the simulated users, interleaving verdicts, exploration costs and off-policy evaluation."""
