@@ -238,8 +238,9 @@ def summarize_ope(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             e, truth = s["estimates"]["retrained"][name], s["truth"]["retrained"]
             rel.append(abs(e["value"] - truth) / truth)
             cover.append(e["ci95"][0] <= truth <= e["ci95"][1])
-        out[name] = {"mean_relative_error": float(np.mean(rel)), "coverage": float(np.mean(cover)),
-                     "seeds": len(seeds)}
+        # SNIPS is undefined (nan) in a seed where no logged ranking equals the candidate's: not covered
+        out[name] = {"mean_relative_error": float(np.nanmean(rel)) if not np.isnan(rel).all() else float("nan"),
+                     "coverage": float(np.mean(cover)), "seeds": len(seeds), "undefined": int(np.isnan(rel).sum())}
     return out
 
 

@@ -95,3 +95,17 @@ def test_the_click_model_recovers_a_logistic_truth():
     y = (rng.random(20_000) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 0.5 * x[:, 1] + 0.3)))).astype(float)
     w = fit_click_model(x, y, ridge=1e-6)
     assert w == pytest.approx([1.5, -0.5, 0.3], abs=0.08)
+
+
+def test_the_report_warns_when_few_logged_rankings_carry_the_weight():
+    from experiments.ope import MIN_EFFECTIVE_N, report_markdown
+
+    target = ["b", "c", "a", "d"]
+    small, _ = build(_log(40), _ranker(target), _logits(target))
+    large, _ = build(_log(4000), _ranker(target), _logits(target))
+    for d, warned in ((small, True), (large, False)):
+        est = estimate(d, resamples=50)
+        assert (est["DR"]["effective_n"] < MIN_EFFECTIVE_N) is warned
+        rep = {"requests": len(d.user), "users": 1, "skipped": {}, "estimand": "clicks", "resamples": 50,
+               "candidates": {"new": {"bundle": "b", "estimates": est}}}
+        assert ("**Warning:** the effective sample size" in report_markdown(rep)) is warned
