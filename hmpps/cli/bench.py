@@ -167,3 +167,27 @@ def bench_events(
     md = markdown(rep, command_line())
     write_report(out, rep, md)
     typer.echo(md)
+
+
+@app.command("bench-offline", rich_help_panel="Benchmarks")
+@friendly_errors
+def bench_offline(
+    out: Path = typer.Option(Path("runs/bench_offline"), "--out", help="output directory (report.md, JSON, plot); "
+                                                                       "a rerun skips the stages that finished"),
+    sizes: str = typer.Option("2k,6k,20k", "--sizes", help="shop sizes in users, comma-separated (20k, 1m)"),
+    products_per_user: float = typer.Option(0.2, "--products-per-user"),
+    stage_budget_s: float = typer.Option(3600.0, "--stage-budget-s", help="stop a stage past this many seconds"),
+    memory_budget_gb: float = typer.Option(8.0, "--memory-budget-gb", help="stop a stage past this resident memory"),
+    teacher_train_queries: int = typer.Option(200, "--teacher-train-queries", min=10),
+    teacher_scored_queries: int = typer.Option(1000, "--teacher-scored-queries", min=10),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The offline pipeline stage by stage on generated shops of growing size: wall time, peak memory,
+    growth exponents, a log-log plot; a stage past its budget is stopped, not swapped."""
+    from hmpps.offline_bench import BenchConfig, parse_sizes
+    from hmpps.offline_bench import bench_offline as run
+
+    cfg = BenchConfig(parse_sizes(sizes), products_per_user, stage_budget_s, memory_budget_gb, teacher_train_queries,
+                      teacher_scored_queries, seed)
+    run(out, cfg)
+    typer.echo((out / "report.md").read_text())

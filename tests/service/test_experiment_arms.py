@@ -33,7 +33,8 @@ def client(tmp_path, bundle_dir):
     write_experiment(arms, "exp", "s", [("explore", 1, {"bundle": str(bundle_dir),
                                                         "explore": {"temperature": 2.0, "depth": 6}})])
     with TestClient(create_app(Settings(redis_url=None, embedded_redis_path=tmp_path / "r" / "h.db", arms_file=arms,
-                                        health_interval_s=0.2, served_log_sample=1.0))) as c:
+                                        health_interval_s=0.2, served_log_sample=1.0, request_budget_ms=2000))) as c:
+        # a 2 s budget: these tests check what the arms serve and log, not latency on a busy machine
         yield c
 
 
@@ -44,7 +45,7 @@ def _body(catalog, rid, k=8, **kw):
 
 def test_an_exploring_arm_randomises_and_logs_each_items_display_probability(client, catalog):
     outs = [client.post("/rerank", json=_body(catalog, f"x-{i}")).json() for i in range(30)]
-    assert all(o["arm"] == "explore" and o["fallback"] is None for o in outs)
+    assert [(o["arm"], o["fallback"]) for o in outs] == [("explore", None)] * 30
     orders = {tuple(r["product_id"] for r in o["results"]) for o in outs}
     assert len(orders) > 3  # at T=2 the top 6 are redrawn per request
     again = client.post("/rerank", json=_body(catalog, "x-0")).json()
@@ -71,7 +72,7 @@ def test_an_interleaved_arm_merges_both_teams_and_logs_who_placed_what(tmp_path,
     arms = tmp_path / "arms.yaml"
     write_experiment(arms, "exp", "s", [("il", 1, {"interleave": {"student": str(bundle_dir), "caller": "passthrough"}})])
     settings = Settings(redis_url=None, embedded_redis_path=tmp_path / "r" / "h.db", arms_file=arms,
-                        health_interval_s=0.2, served_log_sample=1.0)
+                        health_interval_s=0.2, served_log_sample=1.0, request_budget_ms=2000)
     with TestClient(create_app(settings)) as c:
         info = c.get("/info").json()
         assert info["arms"] == [{"name": "il", "weight": 1.0, "interleave": ["student", "caller"]}]
@@ -81,7 +82,7 @@ def test_an_interleaved_arm_merges_both_teams_and_logs_who_placed_what(tmp_path,
         logged = _served(c, 21)
     sent = [p for p in catalog["products"][:8]]
     for o in outs:
-        assert o["arm"] == "il" and o["fallback"] is None and o["model_version"].endswith("|passthrough")
+        assert (o["arm"], o["fallback"]) == ("il", None) and o["model_version"].endswith("|passthrough")
         assert sorted(r["product_id"] for r in o["results"]) == sorted(sent)
         assert [r["rank"] for r in o["results"]] == list(range(1, 9))
         rec = logged[o["request_id"]]

@@ -1,0 +1,45 @@
+"""``hmpps bench-offline`` at its smallest size (a smoke test: no timing asserted), its budgets and its resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from typer.testing import CliRunner
+
+from hmpps.cli import app
+from hmpps.offline_bench import STAGES, parse_sizes, run_stage
+
+
+def test_the_smallest_shop_runs_every_stage_and_a_rerun_skips_them(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench-offline", "--sizes", "120", "--out", str(out), "--teacher-train-queries", "20",
+            "--teacher-scored-queries", "40"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "bench_offline.json").read_text())
+    assert [r["stage"] for r in rep["results"]] == list(STAGES)
+    assert all(r["status"] == "ok" and r["seconds"] > 0 and r["peak_mb"] > 0 for r in rep["results"]), rep["results"]
+    assert (out / "shop_120" / "distill" / "bundle" / "manifest.json").is_file()
+    assert (out / "bench_offline.png").stat().st_size > 0 and "| 120 |" in (out / "report.md").read_text()
+    again = CliRunner().invoke(app, args)  # every stage finished: nothing runs again
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "bench_offline.json").read_text())["results"] == rep["results"]
+
+
+def test_a_stage_past_its_budget_is_stopped_not_waited_for(tmp_path):
+    slow = [sys.executable, "-c", "import time; time.sleep(30)"]
+    status, seconds, _, detail = run_stage(slow, tmp_path / "slow.log", budget_s=0.5, budget_mb=10_000)
+    assert status == "stopped: time" and seconds < 5 and "over" in detail
+    hungry = [sys.executable, "-c", "x = bytearray(400 * 2**20); import time; time.sleep(30)"]
+    status, seconds, peak, _ = run_stage(hungry, tmp_path / "hungry.log", budget_s=60, budget_mb=200)
+    assert status == "stopped: memory" and seconds < 20 and peak > 200
+    failing = [sys.executable, "-c", "raise SystemExit('no such dataset')"]
+    status, _, _, detail = run_stage(failing, tmp_path / "failing.log", budget_s=60, budget_mb=10_000)
+    assert status == "failed" and "no such dataset" in detail
+
+
+def test_sizes_are_parsed_and_bad_ones_named():
+    assert parse_sizes("20k,2000,1m") == (2000, 20_000, 1_000_000)
+    res = CliRunner().invoke(app, ["bench-offline", "--sizes", "big"])
+    assert res.exit_code == 2 and "size 'big'" in res.output
