@@ -87,7 +87,8 @@ class ServedRanking:
                 raise ValueError("served candidate must be [product id, position, score, caller score, display "
                                  f"probability, team], got {c!r}")
             c = list(c) + [None] * (6 - len(c))
-            items.append(ServedItem(c[0], c[1], *(None if x is None else float(x) for x in c[2:5]), c[5]))
+            score, caller, propensity = (None if x is None else float(x) for x in c[2:5])
+            items.append(ServedItem(c[0], c[1], score, caller, propensity, c[5]))
         listed = d.get("n", len(items))
         if not isinstance(listed, int) or listed < len(items):
             raise ValueError(f"served record: 'n' must be an int >= the {len(items)} served candidates, got {listed!r}")
