@@ -204,7 +204,7 @@ def estimate(d: OpeData, resamples: int = 2000, seed: int = 0) -> dict[str, dict
     ess = float(w_item.sum() ** 2 / max((w_item ** 2).sum(), 1e-300))
     for name in ("PBM-IPS", "SN-PBM-IPS", "DR"):  # the same item-position weights
         out[name]["effective_n"] = ess
-    out["IPS"]["matched_rankings"] = int(d.same_slate.sum())
+    out["IPS"]["matched_rankings"] = out["SNIPS"]["matched_rankings"] = int(d.same_slate.sum())  # SNIPS on 1 is 1
     return out
 
 

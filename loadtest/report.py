@@ -1,4 +1,4 @@
-"""Summaries of a rate sweep: a Markdown table and a latency-vs-rate plot."""
+"""Summaries of a rate sweep: a Markdown table and a latency-vs-rate plot; latency summaries of the scripts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,28 @@ from pathlib import Path
 from typing import Any
 
 from contract.reports import markdown_table
+
+
+def latency_ms(samples: list[float]) -> dict[str, float]:
+    """p50, p99 and mean in milliseconds of request times in seconds, and how many."""
+    import numpy as np
+
+    a = np.asarray(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "mean_ms": round(float(a.mean()), 2), "n": len(samples)}
+
+
+def bench_script_args(doc: str, requests: int) -> tuple[Any, list[str], list[str]]:
+    """A latency script's ``--bundle``, ``--requests`` and ``--out``, and the bundle's products and queries."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--requests", type=int, default=requests)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    index = json.loads((a.bundle / "features" / "index.json").read_text())
+    return a, index["products"], index["queries"]
 
 
 def load_sweep(paths: list[Path]) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ time over HTTP, ``--requests`` requests of K=10 documents for each kind:
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -23,22 +22,11 @@ import httpx
 import numpy as np
 
 from loadtest.reliability import RedisServer, service
-
-
-def _ms(samples: list[float]) -> dict[str, float]:
-    a = np.asarray(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
-            "mean_ms": round(float(a.mean()), 2), "n": len(samples)}
+from loadtest.report import bench_script_args, latency_ms
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--requests", type=int, default=100)
-    p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args()
-    index = json.loads((a.bundle / "features" / "index.json").read_text())
-    products, queries = index["products"], index["queries"]
+    a, products, queries = bench_script_args(__doc__ or "", 100)
     rng = np.random.default_rng(0)
     words = sorted({w for q in queries for w in q.split()}) + ["waterproof", "light", "steel", "cotton", "large"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +55,7 @@ def main() -> None:
                             fb = doc.get("fallback") if path == "/rerank" else doc["meta"]["hmpps"]["fallback"]
                             fallbacks[kind] += fb is not None
                 for kind, s in timings.items():
-                    out[kind] = _ms(s) | {"fallbacks": fallbacks[kind]}
+                    out[kind] = latency_ms(s) | {"fallbacks": fallbacks[kind]}
         finally:
             redis.kill()
     a.out.parent.mkdir(parents=True, exist_ok=True)

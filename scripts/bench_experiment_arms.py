@@ -13,7 +13,6 @@ drawn until each arm has its share (assignment is a salted hash of the user id):
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -24,22 +23,11 @@ import numpy as np
 
 from contract.arms import load_experiment, write_experiment
 from loadtest.reliability import RedisServer, service
-
-
-def _ms(samples: list[float]) -> dict[str, float]:
-    a = np.asarray(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
-            "mean_ms": round(float(a.mean()), 2), "n": len(samples)}
+from loadtest.report import bench_script_args, latency_ms
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--requests", type=int, default=300)
-    p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args()
-    index = json.loads((a.bundle / "features" / "index.json").read_text())
-    products, queries, users = index["products"], index["queries"], index.get("users") or []
+    a, products, queries = bench_script_args(__doc__ or "", 300)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         arms = Path(tmp) / "arms.yaml"
@@ -48,7 +36,7 @@ def main() -> None:
             ("student", 1, bundle), ("explore", 1, {"bundle": bundle, "explore": {"temperature": 0.2, "depth": 10}}),
             ("interleaved", 1, {"interleave": {"student": bundle, "caller": "passthrough"}})])
         exp = load_experiment(arms)
-        pool = list(users) or [f"user-{i}" for i in range(3000)]
+        pool = [f"user-{i}" for i in range(3000)]  # the index holds no users; these have no history
         by_arm: dict[str, list[str]] = {}
         for u in pool:
             by_arm.setdefault(exp.assign(u).name, []).append(u)
@@ -70,7 +58,7 @@ def main() -> None:
                             r.raise_for_status()
                             assert r.json()["arm"] == arm
                             fallbacks[arm] += r.json()["fallback"] is not None
-                out = {k: _ms(v) | {"fallbacks": fallbacks[k]} for k, v in timings.items()}
+                out = {k: latency_ms(v) | {"fallbacks": fallbacks[k]} for k, v in timings.items()}
         finally:
             redis.kill()
     a.out.parent.mkdir(parents=True, exist_ok=True)
