@@ -180,8 +180,11 @@ def bench_offline(out: Path, cfg: BenchConfig) -> dict[str, Any]:
             write_json(state_path, {"config": asdict(cfg), "results": [asdict(r) for r in results]})
             bar.update()
     bar.close()
+    import shlex
+
+    # the invocation without the interpreter's path: reports are committed
     rep = {"config": asdict(cfg), "results": [asdict(r) for r in results], "fits": fit_exponents(results),
-           "command": " ".join(sys.argv)}
+           "command": "hmpps " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     write_json(state_path, rep)
     plot(results, rep["fits"], out / "bench_offline.png")
     (out / "report.md").write_text(report_markdown(rep))
