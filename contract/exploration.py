@@ -71,6 +71,13 @@ class Draw:
         return float(np.prod(self.steps[:shown]))
 
 
+def log_odds(p: Any) -> Any:
+    """The log-odds of a probability (or an array of them), clipped away from 0 and 1: the student's
+    P(yes) scores back to the scale the policy's temperature divides."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q) - np.log1p(-q)
+
+
 def _log_weights(logits: np.ndarray, temperature: float) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     return z - z.max()

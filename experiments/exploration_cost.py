@@ -23,15 +23,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from contract.exploration import Exploration, marginals
+from contract.exploration import Exploration, log_odds, marginals
 from contract.reports import markdown_table
 
 DISCOUNT = np.array([1 / math.log2(k + 2) for k in range(4)])
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
 
 
 def expected_ndcg(logits: np.ndarray, target: int | None, policy: Exploration | None) -> tuple[float, float]:
@@ -64,7 +59,7 @@ def exploration_cost(bundle: Path, data: Path, first_stage: Path, temperatures: 
 
     tables = BundleTables(bundle)
     tests = held_out_lists(tables, data, first_stage, split)
-    logits = _logit(yes_probability(OnnxScorer(bundle / read_manifest(bundle).models["student"]).logits(tests.inputs)))
+    logits = log_odds(yes_probability(OnnxScorer(bundle / read_manifest(bundle).models["student"]).logits(tests.inputs)))
     lists, at = [], 0
     for pids, target in zip(tests.lists, tests.targets, strict=True):
         lists.append((logits[at:at + len(pids)], pids.index(target) if target in pids else None))

@@ -25,6 +25,16 @@ from contract.reports import markdown_table
 from training.clicklog.labels import LabelledRanking
 
 
+def settled(checks: Sequence[tuple[int, bool]]) -> int | None:
+    """The first check (requests so far) from which every later check was significant; None if the last was not."""
+    took = None
+    for n, significant in reversed(checks):
+        if not significant:
+            break
+        took = n
+    return took
+
+
 def outcomes(rankings: Sequence[LabelledRanking]) -> dict[str, list[tuple[float, str, int]]]:
     """Per interleaved arm, each counted request's (time, user, winner): winner 0, 1 or -1 for a tie."""
     out: dict[str, list[tuple[float, str, int]]] = {}
@@ -72,11 +82,7 @@ def verdict(rows: Sequence[tuple[float, str, int]], teams: tuple[str, str], resa
     for n in range(step, len(rows) + 1, step):
         _, a, b = _share_interval(_user_counts(rows[:n], users), seq_w)
         checks.append((n, bool(a > 0.5 or b < 0.5)))
-    took = None
-    for n, significant in reversed(checks):
-        if not significant:
-            break
-        took = n
+    took = settled(checks)
     winner = teams[0] if lo > 0.5 else teams[1] if hi < 0.5 else None
     return {"teams": list(teams), "requests": len(rows), "users": len(users), "decided": int(wins.sum()),
             "ties": len(rows) - int(wins.sum()), "wins": {teams[0]: int(wins[0]), teams[1]: int(wins[1])},

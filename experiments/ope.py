@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import InputError
+from contract.exploration import log_odds
 from contract.reports import markdown_table
 from training.clicklog.labels import LabelledRanking
 
@@ -67,10 +68,8 @@ Ranker = Callable[[LabelledRanking], "list[int] | None"]  # a ranking's items (s
 
 
 def _logit(p: float | None) -> float:
-    if p is None or not math.isfinite(p):
-        return 0.0
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p) - math.log1p(-p)
+    """A logged or rebuilt P(yes) as a click-model feature; 0 where there is none."""
+    return 0.0 if p is None or not math.isfinite(p) else float(log_odds(p))
 
 
 def _feat(k: int, m: int, logging: float, target: float) -> list[float]:
@@ -187,19 +186,28 @@ def _value(num: np.ndarray, den: np.ndarray | None, weights: np.ndarray) -> np.n
     return np.nansum(np.divide(nums, dens, out=np.full(nums.shape, np.nan), where=dens > 0), axis=1)
 
 
-def estimate(d: OpeData, resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Each estimator's value, its bootstrap 95% interval over users, and the effective sample size."""
+def _user_weights(user: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Poisson(1) bootstrap weights per user, spread to that user's requests (resamples x requests)."""
     rng = np.random.default_rng(seed)
-    n_users = int(d.user.max()) + 1
-    user_w = rng.poisson(1.0, size=(resamples, n_users)).astype(np.float64)
-    weights = user_w[:, d.user]
+    return rng.poisson(1.0, size=(resamples, int(user.max()) + 1)).astype(np.float64)[:, user]
+
+
+def _interval(boot: np.ndarray) -> list[float]:
+    lo, hi = np.nanquantile(boot, [0.025, 0.975]) if np.isfinite(boot).any() else (float("nan"),) * 2
+    return [float(lo), float(hi)]
+
+
+Terms = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
+
+
+def estimate(d: OpeData, resamples: int = 2000, seed: int = 0, terms: Terms | None = None) -> dict[str, dict[str, Any]]:
+    """Each estimator's value, its bootstrap 95% interval over users, and the effective sample size."""
+    terms = terms or per_request_terms(d)
+    weights = _user_weights(d.user, resamples, seed)
     ones = np.ones((1, len(d.user)))
-    out = {}
-    for name, (num, den) in per_request_terms(d).items():
-        point = float(_value(num, den, ones)[0])
-        boot = _value(num, den, weights)
-        lo, hi = np.nanquantile(boot, [0.025, 0.975]) if np.isfinite(boot).any() else (float("nan"),) * 2
-        out[name] = {"value": point, "ci95": [float(lo), float(hi)]}
+    out: dict[str, dict[str, Any]] = {name: {"value": float(_value(num, den, ones)[0]),
+                                             "ci95": _interval(_value(num, den, weights))}
+                                      for name, (num, den) in terms.items()}
     w_item = np.where(d.match & d.valid, 1.0 / d.propensity, 0.0)
     ess = float(w_item.sum() ** 2 / max((w_item ** 2).sum(), 1e-300))
     for name in ("PBM-IPS", "SN-PBM-IPS", "DR"):  # the same item-position weights
@@ -241,38 +249,40 @@ def bundle_ranker(bundle: Path, logs_history: dict[str, list[list[Any]]]
 
 
 def ope(rankings: Sequence[LabelledRanking], history: dict[str, list[list[Any]]], bundles: dict[str, Path],
-        resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Every candidate's estimates on the same logs; with two candidates on the same requests, also each
-    estimator's paired difference (second minus first) with its interval from the same resamples."""
+        resamples: int = 2000, seed: int = 0, pair: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Every candidate's estimates on the same logs; for ``pair`` (by default the two candidates, when there
+    are two) on the same requests, also each estimator's paired difference, second minus first."""
     built = {}
     for name, path in bundles.items():
         ranker, logits = bundle_ranker(Path(path), history)
-        built[name] = build(rankings, ranker, logits)
-    first, (d, skipped) = next(iter(built.items()))
+        d, skipped = build(rankings, ranker, logits)
+        built[name] = (d, skipped, per_request_terms(d))  # the click model is fitted once per candidate
+    d, skipped, _ = next(iter(built.values()))
     out: dict[str, Any] = {"requests": int(len(d.user)), "users": int(d.user.max()) + 1, "skipped": skipped,
                            "positions": int(d.valid.shape[1]), "estimand": "expected clicks per request",
                            "resamples": resamples,
                            "candidates": {n: {"bundle": str(bundles[n]), "requests": int(len(b[0].user)),
-                                              "estimates": estimate(b[0], resamples, seed)} for n, b in built.items()}}
-    names = list(built)
-    if len(names) == 2 and len(built[names[0]][0].user) == len(built[names[1]][0].user):
-        out["paired"] = {"pair": f"{names[1]} - {names[0]}",
-                         "estimates": paired(built[names[0]][0], built[names[1]][0], resamples, seed)}
+                                              "estimates": estimate(b[0], resamples, seed, b[2])}
+                                          for n, b in built.items()}}
+    pair = pair or (tuple(built) if len(built) == 2 else None)  # type: ignore[assignment]
+    if pair is not None and len(built[pair[0]][0].user) == len(built[pair[1]][0].user):
+        (a, _, ta), (_, _, tb) = built[pair[0]], built[pair[1]]
+        out["paired"] = {"pair": f"{pair[1]} - {pair[0]}", "estimates": _paired_terms(ta, tb, a.user, resamples, seed)}
     return out
 
 
 def paired(a: OpeData, b: OpeData, resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Each estimator's ``b - a`` on the same logged requests, resampling users once for both."""
-    rng = np.random.default_rng(seed)
-    weights = rng.poisson(1.0, size=(resamples, int(a.user.max()) + 1)).astype(np.float64)[:, a.user]
-    ones = np.ones((1, len(a.user)))
-    ta, tb = per_request_terms(a), per_request_terms(b)
+    return _paired_terms(per_request_terms(a), per_request_terms(b), a.user, resamples, seed)
+
+
+def _paired_terms(ta: Terms, tb: Terms, user: np.ndarray, resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    weights = _user_weights(user, resamples, seed)
+    ones = np.ones((1, len(user)))
     out = {}
     for name in ESTIMATORS:
         point = float(_value(*tb[name], ones)[0] - _value(*ta[name], ones)[0])
-        boot = _value(*tb[name], weights) - _value(*ta[name], weights)
-        lo, hi = np.nanquantile(boot, [0.025, 0.975]) if np.isfinite(boot).any() else (float("nan"),) * 2
-        out[name] = {"diff": point, "ci95": [float(lo), float(hi)]}
+        out[name] = {"diff": point, "ci95": _interval(_value(*tb[name], weights) - _value(*ta[name], weights))}
     return out
 
 

@@ -20,6 +20,7 @@ Each seed has its own Redis, world and services (``experiments.simulate``).
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import sys
 import time
@@ -69,19 +70,11 @@ def weak_student(inputs: SimInputs, out: Path) -> Path:
     return out / "bundle"
 
 
-def _settled(checks: list[tuple[int, bool]]) -> int | None:
-    took = None
-    for n, ok in reversed(checks):
-        if not ok:
-            break
-        took = n
-    return took
-
-
 def ab_requests_to_verdict(served: list[Any], feedback: list[dict[str, Any]], strong: str, weak: str,
                            step: int) -> dict[str, Any]:
     """The A/B test's query-CTR verdict (delta method over users, as ``hmpps ab-report``), checked every
     ``step`` of the two arms' requests in serving order."""
+    from experiments.interleaving import settled
     from training.abreport import ab_report
 
     order = sorted((r for r in served if r.arm in (strong, weak)), key=lambda r: r.ts)
@@ -100,7 +93,7 @@ def ab_requests_to_verdict(served: list[Any], feedback: list[dict[str, Any]], st
                 checks.append((k, bool(ci and ci[0] > 0)))
             final = {"query_ctr": {a: v["query_ctr"] for a, v in rep["arms"].items()}, "ci95": ci,
                      "users": {a: v["users"] for a, v in rep["arms"].items()}}
-    return {"requests": len(order), "requests_to_verdict": _settled(checks)} | final
+    return {"requests": len(order), "requests_to_verdict": settled(checks)} | final
 
 
 def _publish(client: Any, *bundles: Path) -> None:
@@ -168,9 +161,9 @@ def ope_seed(inputs: SimInputs, weak: Path, out: Path, cfg: SimConfig, tc: Trial
         students = {"retrained": rt.bundle, "shipped": inputs.bundle, "weak": weak}
         rankings, history = read_logs(out / "logs")
         t = time.time()
-        est = {name: ope(rankings, history, {name: path}, tc.resamples, cfg.seed)["candidates"][name]["estimates"]
-               for name, path in students.items()}
-        pair = ope(rankings, history, {"weak": weak, "shipped": inputs.bundle}, tc.resamples, cfg.seed).get("paired")
+        rep = ope(rankings, history, students, tc.resamples, cfg.seed, pair=("weak", "shipped"))
+        est = {name: c["estimates"] for name, c in rep["candidates"].items()}
+        pair = rep.get("paired")
         ope_s = time.time() - t
         truth = {}
         for name, path in students.items():
@@ -208,8 +201,6 @@ def run_trials(kind: str, inputs: SimInputs, out: Path, cfg: SimConfig | None = 
                 seeds.append(interleaving_seed(inputs, weak, seed_dir, c, tc) if kind == "interleaving"
                              else ope_seed(inputs, weak, seed_dir, c, tc, retrain_overrides or {}))
                 write_json(seed_dir / "result.json", seeds[-1])
-                import shutil
-
                 shutil.rmtree(seed_dir / "redis", ignore_errors=True)
             summary = {"experiment": kind, "config": asdict(cfg), "trial_config": asdict(tc), "weak": str(weak),
                        "seeds": seeds, "seconds": round(time.time() - t0, 1)}

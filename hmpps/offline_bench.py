@@ -25,8 +25,10 @@ proportion to users here, so it is also the exponent in events).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -148,8 +150,6 @@ def bench_offline(out: Path, cfg: BenchConfig) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "bench_offline.json"
-    import json
-
     done: dict[str, dict[str, Any]] = {}
     if state_path.is_file():
         prev = json.loads(state_path.read_text())
@@ -180,8 +180,6 @@ def bench_offline(out: Path, cfg: BenchConfig) -> dict[str, Any]:
             write_json(state_path, {"config": asdict(cfg), "results": [asdict(r) for r in results]})
             bar.update()
     bar.close()
-    import shlex
-
     # the invocation without the interpreter's path: reports are committed
     rep = {"config": asdict(cfg), "results": [asdict(r) for r in results], "fits": fit_exponents(results),
            "command": "hmpps " + " ".join(shlex.quote(a) for a in sys.argv[1:])}

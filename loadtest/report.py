@@ -31,6 +31,12 @@ def bench_script_args(doc: str, requests: int) -> tuple[Any, list[str], list[str
     return a, index["products"], index["queries"]
 
 
+def write_bench_json(path: Path, doc: dict[str, Any]) -> None:
+    """A latency script's result file (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def load_sweep(paths: list[Path]) -> list[dict[str, Any]]:
     reps = [json.loads(Path(p).read_text()) for p in paths]
     return sorted(reps, key=lambda r: r["target_rps"])

@@ -22,6 +22,7 @@ from loadtest.capacity import parse_wrk, wrk_script
 from loadtest.mix import RequestMix
 from loadtest.openloop import run_open_loop
 from loadtest.reliability import RedisServer, service
+from loadtest.report import write_bench_json
 
 
 def main() -> None:
@@ -59,8 +60,7 @@ def main() -> None:
                     print(json.dumps(row))
         finally:
             redis.kill()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"bundle": str(a.bundle), "rows": rows}, indent=1) + "\n")
+    write_bench_json(a.out, {"bundle": str(a.bundle), "rows": rows})
     rates = a.rates.split(",")
     print(f"\n| round | batch delay ms | saturation req/s (-c{a.connections}) | "
           + " | ".join(f"{x} req/s p50 / p99 ms" for x in rates) + " |")

@@ -13,7 +13,6 @@ time over HTTP, ``--requests`` requests of K=10 documents for each kind:
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import numpy as np
 
 from loadtest.reliability import RedisServer, service
-from loadtest.report import bench_script_args, latency_ms
+from loadtest.report import bench_script_args, latency_ms, write_bench_json
 
 
 def main() -> None:
@@ -58,8 +57,7 @@ def main() -> None:
                     out[kind] = latency_ms(s) | {"fallbacks": fallbacks[kind]}
         finally:
             redis.kill()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"bundle": str(a.bundle), "k": 10, "results": out}, indent=1) + "\n")
+    write_bench_json(a.out, {"bundle": str(a.bundle), "k": 10, "results": out})
     print("| request | p50 ms | p99 ms | mean ms | fallbacks |\n|---|---:|---:|---:|---:|")
     for kind, r in out.items():
         print(f"| {kind} | {r['p50_ms']} | {r['p99_ms']} | {r['mean_ms']} | {r['fallbacks']} / {r['n']} |")

@@ -13,7 +13,6 @@ drawn until each arm has its share (assignment is a salted hash of the user id):
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from contract.arms import load_experiment, write_experiment
 from loadtest.reliability import RedisServer, service
-from loadtest.report import bench_script_args, latency_ms
+from loadtest.report import bench_script_args, latency_ms, write_bench_json
 
 
 def main() -> None:
@@ -61,8 +60,7 @@ def main() -> None:
                 out = {k: latency_ms(v) | {"fallbacks": fallbacks[k]} for k, v in timings.items()}
         finally:
             redis.kill()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"bundle": str(a.bundle), "requests": a.requests, "arms": out}, indent=1))
+    write_bench_json(a.out, {"bundle": str(a.bundle), "requests": a.requests, "arms": out})
     for k, v in out.items():
         print(f"{k:12s} p50 {v['p50_ms']:6.2f} ms  p99 {v['p99_ms']:6.2f} ms  fallbacks {v['fallbacks']}")
 

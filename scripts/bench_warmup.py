@@ -22,8 +22,10 @@ import httpx
 import numpy as np
 import yaml
 
+from contract.reports import markdown_table
 from loadtest.mix import RequestMix
 from loadtest.reliability import ADMIN_TOKEN, RedisServer, service
+from loadtest.report import write_bench_json
 
 
 def _ms(samples: list[float]) -> dict[str, float]:
@@ -80,15 +82,14 @@ def main() -> None:
                    "reload_s": round(reload_s, 3), "warmed": rel.json().get("warmed")}
             results.append(row)
             print(json.dumps(row))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"bundle": str(a.bundle), "requests": a.requests, "results": results}, indent=1) + "\n")
-    print("\n| round | warm-up requests | reload s | steady p50 / p99 ms | first 1,000 after reload p50 / p99 ms "
-          "| first 10 mean ms | max ms |\n|---:|---:|---:|---|---|---:|---:|")
-    for x in results:
-        s, f = x["steady"], x["after_reload"]
-        print(f"| {x['round']} | {x['warmup_requests']} | {x['reload_s']} | {s['p50_ms']} / {s['p99_ms']} | "
-              f"{f['p50_ms']} / {f['p99_ms']} | {f['first10_mean_ms']} | {f['max_ms']} |")
-
+    write_bench_json(a.out, {"bundle": str(a.bundle), "requests": a.requests, "results": results})
+    rows = [[x["round"], x["warmup_requests"], x["reload_s"],
+             f"{x['steady']['p50_ms']} / {x['steady']['p99_ms']}",
+             f"{x['after_reload']['p50_ms']} / {x['after_reload']['p99_ms']}",
+             x["after_reload"]["first10_mean_ms"], x["after_reload"]["max_ms"]] for x in results]
+    print("\n" + markdown_table(["round", "warm-up requests", "reload s", "steady p50 / p99 ms",
+                                 "first 1,000 after reload p50 / p99 ms", "first 10 mean ms", "max ms"], rows,
+                                "rrrllrr"))
 
 if __name__ == "__main__":
     main()

@@ -22,8 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contract.reports import markdown_table
 from loadtest.capacity import parse_wrk, wrk_script
 from loadtest.reliability import RedisServer, service
+from loadtest.report import write_bench_json
 
 
 def _load(tree: Path, bundle: Path, redis_url: str, script: Path, duration_s: float,
@@ -66,17 +68,14 @@ def main() -> None:
                 print(json.dumps(row))
         finally:
             redis.kill()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"before": str(a.before), "after": str(a.after), "bundle": str(a.bundle),
-                                 "duration_s": a.duration, "rounds": rounds}, indent=1) + "\n")
+    write_bench_json(a.out, {"before": str(a.before), "after": str(a.after), "bundle": str(a.bundle),
+                                 "duration_s": a.duration, "rounds": rounds})
     c = f"c{a.connections}"
-    print(f"\n| round | before -c1 req/s | after -c1 | before -{c} | after -{c} | before p99 -c1 ms | after p99 -c1 |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rounds:
-        b, f = row["before"], row["after"]
-        print(f"| {row['round']} | {b['c1']['rps']:.0f} | {f['c1']['rps']:.0f} | {b[c]['rps']:.0f} | {f[c]['rps']:.0f} "
-              f"| {b['c1']['p99_ms']} | {f['c1']['p99_ms']} |")
-
+    rows = [[r["round"], f"{r['before']['c1']['rps']:.0f}", f"{r['after']['c1']['rps']:.0f}",
+             f"{r['before'][c]['rps']:.0f}", f"{r['after'][c]['rps']:.0f}", r["before"]["c1"]["p99_ms"],
+             r["after"]["c1"]["p99_ms"]] for r in rounds]
+    print("\n" + markdown_table(["round", "before -c1 req/s", "after -c1", f"before -{c}", f"after -{c}",
+                                 "before p99 -c1 ms", "after p99 -c1"], rows, "r" * 7))
 
 if __name__ == "__main__":
     main()

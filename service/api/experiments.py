@@ -10,7 +10,6 @@ served log needs beyond the response travels in ``Shown``.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.exploration import Exploration, draw, request_rng
+from contract.exploration import Exploration, draw, log_odds, request_rng
 from contract.interleaving import team_draft
 from service.api.schemas import RerankRequest, RerankResponse
 
@@ -37,11 +36,6 @@ class Shown:
         return None if self.steps is None else float(np.prod(self.steps[:shown]))
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return math.log(p) - math.log1p(-p)
-
-
 def explore_order(scores: Sequence[float | None], ranked: list[int], ids: Sequence[str], policy: Exploration,
                   arm: str, request_id: str) -> tuple[list[int], Shown]:
     """Redraw the scored candidates' slots of ``ranked`` (the deterministic order) by the policy.
@@ -50,8 +44,7 @@ def explore_order(scores: Sequence[float | None], ranked: list[int], ids: Sequen
     """
     slots = [k for k, i in enumerate(ranked) if scores[i] is not None]
     known = [ranked[k] for k in slots]
-    d = draw(np.array([_logit(scores[i]) for i in known]), policy,  # type: ignore[arg-type]
-             request_rng(arm, request_id))
+    d = draw(log_odds([scores[i] for i in known]), policy, request_rng(arm, request_id))
     out = list(ranked)
     for slot, j in zip(slots, d.order, strict=True):
         out[slot] = known[j]
