@@ -71,8 +71,14 @@ class Vocab:
         return ids + [0] * (max_len - len(ids))
 
 
-def split_validation(train: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out the last train purchase of a random ``fraction`` of users (those with 2+)."""
+VAL_MAX = 3000
+
+
+def split_validation(train: list[dict[str, Any]], fraction: float, seed: int, max_queries: int = VAL_MAX
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hold out the last train purchase of a random ``fraction`` of users (those with 2+), at most
+    ``max_queries`` of them: early stopping needs a stable estimate, not a share that grows with the shop
+    (scoring it against the catalogue after every epoch would then grow as users x products)."""
     rng = np.random.default_rng(seed)
     last: dict[str, dict[str, Any]] = {}
     counts: Counter[str] = Counter()
@@ -81,7 +87,7 @@ def split_validation(train: list[dict[str, Any]], fraction: float, seed: int) ->
         if r["user_id"] not in last or r["seq"] > last[r["user_id"]]["seq"]:
             last[r["user_id"]] = r
     eligible = sorted(u for u, c in counts.items() if c >= 2)
-    n_val = max(1, int(round(fraction * len(eligible)))) if eligible else 0
+    n_val = min(max_queries, max(1, int(round(fraction * len(eligible))))) if eligible else 0
     chosen = set(rng.choice(eligible, size=n_val, replace=False).tolist()) if n_val else set()
     val_ids = {last[u]["query_id"] for u in chosen}
     return [r for r in train if r["query_id"] not in val_ids], [r for r in train if r["query_id"] in val_ids]

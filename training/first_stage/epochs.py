@@ -1,11 +1,11 @@
-"""What the trained first stages (HEM/ZAM/QEM, MAPS) share: the sampled loss, one fit loop with
-early stopping, and top-k evaluation over the full catalogue."""
+"""What the trained first stages (HEM/ZAM/QEM, MAPS) share: the sampled loss, samplers, an optimizer
+for sparse tables, one fit loop with early stopping, and evaluation over the full catalogue."""
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,45 @@ from training.metrics import paper_metrics
 def nsl(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Negative-sampling loss: -log σ(pos) - Σ log σ(-neg)."""
     return -(nn.functional.logsigmoid(pos) + nn.functional.logsigmoid(-neg).sum(-1)).mean()
+
+
+def cdf(weights: np.ndarray, power: float = 0.75) -> np.ndarray:
+    """The cumulative distribution of ``weights ** power`` (word2vec's negative-sampling smoothing)."""
+    w = np.asarray(weights, np.float64) ** power
+    c = np.cumsum(w)
+    return c / c[-1]
+
+
+def draw(rng: np.random.Generator, cdf_: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Indices drawn from a ``cdf`` in O(log n) each (``rng.choice(p=...)`` rebuilds the table per call)."""
+    return np.minimum(np.searchsorted(cdf_, rng.random(size), side="right"), len(cdf_) - 1).astype(np.int64)
+
+
+class SparseDenseAdam:
+    """Lazy Adam (``torch.optim.SparseAdam``) for the sparse embedding tables, Adam for everything else.
+
+    Dense Adam touches every row of every table at every step, so an epoch cost steps x (users +
+    products): quadratic in the shop's size. Lazy Adam updates only the rows a batch used. Weight decay
+    applies to the dense parameters only (SparseAdam has none).
+    """
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0):
+        sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.opts: list[torch.optim.Optimizer] = []
+        if sparse:
+            self.opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+        if dense:
+            self.opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+
+    def zero_grad(self) -> None:
+        for o in self.opts:
+            o.zero_grad()
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
 
 
 class EarlyStopping:
@@ -49,11 +88,12 @@ class EarlyStopping:
         return {"epochs": self.log, "best_epoch": best_epoch, "best_val_NDCG@4": round(self.best, 4)}
 
 
-def fit_epochs(model: nn.Module, opt: torch.optim.Optimizer, train: list[dict[str, Any]], *, epochs: int,
-               batch_size: int, patience: int, rng: np.random.Generator,
-               batch_loss: Callable[[list[dict[str, Any]]], torch.Tensor],
+def fit_epochs(model: nn.Module, opt: torch.optim.Optimizer | SparseDenseAdam, train: Sequence[Any], *,
+               epochs: int, batch_size: int, patience: int, rng: np.random.Generator,
+               batch_loss: Callable[[list[Any]], torch.Tensor],
                val_ndcg4: Callable[[], float], desc: str) -> dict[str, Any]:
-    """Shuffled mini-batches each epoch, validation NDCG@4 after it, the best epoch's weights restored."""
+    """Shuffled mini-batches each epoch (``batch_loss`` gets a batch of ``train``'s items: rows, or row
+    indices), validation NDCG@4 after it, the best epoch's weights restored."""
     stopper = EarlyStopping(patience)
     bar = tqdm(range(epochs), desc=desc, unit="ep")
     for _ in bar:
@@ -75,3 +115,20 @@ def top_k_metrics(scores: np.ndarray, product_ids: list[str], rows: list[dict[st
     """The paper's metrics of each row's top k over full-catalogue ``scores`` (rows x products)."""
     top = np.argsort(-scores, axis=1)[:, :k]
     return paper_metrics([[product_ids[i] for i in r] for r in top], [r["product_id"] for r in rows])
+
+
+def target_ndcg4(score: Callable[[list[dict[str, Any]]], np.ndarray], rows: list[dict[str, Any]],
+                 index: dict[str, int], chunk: int = 1024) -> float:
+    """Mean NDCG@4 of each row's purchased product over the full catalogue, scored ``chunk`` rows at a time.
+
+    Only the target's rank is needed (1 + the products scored above it), so no sort and no rows x
+    catalogue matrix beyond one chunk: early stopping costs O(rows x products), not O(... log ...).
+    """
+    total = 0.0
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        s = score(part)
+        t = np.array([index[r["product_id"]] for r in part])
+        rank = 1 + (s > s[np.arange(len(part)), t][:, None]).sum(1)
+        total += float(np.where(rank <= 4, 1.0 / np.log2(rank + 1), 0.0).sum())
+    return total / max(1, len(rows))

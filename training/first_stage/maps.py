@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from training.dataset import Dataset
 from training.first_stage.base import Catalog
-from training.first_stage.epochs import fit_epochs, nsl, top_k_metrics
+from training.first_stage.epochs import fit_epochs, nsl, target_ndcg4, top_k_metrics
 from training.text import content_terms
 
 
@@ -407,7 +407,7 @@ class MapsRanker:
 
         log = fit_epochs(self.model, opt, train, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience,
                          rng=rng, batch_loss=batch_loss, desc="maps epochs",
-                         val_ndcg4=lambda: self.evaluate(val)["NDCG@4"] if val else 0.0)
+                         val_ndcg4=lambda: target_ndcg4(self.score, val, self.catalog.index) if val else 0.0)
         return log | {
             "lm": "all-MiniLM-L6-v2 (frozen)", "prepare_seconds": round(prep_seconds, 2),
             "alignment": {"words": len(self.words), "pairs": int(len(self.pairs)), "gamma": cfg.gamma},

@@ -18,7 +18,9 @@ Training follows the papers' generative framing with negative sampling:
   product's title, brand, category and description stand in),
 - for HEM, P(w | u) over the words of the purchased product.
 Negatives are drawn ∝ frequency^0.75. Early stopping keeps the epoch with the
-best validation NDCG@4 over the full catalogue.
+best validation NDCG@4 over the full catalogue. Embedding tables are sparse and
+trained with lazy Adam (``SparseDenseAdam``): a step's cost is its batch's, not
+the number of users and products (dense Adam made an epoch grow with both).
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from torch import nn
 
 from training.dataset import Dataset
 from training.first_stage.base import Catalog, Vocab
-from training.first_stage.epochs import fit_epochs, nsl, top_k_metrics
+from training.first_stage.epochs import (
+    SparseDenseAdam,
+    cdf,
+    draw,
+    fit_epochs,
+    nsl,
+    target_ndcg4,
+    top_k_metrics,
+)
 from training.text import content_terms
 
 
@@ -41,7 +51,7 @@ class NeuralConfig:
     dim: int = 64
     epochs: int = 30
     batch_size: int = 128
-    lr: float = 5e-3
+    lr: float = 1e-2  # with lazy Adam on the tables (chosen on validation NDCG@4, docs/benchmarks.md)
     weight_decay: float = 0.0
     negatives: int = 5
     word_negatives: int = 5
@@ -59,7 +69,7 @@ class NeuralConfig:
 class QueryEncoder(nn.Module):
     def __init__(self, vocab_size: int, dim: int):
         super().__init__()
-        self.words = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.words = nn.Embedding(vocab_size, dim, padding_idx=0, sparse=True)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -74,12 +84,13 @@ class PersonalizedModel(nn.Module):
         self.kind, self.cfg = kind, cfg
         d = cfg.dim
         self.query = QueryEncoder(vocab_size, d)
-        self.items = nn.Embedding(n_items + 1, d, padding_idx=n_items)  # last row pads histories
-        self.word_out = nn.Embedding(vocab_size, d)
+        # sparse tables: a step updates the rows its batch touched, so its cost does not grow with the catalogue
+        self.items = nn.Embedding(n_items + 1, d, padding_idx=n_items, sparse=True)  # last row pads histories
+        self.word_out = nn.Embedding(vocab_size, d, sparse=True)
         nn.init.normal_(self.items.weight, std=0.1)
         nn.init.normal_(self.word_out.weight, std=0.1)
         if kind == "hem":
-            self.users = nn.Embedding(n_users, d)
+            self.users = nn.Embedding(n_users, d, sparse=True)
             nn.init.normal_(self.users.weight, std=0.1)
         elif kind == "zam":
             self.att = nn.Linear(d, d * cfg.zam_heads)
@@ -140,36 +151,43 @@ class NeuralRanker:
         self.vocab = Vocab(texts)
         n_items = len(self.catalog.ids)
         self.model = PersonalizedModel(self.kind, len(self.catalog.users), n_items, len(self.vocab), cfg)
-        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = SparseDenseAdam(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-        item_p = np.bincount([self.catalog.index[r["product_id"]] for r in train], minlength=n_items) + 1.0
-        item_p = item_p**0.75 / (item_p**0.75).sum()
-        word_p = self.vocab.counts**0.75
-        word_p = word_p / word_p.sum()
-        item_words = [np.array([self.vocab.index[t] for t in terms if t in self.vocab.index] or [1])
-                      for terms in self.catalog.product_terms]
+        # every training row as tensors once, so a batch is a gather (no per-row Python in the loop)
+        users, queries, hist = self._batch(train)
+        targets = torch.tensor([self.catalog.index[r["product_id"]] for r in train])
+        item_cdf = cdf(np.bincount(targets.numpy(), minlength=n_items) + 1.0)
+        word_cdf = cdf(self.vocab.counts)
+        words = [[self.vocab.index[t] for t in terms if t in self.vocab.index] or [1] for terms in self.catalog.product_terms]
+        word_len = np.array([len(w) for w in words])
+        word_mat = np.zeros((n_items, int(word_len.max())), np.int64)
+        for i, w in enumerate(words):
+            word_mat[i, : len(w)] = w
 
         model = self.model
 
-        def batch_loss(rows: list[dict[str, Any]]) -> torch.Tensor:
-            users, q, hist = self._batch(rows)
-            target = torch.tensor([self.catalog.index[r["product_id"]] for r in rows])
-            m, u = model.personal(users, q, hist)
-            neg = torch.from_numpy(rng.choice(n_items, size=(len(rows), cfg.negatives), p=item_p))
+        def batch_loss(idx: list[int]) -> torch.Tensor:
+            b = torch.as_tensor(idx)
+            n = len(idx)
+            target = targets[b]
+            m, u = model.personal(users[b], queries[b], hist[b])
+            neg = torch.from_numpy(draw(rng, item_cdf, (n, cfg.negatives)))
             item_t = model.items(target)
             loss = nsl((m * item_t).sum(-1), torch.einsum("bd,bkd->bk", m, model.items(neg)))
-            # P(w | i) and, for HEM, P(w | u) over the purchased product's words
-            w_pos = torch.from_numpy(np.stack([rng.choice(item_words[t], size=cfg.words_per_item) for t in target.tolist()]))
-            w_neg = torch.from_numpy(rng.choice(len(self.vocab), size=(len(rows), cfg.words_per_item, cfg.word_negatives), p=word_p))
+            # P(w | i) and, for HEM, P(w | u) over the purchased product's words (sampled with replacement)
+            t = target.numpy()
+            pick = (rng.random((n, cfg.words_per_item)) * word_len[t][:, None]).astype(np.int64)
+            w_pos = torch.from_numpy(np.take_along_axis(word_mat[t], pick, axis=1))
+            w_neg = torch.from_numpy(draw(rng, word_cdf, (n, cfg.words_per_item, cfg.word_negatives)))
             for ent in ([item_t, u] if self.kind == "hem" else [item_t]):
                 pos = torch.einsum("bd,bwd->bw", ent, model.word_out(w_pos))
                 negs = torch.einsum("bd,bwkd->bwk", ent, model.word_out(w_neg))
                 loss = loss + cfg.word_loss_weight * nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
             return loss
 
-        log = fit_epochs(model, opt, train, epochs=cfg.epochs, batch_size=cfg.batch_size, patience=cfg.patience,
-                         rng=rng, batch_loss=batch_loss, desc=f"{self.kind} epochs",
-                         val_ndcg4=lambda: self.evaluate(val)["NDCG@4"] if val else 0.0)
+        log = fit_epochs(model, opt, range(len(train)), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                         patience=cfg.patience, rng=rng, batch_loss=batch_loss, desc=f"{self.kind} epochs",
+                         val_ndcg4=lambda: target_ndcg4(self.score, val, self.catalog.index) if val else 0.0)
         return log | {
             "vocabulary": len(self.vocab), "config": asdict(cfg)}
 
