@@ -132,6 +132,38 @@ def select_for(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, his
     return select_history(history[:, spec.product_sel], query[spec.query_sel], candidates[:, spec.product_sel], spec.k_s2)
 
 
+def request_rows(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, history: np.ndarray,
+                 selected: np.ndarray | None = None, listing: Listing | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """What ``build_inputs`` gathers for one request: (K, K_s2) rows of ``history`` each candidate sees
+    (-1 where a slot is empty) and the (K, S) signals (None when the spec has none).
+
+    Offline training keeps these indices instead of the gathered (K, K_s2, Dp) features, which would
+    grow as pairs x history slots x feature width.
+    """
+    k, h = candidates.shape[0], spec.k_s2
+    rows = np.full((k, h), -1, dtype=np.int64)
+    if history.shape[0] > 0 and h > 0:
+        idx = select_for(spec, query, candidates, history) if selected is None else selected
+        rows[:, : idx.shape[1]] = idx
+    signals = None
+    if spec.signals:
+        if listing is None:
+            raise ValueError(f"this spec's signals {list(spec.signals)} need the request's listing")
+        signals = compute_signals(spec.signals, candidates, history, listing, spec.product_text,
+                                  spec.product_sel, spec.product_pop, spec.product_cf)
+    return rows, signals
+
+
+def gather_history(spec: FeatureSpec, table: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The student's ``history`` (N, K_s2, Dp) and ``history_mask`` (N, K_s2) from row indices into
+    ``table`` (-1: an empty slot, zeros and mask 0)."""
+    mask = rows >= 0
+    hist = table[np.where(mask, rows, 0)].astype(np.float32, copy=False)
+    hist[~mask] = 0.0
+    return hist.reshape(rows.shape + (spec.product_dim,)), mask.astype(np.float32)
+
+
 def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, history: np.ndarray,
                  selected: np.ndarray | None = None, listing: Listing | None = None) -> dict[str, np.ndarray]:
     """Arrays for one request: K candidates, each with its own K_s2 selected history items.
@@ -144,25 +176,17 @@ def build_inputs(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, h
         listing: the request's order, scores and ids; required when the spec has signals.
     """
     k = candidates.shape[0]
-    h = spec.k_s2
-    hist = np.zeros((k, h, spec.product_dim), dtype=np.float32)
-    mask = np.zeros((k, h), dtype=np.float32)
-    if history.shape[0] > 0 and h > 0:
-        idx = select_for(spec, query, candidates, history) if selected is None else selected
-        m = idx.shape[1]
-        hist[:, :m] = history[idx]
-        mask[:, :m] = 1.0
+    rows, signals = request_rows(spec, query, candidates, history, selected, listing)
+    table = history if history.shape[0] else np.zeros((1, spec.product_dim), np.float32)
+    hist, mask = gather_history(spec, table, rows)
     out = {
         "query": np.broadcast_to(query.astype(np.float32), (k, spec.query_dim)).copy(),
         "candidate": candidates.astype(np.float32, copy=False),
         "history": hist,
         "history_mask": mask,
     }
-    if spec.signals:
-        if listing is None:
-            raise ValueError(f"this spec's signals {list(spec.signals)} need the request's listing")
-        out[SIGNALS] = compute_signals(spec.signals, candidates, history, listing, spec.product_text,
-                                       spec.product_sel, spec.product_pop, spec.product_cf)
+    if signals is not None:
+        out[SIGNALS] = signals
     return out
 
 

@@ -61,8 +61,9 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
                    groups: tuple[str, ...] = tuple(GROUPS)) -> dict[str, Any]:
     cfg = cfg or StudentConfig()
     t0 = time.time()
-    sd = load_student_data(data, teacher_dir)
-    ds, teacher, test, rows, lists = sd.ds, sd.teacher, sd.test, sd.rows, sd.lists
+    sd = load_student_data(data, teacher_dir, cfg.max_lists, cfg.seed)
+    ds, teacher, test, rows = sd.ds, sd.teacher, sd.test, sd.rows
+    lists = sd.lists
     targets = [s.target for s in test]
     # a test query whose target is outside the top K is a miss for every reranker (n counts them)
     missing = teacher.n_test - len(test)

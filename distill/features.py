@@ -107,14 +107,20 @@ class FeatureTables:
         self._p = {p: i for i, p in enumerate(self.product_ids)}
         self._q = {q: i for i, q in enumerate(self.queries)}
 
+    def product_rows(self, pids: list[str]) -> np.ndarray:
+        return np.array([self._p[p] for p in pids], np.int64)
+
     def product(self, pids: list[str]) -> np.ndarray:
-        return self.products[[self._p[p] for p in pids]]
+        return self.products[self.product_rows(pids)]
+
+    def query_row(self, q: str) -> int:
+        return self._q[q]
 
     def has_product(self, pid: str) -> bool:
         return pid in self._p
 
     def query(self, q: str) -> np.ndarray:
-        return self.query_features[self._q[q]]
+        return self.query_features[self.query_row(q)]
 
 
 def build_features(ds: Dataset, emb: Embeddings, teacher_dir: Path, teacher_cfg: dict[str, Any],

@@ -54,7 +54,7 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
     out, teacher_dir = Path(out), Path(teacher_dir)
     timings: dict[str, float] = {}
     t = time.time()
-    sd = load_student_data(data, teacher_dir)
+    sd = load_student_data(data, teacher_dir, cfg.max_lists, cfg.seed)
     ds, teacher, test, rows, minilm = sd.ds, sd.teacher, sd.test, sd.rows, sd.minilm
     lists, lists_source = sd.lists, sd.lists_source
     train_tables, tables = sd.tables(tuple(cfg.signals), cfg.cf_dim)
@@ -90,6 +90,7 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
             "stage": "distill", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint, "bundle_version": version,
             "teacher_dir": str(teacher_dir), "config": cfg.to_dict(), "spec": tables.spec.to_dict(),
             "train_rows": int(sum(len(s.candidates) for s in lists)), "train_queries": len(lists),
+            "train_lists_available": sd.lists_available,
             "train_source": lists_source, "teacher_scored_pairs": sum(s.teacher_scored for s in lists),
             "test_queries_scored": len(test), "test_queries_total": teacher.n_test,
             "parity_max_abs_diff": exported.parity, "query_encoder": exported.query_encoder,

@@ -37,7 +37,6 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
     (a few thousand lists and a 100k-parameter network overfit well before ``epochs``).
     """
     torch.manual_seed(cfg.seed)
-    tensors = [torch.from_numpy(data.inputs[n]) for n in spec.input_names]
     tl, ht, lab = (torch.from_numpy(x) for x in (data.teacher_logits, data.has_teacher, data.labels))
     if not cfg.use_teacher:
         ht = torch.zeros_like(ht)
@@ -55,7 +54,7 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
     n_val = int(round(cfg.val_fraction * n_lists)) if n_lists >= 20 else 0
     val, fit = perm[:n_val], perm[n_val:]
     val_rows = [np.arange(starts[i], starts[i + 1])[data.listed[starts[i]:starts[i + 1]]] for i in val]
-    val_idx = torch.from_numpy(np.concatenate(val_rows)) if n_val else None
+    val_idx = np.concatenate(val_rows) if n_val else None
     per_batch = max(1, cfg.batch // max(1, width))
     curve: list[dict[str, float]] = []
     best, best_state, bad = -1.0, None, 0
@@ -68,7 +67,8 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
             grid = torch.from_numpy(pad[order[i:i + per_batch]])
             valid = grid >= 0
             idx = grid[valid]
-            logits = model(*(t[idx] for t in tensors))
+            batch = data.inputs_for(idx.numpy())
+            logits = model(*(torch.from_numpy(batch[n]) for n in spec.input_names))
             loss = distill_loss(logits, tl[idx], ht[idx], lab[idx], cfg)
             if cfg.listwise_weight > 0:
                 loss = loss + cfg.listwise_weight * listwise_loss(logits, lab[idx], valid)
@@ -81,10 +81,10 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
         point = {"epoch": epoch + 1, "loss": round(total / max(1, seen), 5)}
         if val_idx is not None:
             model.eval()
-            with torch.no_grad():
-                z = model(*(t[val_idx] for t in tensors)).numpy()
+            z = np.concatenate([student_logits(model, data.inputs_for(val_idx[j:j + 8192]))
+                                for j in range(0, len(val_idx), 8192)])
             margins = np.zeros(len(lab), np.float64)
-            margins[val_idx.numpy()] = z[:, 0] - z[:, 1]
+            margins[val_idx] = z[:, 0] - z[:, 1]
             point["val_NDCG@4"] = round(_val_ndcg4(margins, data.labels, val_rows), 5)
             if point["val_NDCG@4"] > best:
                 best, best_state, bad = point["val_NDCG@4"], copy.deepcopy(model.state_dict()), 0

@@ -66,19 +66,22 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """One parsed line at a time (a file of a million lists need not sit in memory as dicts)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing file: {path}")
-    rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}:{lineno} is not valid JSON: {e}") from e
-    return rows
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
 
 
 def fingerprint_files(paths: Iterable[Path]) -> str:

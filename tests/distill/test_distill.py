@@ -190,3 +190,39 @@ def test_the_product_tower_reads_only_content_unless_told_and_old_checkpoints_ke
     assert StudentConfig.from_checkpoint({"tower_reads": "content"}).tower_reads == "content"
     with pytest.raises(ValueError, match="tower_reads"):
         StudentConfig(tower_reads="cf")
+
+
+def test_training_arrays_gather_what_the_service_builds_for_each_list(tiny_pipeline, synthetic_dir):
+    """The student trains on row indices (not gathered history blocks); gathering a list's rows must give
+    exactly the arrays ``request_arrays`` (the service's ``build_inputs``) gives for that list, its random
+    negatives included, fold tables and all."""
+    from distill.lists import load_student_data, request_arrays, sample_mask, training_arrays
+
+    sd = load_student_data(synthetic_dir, tiny_pipeline / "teacher")
+    cfg = StudentConfig()
+    train_tables, _ = sd.tables(tuple(cfg.signals), cfg.cf_dim)
+    lists = sd.lists[:40]
+    data = training_arrays(train_tables, sd.ds, sd.rows, lists, cfg, np.random.default_rng(0))
+    assert data.history_rows.shape == (len(data.labels), train_tables[lists[0].fold].spec.k_s2)
+    assert (data.history_rows >= 0).any() and (data.history_rows < 0).any()  # filled and empty slots both occur
+    catalog = train_tables[lists[0].fold].product_ids
+    first = next(iter(train_tables.values()))
+    for i, s in enumerate(lists):
+        rows = np.arange(data.starts[i], data.starts[i + 1])
+        extra = [catalog[int(r) % len(catalog)] for r in data.candidate_row[rows][~data.listed[rows]]]
+        want = request_arrays(train_tables[s.fold], sd.ds, sd.rows[s.query_id], s, extra)
+        got = data.inputs_for(rows)
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"list {i} {name}")
+    assert len(first.product_ids) == len(catalog)
+    # the cap keeps every teacher-scored list and samples the rest, seeded; load_student_data applies it
+    scored = np.array([s.teacher_scored > 0 for s in sd.lists])
+    assert scored.any() and not scored.all()
+    mask = sample_mask(scored, 10, seed=0)
+    assert mask.sum() == max(10, scored.sum()) and mask[scored].all()
+    np.testing.assert_array_equal(mask, sample_mask(scored, 10, seed=0))
+    assert sample_mask(scored, 0, seed=0).all()
+    capped = load_student_data(synthetic_dir, tiny_pipeline / "teacher", max_lists=10)
+    assert capped.lists_available == len(sd.lists) and len(capped.lists) == mask.sum()
+    assert {s.query_id for s in capped.lists} >= {s.query_id for s in sd.lists if s.teacher_scored}
