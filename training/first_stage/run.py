@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -62,46 +65,104 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
+def rank_rows(ranker: Ranker, rows: list[dict[str, Any]], k: int, chunk: int = 1024,
+              on_scores: Callable[[list[int], np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` (at most the catalogue's size) product indices and scores of every row, scored
+    ``chunk`` rows at a time.
+
+    Rows are scored grouped by query text, so a ranker that embeds the catalogue per distinct query
+    (MAPS) does it once per query rather than once per query per chunk. ``on_scores(positions,
+    full_scores)`` sees each chunk's full-catalogue scores (the sampled protocol reads them).
+    """
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["query"])
+    idx = np.zeros((len(rows), k), np.int64)
+    sc = np.zeros((len(rows), k), np.float64)
+    for start in range(0, len(order), chunk):
+        pos = order[start : start + chunk]
+        full = ranker.score([rows[i] for i in pos])
+        if on_scores is not None:
+            on_scores(pos, full)
+        i, s = top_k(full, k)
+        idx[pos, : i.shape[1]], sc[pos, : s.shape[1]] = i, s
+    return idx, sc
+
+
 def candidate_line(row: dict[str, Any], ids: np.ndarray, scores: np.ndarray, catalog: Catalog,
                    fit: bool, fold: int | None = None) -> dict[str, Any]:
-    cands = [{"product_id": catalog.ids[i], "score": round(float(s), 6)} for i, s in zip(ids, scores, strict=True)]
+    cands = [{"product_id": catalog.ids[i], "score": round(float(s), 5)} for i, s in zip(ids, scores, strict=True)]
     # fit False: the model never trained on this query (validation, holdout and test), so its candidates
-    # look like those of a new query; a student with position signals learns only from such lines
-    return {"query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
+    # look like a new query's
+    return {"query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"],
             "target": row["product_id"], "candidates": cands, "fit": fit} | ({} if fold is None else {"fold": fold})
 
 
-def shadow_candidates(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None,
-                      overrides: dict[str, Any], train_rows: list[dict[str, Any]], k: int, folds: int,
-                      seed: int = 0) -> list[dict[str, Any]]:
-    """Cross-fitting for the reranker's training data: the train queries in ``folds`` seeded folds; for
-    each fold, a model of the same kind fitted on the other folds ranks that fold's queries.
+def fold_of(train_rows: list[dict[str, Any]], folds: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed + 31).integers(0, folds, size=len(train_rows))
+
+
+def shadow_fold(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
+                train_rows: list[dict[str, Any]], k: int, folds: int, f: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Cross-fitting for the reranker's training data: the train queries fall in ``folds`` seeded folds;
+    for fold ``f``, a model of the same kind fitted on the other folds ranks that fold's queries.
 
     The first stage ranks its own train queries too well (their target is what it fitted), so a reranker
     that reads positions or scores from those lists would learn to trust them far more than a new
     query deserves. These lines come from models that never saw their query, as at serving time.
     """
-    fold_of = np.random.default_rng(seed + 31).integers(0, folds, size=len(train_rows))
-    lines = []
-    for f in range(folds):
-        held = [r for r, g in zip(train_rows, fold_of, strict=True) if g == f]
-        rest = [r for r, g in zip(train_rows, fold_of, strict=True) if g != f]
-        if not held or not rest:
-            continue
-        ranker, cfg = make_ranker(model, catalog, config_path, overrides)
-        fit_rows, val_rows = split_validation(rest, getattr(cfg, "val_fraction", 0.1), getattr(cfg, "seed", 0) + 1 + f)
-        ranker.fit(ds, fit_rows, val_rows)
-        for start in range(0, len(held), 1024):
-            rows = held[start : start + 1024]
-            idx, sc = top_k(ranker.score(rows), k)
-            lines += [candidate_line(r, i, s, catalog, fit=False, fold=f) for r, i, s in zip(rows, idx, sc, strict=True)]
-    return sorted(lines, key=lambda x: x["query_id"])
+    where = fold_of(train_rows, folds, seed)
+    held = [r for r, g in zip(train_rows, where, strict=True) if g == f]
+    rest = [r for r, g in zip(train_rows, where, strict=True) if g != f]
+    if not held or not rest:
+        return []
+    ranker, cfg = make_ranker(model, catalog, config_path, overrides)
+    fit_rows, val_rows = split_validation(rest, getattr(cfg, "val_fraction", 0.1), getattr(cfg, "seed", 0) + 1 + f)
+    ranker.fit(ds, fit_rows, val_rows)
+    idx, sc = rank_rows(ranker, held, k)
+    return [candidate_line(r, i, s, catalog, fit=False, fold=f) for r, i, s in zip(held, idx, sc, strict=True)]
+
+
+def fit_and_rank(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
+                 queries: list[dict[str, Any]], train_rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """The first stage itself: fit on the train queries (early-stopped on a validation slice of them), then
+    rank every query; the test rows' full-catalogue scores also give the MAPS sampled protocol."""
+    t0 = time.time()
+    ranker, cfg = make_ranker(model, catalog, config_path, overrides)
+    fit_rows, val_rows = split_validation(train_rows, getattr(cfg, "val_fraction", 0.1), getattr(cfg, "seed", 0))
+    train_log = ranker.fit(ds, fit_rows, val_rows)
+    fitted = {r["query_id"] for r in fit_rows}
+    fit_seconds = time.time() - t0
+    test_pos = {i: j for j, i in enumerate(i for i, r in enumerate(queries) if r["split"] == "test")}
+    pos_scores = np.zeros(len(test_pos))
+    neg_scores = np.zeros((len(test_pos), min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)))
+
+    def sampled(positions: list[int], full: np.ndarray) -> None:  # MAPS protocol: 1 target + 99 sampled negatives
+        for i, line in zip(positions, full, strict=True):
+            if i in test_pos:
+                j, target = test_pos[i], catalog.index[queries[i]["product_id"]]
+                pos_scores[j] = line[target]
+                # negatives seeded per test query: the same for every model, whatever order it is scored in
+                neg_scores[j] = line[sample_negatives(np.random.default_rng([SAMPLED_SEED, j]), len(catalog.ids),
+                                                      target, SAMPLED_NEGATIVES)]
+
+    t1 = time.time()
+    idx, sc = rank_rows(ranker, queries, k, on_scores=sampled)
+    candidates = [candidate_line(r, i, s, catalog, fit=r["query_id"] in fitted)
+                  for r, i, s in zip(queries, idx, sc, strict=True)]
+    return {"candidates": candidates, "config": asdict(cfg), "train_log": train_log, "fit_rows": len(fit_rows),
+            "val_rows": len(val_rows), "fit_seconds": fit_seconds, "score_seconds": time.time() - t1,
+            "sampled": sampled_metrics(pos_scores, neg_scores),
+            "state": ranker.state() if model in NEURAL else None}  # type: ignore[attr-defined]
 
 
 def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: Path | None = None,
                   overrides: dict[str, Any] | None = None, k: int = 10, holdout_folds: int = 3) -> dict[str, Any]:
     """Fit, rank every query, write candidates.jsonl; for learned models with ``holdout_folds`` >= 2,
-    also holdout.jsonl: every train query ranked by a model that never saw it (``shadow_candidates``)."""
+    also holdout.jsonl: every train query ranked by a model fitted on the other folds (``shadow_fold``).
+
+    The fits (the first stage and each fold's shadow) are independent jobs. Under ``accelerate launch``
+    with N processes, rank r runs jobs r, r + N, ...; each hands its result to rank 0 through a file
+    beside OUT, and rank 0 alone writes OUT. In one process the jobs run in turn.
+    """
     if holdout_folds == 1 or holdout_folds < 0:
         raise InputError(f"holdout_folds={holdout_folds}: use 0 (none) or 2 or more folds")
     if model not in MODELS:
@@ -114,64 +175,93 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     if not train_rows or not test_rows:
         raise InputError(f"{ds.root} needs train and test queries (found {len(train_rows)} train, {len(test_rows)} test)")
     catalog = Catalog.build(ds)
-    ranker, cfg = make_ranker(model, catalog, config_path, overrides or {})
-    seed = getattr(cfg, "seed", 0)
-    fit_rows, val_rows = split_validation(train_rows, getattr(cfg, "val_fraction", 0.1), seed)
-    train_log = ranker.fit(ds, fit_rows, val_rows)
-    fitted = {r["query_id"] for r in fit_rows}
-    fit_seconds = time.time() - t0
+    k = min(k, len(catalog.ids))
+    overrides = overrides or {}
+    seed = getattr(make_ranker(model, catalog, config_path, overrides)[1], "seed", 0)
+    folds = holdout_folds if holdout_folds >= 2 and model in NEURAL else 0
+    jobs: list[int | None] = [None, *range(folds)]  # None: the first stage itself; f: fold f's shadow
 
-    candidates, ranked_test, targets_test = [], [], []
-    neg_rng = np.random.default_rng(SAMPLED_SEED)
-    pos_scores, neg_scores = [], []
-    t1 = time.time()
-    for start in range(0, len(queries), 1024):
-        rows = queries[start : start + 1024]
-        full = ranker.score(rows)
-        for row, line in zip(rows, full, strict=True):  # MAPS protocol: 1 target + 99 sampled negatives
-            if row["split"] == "test":
-                target = catalog.index[row["product_id"]]
-                pos_scores.append(line[target])
-                neg_scores.append(line[sample_negatives(neg_rng, len(catalog.ids), target, SAMPLED_NEGATIVES)])
-        idx, sc = top_k(full, k)
-        for row, ids, scores in zip(rows, idx, sc, strict=True):
-            candidates.append(candidate_line(row, ids, scores, catalog, fit=row["query_id"] in fitted))
-            if row["split"] == "test":
-                ranked_test.append([c["product_id"] for c in candidates[-1]["candidates"]])
-                targets_test.append(row["product_id"])
-    score_seconds = time.time() - t1
-    t2 = time.time()
-    shadow = (shadow_candidates(ds, model, catalog, config_path, overrides or {}, train_rows, k, holdout_folds, seed)
-              if holdout_folds >= 2 and model in NEURAL else [])
-    shadow_seconds = time.time() - t2
+    def run_job(job: int | None) -> Any:
+        t = time.time()
+        if job is None:
+            return fit_and_rank(ds, model, catalog, config_path, overrides, queries, train_rows, k)
+        return {"lines": shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, folds, job, seed),
+                "seconds": time.time() - t}
+
+    results = run_jobs(jobs, run_job, Path(out))
+    if results is None:  # another rank's process: rank 0 writes OUT
+        return {}
+    main = results[None]
+    shadow = sorted((line for f in range(folds) for line in results[f]["lines"]), key=lambda x: x["query_id"])
+    shadow_seconds = sum(results[f]["seconds"] for f in range(folds))
+    ranked_test = [[c["product_id"] for c in line["candidates"]] for line, r in zip(main["candidates"], queries,
+                                                                                    strict=True) if r["split"] == "test"]
+    targets_test = [r["product_id"] for r in test_rows]
     metrics = paper_metrics(ranked_test, targets_test)
-    sampled = sampled_metrics(np.array(pos_scores), np.array(neg_scores))
-    sampled["negatives"] = min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)
+    sampled = main["sampled"] | {"negatives": min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)}
     hit = sum(t in r for r, t in zip(ranked_test, targets_test, strict=True)) / len(targets_test)
 
     with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "candidates.jsonl", candidates)
+        write_jsonl(tmp / "candidates.jsonl", main["candidates"])
         if shadow:
             write_jsonl(tmp / "holdout.jsonl", shadow)
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "sampled_metrics.json", sampled)
         info = {
             "stage": "retrieve", "model": model, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
-            "top_k": k, "config": asdict(cfg), "train_queries": len(fit_rows), "val_queries": len(val_rows),
+            "top_k": k, "config": main["config"], "train_queries": main["fit_rows"], "val_queries": main["val_rows"],
             "test_queries": len(test_rows), "target_in_top_k": round(hit, 4),
-            "sampled_protocol": sampled, "fit_seconds": round(fit_seconds, 2), "score_seconds": round(score_seconds, 2), "train_log": train_log,
-            "holdout": {"queries": len(shadow), "folds": holdout_folds if shadow else 0,
+            "sampled_protocol": sampled, "fit_seconds": round(main["fit_seconds"], 2),
+            "score_seconds": round(main["score_seconds"], 2), "train_log": main["train_log"],
+            "processes": processes_now(), "wall_seconds": round(time.time() - t0, 2),
+            "holdout": {"queries": len(shadow), "folds": folds if shadow else 0,
                         "seconds": round(shadow_seconds, 2),
                         "target_in_top_k": round(sum(r["target"] in {c["product_id"] for c in r["candidates"]}
                                                      for r in shadow) / max(1, len(shadow)), 4)},
         }
         write_json(tmp / "retrieve.json", info)
-        if model in NEURAL:
+        if main["state"] is not None:
             import torch
 
-            torch.save(ranker.state(), tmp / "model.pt")  # type: ignore[attr-defined]
+            torch.save(main["state"], tmp / "model.pt")
         _write_report(tmp, ds, model, metrics, info)
     return metrics
+
+
+def processes_now() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_jobs(jobs: list[Any], run_job: Callable[[Any], Any], out: Path) -> dict[Any, Any] | None:
+    """Every job's result on rank 0 (None on the other ranks); one process runs them all in turn.
+
+    Under ``accelerate launch`` rank r runs jobs r, r + N, ... and pickles each result into
+    OUT.parts/ (torch.save), then all ranks meet at a barrier; rank 0 reads the parts and removes them.
+    Each rank's torch uses its share of the cores (the ranks of one machine would otherwise oversubscribe).
+    """
+    procs = processes_now()
+    if procs == 1:
+        return {job: run_job(job) for job in jobs}
+    import torch
+
+    from training.teacher.dist import barrier, state
+
+    st = state()
+    rank = int(st.process_index)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", procs))))
+    parts = out.parent / f".{out.name}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for n, job in enumerate(jobs):
+        if n % procs == rank:
+            tmp = parts / f"{n}.pt.tmp"
+            torch.save(run_job(job), tmp)
+            tmp.rename(parts / f"{n}.pt")
+    barrier()
+    if not st.is_main_process:
+        return None
+    results = {job: torch.load(parts / f"{n}.pt", weights_only=False) for n, job in enumerate(jobs)}
+    shutil.rmtree(parts)
+    return results
 
 
 def _write_report(tmp: Path, ds: Dataset, model: str, metrics: dict[str, Any], info: dict[str, Any]) -> None:
