@@ -44,7 +44,8 @@ def retrieve(
     metrics = run_retrieval(data, model.value, out, config_path=config, overrides=overrides, k=top_k, holdout_folds=holdout_folds)
     from training.report import metrics_table
 
-    typer.echo(metrics_table({model.value: metrics}))
+    if metrics:  # under accelerate launch only rank 0 has them (and writes OUT)
+        typer.echo(metrics_table({model.value: metrics}))
 
 
 @app.command("summarize", rich_help_panel="Offline stages")
@@ -158,24 +159,31 @@ def ablate_student(
     data: DataDir = ...,
     teacher: Path = typer.Option(..., "--teacher", help="teacher output directory"),
     out: Path = typer.Option(..., "--out", help="output directory (ablation.json, report.md)"),
-    groups: str = typer.Option("", "--groups", show_default="all",
+    groups: str = typer.Option("", "--groups", show_default="the default student's",
                                help="comma-separated signal groups (contract/signals.py): the full student, "
                                     "and each one left out"),
+    add: str = typer.Option("", "--add", help="comma-separated groups to try on top of the full student, one at a time"),
+    leave_out: bool = typer.Option(True, "--leave-out/--no-leave-out",
+                                   help="also train the student without signals and without each group"),
     config: ConfigFile = None,
     sets: Sets = None,
 ) -> None:
-    """Each ranking signal's worth: the student with all groups, none, and each one left out."""
-    from contract.signals import GROUPS, check_groups
+    """Each ranking signal's worth: the student with all groups, none, each one left out, each one added."""
+    from contract.signals import DEFAULT_GROUPS, check_groups
     from distill.ablate import ablate_student as run_ablation
     from distill.student import StudentConfig
     from training.config import load_config
 
     try:
-        chosen = check_groups(split_list(groups)) or tuple(GROUPS)
+        chosen = check_groups(split_list(groups)) or DEFAULT_GROUPS
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--groups") from None
+    try:
+        extra = tuple(g for g in check_groups(split_list(add)) if g not in chosen)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--add") from None
     cfg = load_config(StudentConfig, config, parse_sets(sets))
-    run_ablation(data, teacher, out, cfg, chosen)
+    run_ablation(data, teacher, out, cfg, chosen, extra, leave_out)
     typer.echo((out / "report.md").read_text())
 
 

@@ -131,3 +131,30 @@ def test_a_dead_rank_stops_the_launcher_with_an_error(synthetic_dir, first_stage
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_retrieve_splits_its_fits_over_two_processes_and_writes_once(synthetic_dir, first_stage, tmp_path):
+    """``hmpps retrieve`` under ``accelerate launch``: the first stage and its three holdout folds run as
+    jobs split over the ranks, and rank 0 writes the same lists one process writes (the fits are seeded;
+    only float sums in another thread order differ), with no parts left behind."""
+    out = tmp_path / "two"
+    cmd = [_bin("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hmpps", "retrieve", "--data",
+           str(synthetic_dir), "--model", "hem", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env=os.environ | {"HMPPS_DIST_TIMEOUT_S": "120", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert json.loads((out / "retrieve.json").read_text())["processes"] == 2
+    assert not list(tmp_path.glob(".two.parts*")) and sorted(p.name for p in tmp_path.iterdir()) == ["two"]
+    for name in ("candidates.jsonl", "holdout.jsonl"):
+        one = [json.loads(x) for x in (first_stage / name).read_text().splitlines()]
+        two = [json.loads(x) for x in (out / name).read_text().splitlines()]
+        assert len(one) == len(two) > 0
+        assert [x["query_id"] for x in one] == [x["query_id"] for x in two]
+        same = sum([c["product_id"] for c in a["candidates"]] == [c["product_id"] for c in b["candidates"]]
+                   for a, b in zip(one, two, strict=True))
+        assert same >= 0.99 * len(one), f"{name}: {same} of {len(one)} lists equal"
+        gap = max(abs(c["score"] - d["score"]) for a, b in zip(one, two, strict=True)
+                  for c, d in zip(a["candidates"], b["candidates"], strict=True)
+                  if c["product_id"] == d["product_id"])
+        assert gap <= 1e-3, f"{name}: scores differ by {gap}"

@@ -21,8 +21,8 @@ from training.first_stage.base import Catalog, Ranker, split_validation
 from training.metrics import paper_metrics, sampled_metrics
 from training.report import metrics_table
 
-MODELS = ("hem", "zam", "qem", "maps", "bm25", "pop")
-NEURAL = ("hem", "zam", "qem", "maps")
+MODELS = ("hem", "zam", "qem", "seq", "maps", "bm25", "pop")
+NEURAL = ("hem", "zam", "qem", "seq", "maps")
 
 
 def make_ranker(model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any]) -> tuple[Ranker, Any]:
@@ -33,7 +33,7 @@ def make_ranker(model: str, catalog: Catalog, config_path: Path | None, override
 
         maps_cfg = load_config(MapsConfig, config_path, overrides)
         return MapsRanker(catalog, maps_cfg), maps_cfg
-    if model in ("hem", "zam", "qem"):
+    if model in ("hem", "zam", "qem", "seq"):
         from training.first_stage.neural import NeuralConfig, NeuralRanker
 
         cfg = load_config(NeuralConfig, config_path, overrides)
@@ -89,10 +89,10 @@ def rank_rows(ranker: Ranker, rows: list[dict[str, Any]], k: int, chunk: int = 1
 
 def candidate_line(row: dict[str, Any], ids: np.ndarray, scores: np.ndarray, catalog: Catalog,
                    fit: bool, fold: int | None = None) -> dict[str, Any]:
-    cands = [{"product_id": catalog.ids[i], "score": round(float(s), 5)} for i, s in zip(ids, scores, strict=True)]
+    cands = [{"product_id": catalog.ids[i], "score": round(float(s), 6)} for i, s in zip(ids, scores, strict=True)]
     # fit False: the model never trained on this query (validation, holdout and test), so its candidates
-    # look like a new query's
-    return {"query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"],
+    # look like those of a new query; a student with position signals learns only from such lines
+    return {"query_id": row["query_id"], "user_id": row["user_id"], "query": row["query"], "split": row["split"],
             "target": row["product_id"], "candidates": cands, "fit": fit} | ({} if fold is None else {"fold": fold})
 
 
@@ -101,24 +101,29 @@ def fold_of(train_rows: list[dict[str, Any]], folds: int, seed: int) -> np.ndarr
 
 
 def shadow_fold(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
-                train_rows: list[dict[str, Any]], k: int, folds: int, f: int, seed: int = 0) -> list[dict[str, Any]]:
+                train_rows: list[dict[str, Any]], k: int, folds: int, f: int, seed: int = 0) -> dict[str, Any]:
     """Cross-fitting for the reranker's training data: the train queries fall in ``folds`` seeded folds;
     for fold ``f``, a model of the same kind fitted on the other folds ranks that fold's queries.
 
     The first stage ranks its own train queries too well (their target is what it fitted), so a reranker
     that reads positions or scores from those lists would learn to trust them far more than a new
     query deserves. These lines come from models that never saw their query, as at serving time.
+    Returns the fold's rows (positions in ``train_rows``) and their top-k arrays: lines are formatted
+    only as they are written, so a million of them never sit in memory as dicts.
     """
+    t = time.time()
     where = fold_of(train_rows, folds, seed)
-    held = [r for r, g in zip(train_rows, where, strict=True) if g == f]
+    pos = np.flatnonzero(where == f)
+    empty = {"positions": pos[:0], "idx": np.zeros((0, k), np.int64), "sc": np.zeros((0, k)), "seconds": 0.0}
+    if not len(pos) or len(pos) == len(train_rows):
+        return empty
+    held = [train_rows[i] for i in pos]
     rest = [r for r, g in zip(train_rows, where, strict=True) if g != f]
-    if not held or not rest:
-        return []
     ranker, cfg = make_ranker(model, catalog, config_path, overrides)
     fit_rows, val_rows = split_validation(rest, getattr(cfg, "val_fraction", 0.1), getattr(cfg, "seed", 0) + 1 + f)
     ranker.fit(ds, fit_rows, val_rows)
     idx, sc = rank_rows(ranker, held, k)
-    return [candidate_line(r, i, s, catalog, fit=False, fold=f) for r, i, s in zip(held, idx, sc, strict=True)]
+    return {"positions": pos, "idx": idx, "sc": sc, "seconds": time.time() - t}
 
 
 def fit_and_rank(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
@@ -146,9 +151,7 @@ def fit_and_rank(ds: Dataset, model: str, catalog: Catalog, config_path: Path | 
 
     t1 = time.time()
     idx, sc = rank_rows(ranker, queries, k, on_scores=sampled)
-    candidates = [candidate_line(r, i, s, catalog, fit=r["query_id"] in fitted)
-                  for r, i, s in zip(queries, idx, sc, strict=True)]
-    return {"candidates": candidates, "config": asdict(cfg), "train_log": train_log, "fit_rows": len(fit_rows),
+    return {"idx": idx, "sc": sc, "fitted": np.array([r["query_id"] in fitted for r in queries]), "config": asdict(cfg), "train_log": train_log, "fit_rows": len(fit_rows),
             "val_rows": len(val_rows), "fit_seconds": fit_seconds, "score_seconds": time.time() - t1,
             "sampled": sampled_metrics(pos_scores, neg_scores),
             "state": ranker.state() if model in NEURAL else None}  # type: ignore[attr-defined]
@@ -182,29 +185,34 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     jobs: list[int | None] = [None, *range(folds)]  # None: the first stage itself; f: fold f's shadow
 
     def run_job(job: int | None) -> Any:
-        t = time.time()
         if job is None:
             return fit_and_rank(ds, model, catalog, config_path, overrides, queries, train_rows, k)
-        return {"lines": shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, folds, job, seed),
-                "seconds": time.time() - t}
+        return shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, folds, job, seed)
 
     results = run_jobs(jobs, run_job, Path(out))
     if results is None:  # another rank's process: rank 0 writes OUT
         return {}
     main = results[None]
-    shadow = sorted((line for f in range(folds) for line in results[f]["lines"]), key=lambda x: x["query_id"])
+    # holdout lines ordered by query id: (fold, row in that fold's arrays) per line
+    held = sorted(((train_rows[p]["query_id"], f, j) for f in range(folds)
+                   for j, p in enumerate(results[f]["positions"])), key=lambda x: x[0])
     shadow_seconds = sum(results[f]["seconds"] for f in range(folds))
-    ranked_test = [[c["product_id"] for c in line["candidates"]] for line, r in zip(main["candidates"], queries,
-                                                                                    strict=True) if r["split"] == "test"]
+    is_test = np.array([r["split"] == "test" for r in queries])
+    ranked_test = [[catalog.ids[i] for i in line] for line in main["idx"][is_test]]
     targets_test = [r["product_id"] for r in test_rows]
+    shadow_hits = sum(train_rows[results[f]["positions"][j]]["product_id"] in
+                      {catalog.ids[i] for i in results[f]["idx"][j]} for _, f, j in held)
     metrics = paper_metrics(ranked_test, targets_test)
     sampled = main["sampled"] | {"negatives": min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)}
     hit = sum(t in r for r, t in zip(ranked_test, targets_test, strict=True)) / len(targets_test)
 
     with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "candidates.jsonl", main["candidates"])
-        if shadow:
-            write_jsonl(tmp / "holdout.jsonl", shadow)
+        write_jsonl(tmp / "candidates.jsonl", (candidate_line(r, i, s, catalog, fit=bool(fit)) for r, i, s, fit in
+                                               zip(queries, main["idx"], main["sc"], main["fitted"], strict=True)))
+        if held:
+            write_jsonl(tmp / "holdout.jsonl", (
+                candidate_line(train_rows[results[f]["positions"][j]], results[f]["idx"][j], results[f]["sc"][j],
+                               catalog, fit=False, fold=f) for _, f, j in held))
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "sampled_metrics.json", sampled)
         info = {
@@ -214,10 +222,9 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
             "sampled_protocol": sampled, "fit_seconds": round(main["fit_seconds"], 2),
             "score_seconds": round(main["score_seconds"], 2), "train_log": main["train_log"],
             "processes": processes_now(), "wall_seconds": round(time.time() - t0, 2),
-            "holdout": {"queries": len(shadow), "folds": folds if shadow else 0,
+            "holdout": {"queries": len(held), "folds": folds if held else 0,
                         "seconds": round(shadow_seconds, 2),
-                        "target_in_top_k": round(sum(r["target"] in {c["product_id"] for c in r["candidates"]}
-                                                     for r in shadow) / max(1, len(shadow)), 4)},
+                        "target_in_top_k": round(shadow_hits / max(1, len(held)), 4)},
         }
         write_json(tmp / "retrieve.json", info)
         if main["state"] is not None:
