@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.reports import markdown_table
-from contract.signals import GROUPS
+from contract.signals import DEFAULT_GROUPS, check_groups
 from contract.spec import concat_inputs, yes_probability
 from distill.export import export_student
 from distill.features import FeatureTables
@@ -30,14 +30,19 @@ from service.core.bundle import OnnxScorer
 from training.artifacts import atomic_dir, write_json
 from training.dataset import Dataset
 from training.metrics import PAPER_KEYS, paired_values_bootstrap, paper_metrics, per_query, rerank
+from training.slices import slice_report, slice_table
 from training.teacher.scored import ScoredList
 
 
-def variants(groups: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """All groups, none, and all but one (for each group)."""
-    out = {"all signals": groups, "no signals (content only)": ()}
-    for g in groups:
-        out[f"without {g}"] = tuple(x for x in groups if x != g)
+def variants(groups: tuple[str, ...], add: tuple[str, ...] = (), leave_out: bool = True) -> dict[str, tuple[str, ...]]:
+    """All groups; with ``leave_out``, none and all but one (for each group); and all plus each of ``add``."""
+    out = {"all signals": groups}
+    if leave_out:
+        out["no signals (content only)"] = ()
+        for g in groups:
+            out[f"without {g}"] = tuple(x for x in groups if x != g)
+    for g in add:
+        out[f"with {g}"] = check_groups((*groups, g))
     return out
 
 
@@ -58,7 +63,8 @@ def request_cost_us(tables: FeatureTables, ds: Dataset, rows: dict[str, dict[str
 
 
 def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: StudentConfig | None = None,
-                   groups: tuple[str, ...] = tuple(GROUPS)) -> dict[str, Any]:
+                   groups: tuple[str, ...] = DEFAULT_GROUPS, add: tuple[str, ...] = (),
+                   leave_out: bool = True) -> dict[str, Any]:
     cfg = cfg or StudentConfig()
     t0 = time.time()
     sd = load_student_data(data, teacher_dir, cfg.max_lists, cfg.seed)
@@ -71,10 +77,10 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
     fs_vals = np.concatenate([per_query(fs_lists, targets), np.zeros(missing)])
     results: dict[str, Any] = {}
     ranked_by: dict[str, list[list[str]]] = {}
-    for name, sig in tqdm(variants(groups).items(), desc="student variants", unit="variant"):
+    for name, sig in tqdm(variants(groups, add, leave_out).items(), desc="student variants", unit="variant"):
         t = time.time()
         vcfg = replace(cfg, signals=list(sig))
-        train_tables, tables = sd.tables(sig, cfg.cf_dim)
+        train_tables, tables = sd.tables(sig, cfg.cf_dim, cfg.seq_dim)
         model, _ = train_student(tables.spec, vcfg, training_arrays(train_tables, ds, rows, lists, vcfg,
                                                                     np.random.default_rng(cfg.seed)))
         inputs = concat_inputs([request_arrays(tables, ds, rows[s.query_id], s) for s in test])
@@ -92,7 +98,9 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
         vals = np.concatenate([per_query(ranked_by[name], targets), np.zeros(missing)])
         r["versus_first_stage"] = paired_values_bootstrap(vals, fs_vals)
         r["versus_all_signals"] = paired_values_bootstrap(vals, full_vals)
-    out_info = {"dataset": ds.name, "teacher_dir": str(teacher_dir), "train_lists": len(lists), "train_source": sd.lists_source,
+    out_info = {"dataset": ds.name, "teacher_dir": str(teacher_dir), "train_lists": len(lists),
+                "train_lists_available": sd.lists_available, "train_source": sd.lists_source,
+                "slices": ablation_slices(ds, rows, test, ranked_by["all signals"]),
                 "test_lists": len(test), "test_total": teacher.n_test, "config": cfg.to_dict(),
                 "first_stage": paper_metrics(fs_lists + [[]] * missing, targets + ["\0miss"] * missing),
                 "variants": results, "seconds": round(time.time() - t0, 1)}
@@ -100,6 +108,22 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
         write_json(tmp / "ablation.json", out_info)
         (tmp / "report.md").write_text(ablation_report(out_info))
     return out_info
+
+
+def ablation_slices(ds: Dataset, rows: dict[str, dict[str, Any]], test: list[ScoredList],
+                    student: list[list[str]]) -> dict[str, Any]:
+    """The full student by slice (``training.slices``) against the first stage and the model-free rules, over
+    the test lists that hold their target (the others are misses for every reranker in every slice)."""
+    from training.headroom import model_free_rules
+
+    targets = [s.target for s in test]
+    qrows = [rows[s.query_id] for s in test]
+    rules = model_free_rules(ds)
+    values = {"first stage": per_query([s.product_ids for s in test], targets), "student": per_query(student, targets)}
+    for name, rule in rules.items():
+        values[name] = per_query([rerank(s.product_ids, rule(r, ds.history(r), s.product_ids))
+                                  for s, r in zip(test, qrows, strict=True)], targets)
+    return slice_report(ds, qrows, values, ["student"], list(rules), "first stage")
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -122,4 +146,7 @@ def ablation_report(info: dict[str, Any]) -> str:
                         "request µs (inputs + ONNX)", "train s"], rows), "",
         "Intervals: paired bootstrap (10,000 resamples) of the per-query NDCG@4 difference. Request cost: median "
         "over 300 single requests on this machine, inputs built by `contract.spec.build_inputs` as the service "
-        "does, ONNX fp32 on one thread.", ""])
+        "does, ONNX fp32 on one thread.", "",
+        "## The student (all signals) by slice", "",
+        f"Over the {info['test_lists']} test lists that hold their target.", "",
+        slice_table(info["slices"], "first stage"), ""])

@@ -40,6 +40,7 @@ from training.artifacts import atomic_dir, read_jsonl, write_json
 from training.candidates import FirstStage, load_first_stage, scored_test_rows
 from training.dataset import Dataset, load_dataset
 from training.metrics import PAPER_KEYS, paired_bootstrap, paper_metrics, random_order, relative_gain, rerank
+from training.slices import slice_report, slice_table
 from training.synthetic import SyntheticConfig
 
 ATTRIBUTES = ("brand", "colour", "style")
@@ -71,13 +72,17 @@ def popularity_scorer(ds: Dataset) -> Scorer:
     return score
 
 
-def rule_scorers(ds: Dataset, fs: FirstStage) -> dict[str, Scorer | None]:
-    """The rules any dataset has, after the first stage's own order (None)."""
+def model_free_rules(ds: Dataset) -> dict[str, Scorer]:
+    """The rules any dataset has."""
     return {
-        f"first stage ({fs.model})": None,
         "already bought last": lambda row, hist, cands: _bought_last(hist, cands),
         "popularity within the candidates": popularity_scorer(ds),
     }
+
+
+def rule_scorers(ds: Dataset, fs: FirstStage) -> dict[str, Scorer | None]:
+    """The rules any dataset has, after the first stage's own order (None)."""
+    return {f"first stage ({fs.model})": None, **model_free_rules(ds)}
 
 
 def reranked_lists(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]], scorer: Scorer | None) -> list[list[str]]:
@@ -273,6 +278,9 @@ def versus_rules(ds: Dataset, fs: FirstStage, rows: list[dict[str, Any]],
     best_vals = per_query(lists[out["best_rule"]], targets) if out["best_rule"] in lists else chance
     out["versus_best_rule"] = {name: paired_values_bootstrap(per_query(lists[name], targets), best_vals)
                                for name in models}
+    if models and rules:
+        values = {name: per_query(ranked, targets) for name, ranked in lists.items()}
+        out["slices"] = slice_report(ds, rows, values, list(models), [r for r in rules if r in lists], base_name)
     return out
 
 
@@ -286,5 +294,8 @@ def versus_rules_table(result: dict[str, Any]) -> str:
           f"{100 * (r['metrics']['NDCG@4'] / base - 1):+.1f}%" if base > 0 else "n/a", ci(r["versus_first_stage"]),
           ci(result["versus_best_rule"][name]) if name in result["versus_best_rule"] else ""]
          for name, r in result["rows"].items()])
-    return table + (f"\n\n{result['queries']} test queries; intervals are paired bootstraps (10,000 resamples) of "
-                    "the per-query NDCG@4 difference; the last column compares with the best model-free rule.")
+    table += (f"\n\n{result['queries']} test queries; intervals are paired bootstraps (10,000 resamples) of "
+              "the per-query NDCG@4 difference; the last column compares with the best model-free rule.")
+    if result.get("slices"):
+        table += "\n\n### By slice\n\n" + slice_table(result["slices"], result["first_stage"])
+    return table
