@@ -49,6 +49,7 @@ class FirstStageModel(str, Enum):  # training.first_stage.run.MODELS
     hem = "hem"
     zam = "zam"
     qem = "qem"
+    seq = "seq"
     maps = "maps"
     bm25 = "bm25"
     pop = "pop"

@@ -15,7 +15,7 @@ runner = CliRunner()
 def runs(synthetic_dir, tmp_path_factory):
     out = {}
     root = tmp_path_factory.mktemp("retrieve")
-    for model in ("pop", "bm25", "hem", "zam", "qem"):
+    for model in ("pop", "bm25", "hem", "zam", "qem", "seq"):
         res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", model, "--out", str(root / model), "--epochs", "15",
                                    "--holdout-folds", "0"])
         assert res.exit_code == 0, res.output
@@ -46,6 +46,7 @@ def test_metrics_json_keys_and_learned_models_beat_popularity(runs):
     assert m["hem"]["NDCG@4"] > m["pop"]["NDCG@4"]
     assert m["zam"]["NDCG@4"] > m["pop"]["NDCG@4"]
     assert m["qem"]["NDCG@4"] > m["pop"]["NDCG@4"]
+    assert m["seq"]["NDCG@4"] > m["pop"]["NDCG@4"]
     sampled = {k: json.loads((v / "sampled_metrics.json").read_text()) for k, v in runs.items()}
     assert len({s["n"] for s in sampled.values()}) == 1, "every model is scored on the same test queries"
     assert sampled["hem"]["NDCG@10"] > sampled["pop"]["NDCG@10"]
@@ -98,3 +99,26 @@ def test_holdout_ranks_every_train_query_with_a_model_that_never_saw_it(syntheti
     bad = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "x"),
                               "--holdout-folds", "1"])
     assert bad.exit_code != 0 and "holdout_folds=1" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_the_sequence_model_reads_order_and_recency():
+    """SEQ's user vector depends on the order of the same purchases (recency embeddings), ignores padding,
+    and a user with no history still gets the query token's output."""
+    import torch
+
+    from training.first_stage.neural import NeuralConfig, PersonalizedModel
+
+    torch.manual_seed(0)
+    cfg = NeuralConfig(dim=16, history_len=4, seq_dropout=0.0)
+    model = PersonalizedModel("seq", 3, 10, 20, cfg).eval()
+    q = torch.randn(1, 16)
+    pad = 10
+    a = model.user_vec(torch.tensor([0]), q, torch.tensor([[1, 2, 3, pad]]))
+    b = model.user_vec(torch.tensor([0]), q, torch.tensor([[3, 2, 1, pad]]))
+    assert not torch.allclose(a, b), "the same items in another order give another vector"
+    # padding is masked: changing the padding row's embedding changes nothing
+    with torch.no_grad():
+        model.items.weight[pad] += 5.0
+    assert torch.allclose(a, model.user_vec(torch.tensor([0]), q, torch.tensor([[1, 2, 3, pad]])), atol=1e-6)
+    empty = model.user_vec(torch.tensor([0]), q, torch.tensor([[pad] * 4]))
+    assert torch.isfinite(empty).all()

@@ -1,6 +1,6 @@
-"""HEM (Ai et al., SIGIR 2017) and ZAM (Ai et al., CIKM 2019) in PyTorch.
+"""HEM (Ai et al., SIGIR 2017), ZAM (Ai et al., CIKM 2019) and a sequence model in PyTorch.
 
-Both encode a query as f(q) = tanh(W · mean(word embeddings) + b) and score a
+All encode a query as f(q) = tanh(W · mean(word embeddings) + b) and score a
 product i by <M_uq, i>.
 
 * HEM: M_uq = λ·q + (1-λ)·u with a free user embedding u.
@@ -10,6 +10,13 @@ product i by <M_uq, i>.
   query falls back to the query alone:
   u(q) = Σ_i exp(s(q,i))·i / (exp(s(q,0)) + Σ_i exp(s(q,i))), s(q,0) = 0,
   s(q,i) = Σ_h v_h · <i, tanh(W_h q + b_h)> over h attention heads.
+* SEQ: M_uq = q + u(q), where u(q) is the output at a query token appended to
+  the user's last ``history_len`` purchases, oldest first, after a small
+  pre-norm transformer encoder (SASRec, Kang & McAuley, ICDM 2018, with the
+  query as the last token, in the spirit of UniSAR's query-aware sequence
+  modelling). Each purchase is its item embedding (shared with the output
+  side) plus a learned recency embedding (0: the newest), so the model can
+  read what was bought last and in what order, not only what was bought.
 
 Training follows the papers' generative framing with negative sampling:
 - log σ(<M_uq, i>) + Σ_neg log σ(-<M_uq, i'>) for the purchase,
@@ -45,6 +52,8 @@ from training.first_stage.epochs import (
 )
 from training.text import content_terms
 
+KINDS = ("hem", "zam", "qem", "seq")
+
 
 @dataclass
 class NeuralConfig:
@@ -60,6 +69,9 @@ class NeuralConfig:
     query_len: int = 12
     hem_lambda: float = 0.5
     zam_heads: int = 4
+    seq_layers: int = 2  # SEQ: transformer layers, heads, dropout
+    seq_heads: int = 2
+    seq_dropout: float = 0.1
     history_len: int = 20
     patience: int = 4
     val_fraction: float = 0.15
@@ -95,6 +107,11 @@ class PersonalizedModel(nn.Module):
         elif kind == "zam":
             self.att = nn.Linear(d, d * cfg.zam_heads)
             self.att_v = nn.Parameter(torch.full((cfg.zam_heads,), 1.0 / cfg.zam_heads))
+        elif kind == "seq":
+            self.recency = nn.Embedding(cfg.history_len + 1, d)  # 0: the newest purchase; the last row: the query
+            layer = nn.TransformerEncoderLayer(d, cfg.seq_heads, 2 * d, cfg.seq_dropout, batch_first=True,
+                                               norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.seq_layers, enable_nested_tensor=False)
         self.n_items = n_items
 
     def user_vec(self, users: torch.Tensor, q: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -102,6 +119,8 @@ class PersonalizedModel(nn.Module):
             return self.users(users)
         if self.kind == "qem":
             return torch.zeros_like(q)
+        if self.kind == "seq":
+            return self._sequence(q, history)
         h = self.items(history)  # (B, L, d)
         keys = torch.tanh(self.att(q)).view(q.shape[0], self.cfg.zam_heads, -1)  # (B, H, d)
         s = torch.einsum("bld,bhd->blh", h, keys) @ self.att_v  # (B, L)
@@ -109,6 +128,16 @@ class PersonalizedModel(nn.Module):
         zero = torch.zeros(s.shape[0], 1, device=s.device)  # s(q, 0) = 0: the zero-attention slot
         w = torch.softmax(torch.cat([zero, s], dim=1), dim=1)[:, 1:]
         return (w.unsqueeze(-1) * h).sum(1)
+
+    def _sequence(self, q: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """The encoder's output at the query token; histories are oldest first, padded at the end."""
+        pad = history == self.n_items  # (B, L)
+        steps = torch.arange(history.shape[1], device=history.device)
+        recency = ((~pad).sum(1, keepdim=True) - 1 - steps).clamp(min=0)
+        h = self.items(history) + self.recency(recency)
+        query = (q + self.recency.weight[-1]).unsqueeze(1)
+        mask = torch.cat([pad, torch.zeros_like(pad[:, :1])], dim=1)  # the query token is always there
+        return self.encoder(torch.cat([h, query], dim=1), src_key_padding_mask=mask)[:, -1]
 
     def personal(self, users: torch.Tensor, qtok: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.query(qtok)
@@ -126,7 +155,7 @@ class PersonalizedModel(nn.Module):
 
 class NeuralRanker:
     def __init__(self, kind: str, catalog: Catalog, cfg: NeuralConfig):
-        if kind not in ("hem", "zam", "qem"):
+        if kind not in KINDS:
             raise ValueError(kind)
         self.name, self.kind, self.catalog, self.cfg = kind, kind, catalog, cfg
 
