@@ -16,6 +16,11 @@ measured (``hmpps ablate-student``). Columns, in this order:
                       log1p(history length) / log1p(HISTORY_CAP)
     copurchase     3  co-purchase vectors (offline, from the training interactions): max and mean
                       cosine to the history's other items, cosine to the most recent one
+    sequence       4  what is bought next: the transition score (offline "from" vector of a history
+                      item . "to" vector of the candidate, a low-rank PPMI of consecutive purchases)
+                      from the most recent other item, and recency-weighted over the last
+                      SEQUENCE_WINDOW other items; recency-weighted text and stage-1 cosine to them
+                      (weights RECENCY_DECAY ** purchases since, newest first)
 
 "Other" history items exclude the candidate's own id, so the groups do not
 leak into each other: only ``repeat`` knows whether the candidate was bought.
@@ -31,8 +36,13 @@ import numpy as np
 from contract.constants import HISTORY_CAP
 
 GROUPS: dict[str, int] = {"position": 2, "score": 2, "popularity": 2, "repeat": 4, "whole_history": 5,
-                          "copurchase": 3}
+                          "copurchase": 3, "sequence": 4}
+# what a new student reads by default: every group that has beaten its absence on held-out data
+# (docs/results.md); "sequence" stays opt-in until it has
+DEFAULT_GROUPS: tuple[str, ...] = ("position", "score", "popularity", "repeat", "whole_history", "copurchase")
 NEAR_DUP_COSINE = 0.9
+SEQUENCE_WINDOW = 5
+RECENCY_DECAY = 0.5
 COLUMNS: dict[str, tuple[str, ...]] = {
     "position": ("position_fraction", "position_discount"),
     "score": ("score_given", "score_z"),
@@ -41,6 +51,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "whole_history": ("history_text_mean", "history_text_max", "history_sel_mean", "history_sel_max",
                       "history_length"),
     "copurchase": ("copurchase_max", "copurchase_mean", "copurchase_newest"),
+    "sequence": ("transition_newest", "transition_recent", "recent_text", "recent_sel"),
 }
 
 
@@ -97,11 +108,20 @@ def _masked_stats(sims: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     return mean, mx
 
 
+def _recent_weights(other: np.ndarray) -> np.ndarray:
+    """(K, n) weights over each candidate's last SEQUENCE_WINDOW other history items: RECENCY_DECAY ** (its
+    rank among them, 0 the newest), normalised to sum to 1; zeros for a candidate with none."""
+    rank = np.cumsum(other[:, ::-1], axis=1)[:, ::-1] - 1  # 0 for the newest other item
+    w = np.where(other & (rank < SEQUENCE_WINDOW), RECENCY_DECAY ** np.maximum(rank, 0), 0.0)
+    return w / np.maximum(w.sum(1, keepdims=True), 1e-12)
+
+
 def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.ndarray, listing: Listing,
-                    text: slice, sel: slice, pop: slice, cf: slice) -> np.ndarray:
+                    text: slice, sel: slice, pop: slice, cf: slice, seq: slice = slice(0, 0)) -> np.ndarray:
     """(K, signal_dim(groups)) float32 for K candidates against n history rows (oldest first).
 
-    The slices say where the unit text, stage-1, popularity and co-purchase parts sit in a product row.
+    The slices say where the unit text, stage-1, popularity, co-purchase and transition parts sit in a
+    product row.
     """
     k, n = candidates.shape[0], history.shape[0]
     if len(listing.candidate_ids) != k or len(listing.history_ids) != n or listing.positions.shape[0] != k:
@@ -109,7 +129,7 @@ def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.n
                          f"ids for {k} candidate and {n} history rows")
     cols: list[np.ndarray] = []
     same = np.zeros((k, n), bool)  # candidate i is history item j
-    if n and {"repeat", "whole_history", "copurchase"} & set(groups):
+    if n and {"repeat", "whole_history", "copurchase", "sequence"} & set(groups):
         where: dict[str, list[int]] = {}
         for j, h in enumerate(listing.history_ids):
             where.setdefault(h, []).append(j)
@@ -118,11 +138,16 @@ def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.n
     other = ~same
     since = (n - 1 - np.arange(n)).astype(np.float64)  # purchases since each history item (0: the newest)
     # the similarity matrices the groups need, stacked so that their masked stats are one pass
-    slices = {"text": text, "sel": sel, "cf": cf}
-    uses = {"repeat": ("text",), "whole_history": ("text", "sel"), "copurchase": ("cf",)}
+    half = (seq.stop - seq.start) // 2
+    to_, from_ = slice(seq.start + half, seq.stop), slice(seq.start, seq.start + half)
+    # (candidate slice, history slice): the transition score reads the candidate's "to" half against each
+    # history item's "from" half; the rest compare like with like
+    slices = {"text": (text, text), "sel": (sel, sel), "cf": (cf, cf), "seq": (to_, from_)}
+    uses = {"repeat": ("text",), "whole_history": ("text", "sel"), "copurchase": ("cf",),
+            "sequence": ("seq", "text", "sel")}
     wanted = list(dict.fromkeys(name for g in groups for name in uses.get(g, ())))
     at = {name: i for i, name in enumerate(wanted)}
-    sims = np.stack([candidates[:, slices[w]] @ history[:, slices[w]].T for w in wanted]) if wanted and n else \
+    sims = np.stack([candidates[:, slices[w][0]] @ history[:, slices[w][1]].T for w in wanted]) if wanted and n else \
         np.zeros((len(wanted), k, 0), np.float32)
     means, maxes = _masked_stats(sims, other) if wanted else (np.zeros((0, k)), np.zeros((0, k)))
     for g in groups:
@@ -156,6 +181,12 @@ def compute_signals(groups: Sequence[str], candidates: np.ndarray, history: np.n
             last = np.where(other, np.arange(n), -1).max(1, initial=-1)
             recent = np.where(last >= 0, sims[i][np.arange(k), np.maximum(last, 0)] if n else 0.0, 0.0)
             cols += [maxes[i], means[i], recent]
+        elif g == "sequence":
+            last = np.where(other, np.arange(n), -1).max(1, initial=-1)
+            t = sims[at["seq"]]
+            newest = np.where(last >= 0, t[np.arange(k), np.maximum(last, 0)] if n else 0.0, 0.0)
+            w = _recent_weights(other) if n else np.zeros((k, 0))
+            cols += [newest, (w * t).sum(1), (w * sims[at["text"]]).sum(1), (w * sims[at["sel"]]).sum(1)]
         else:
             raise ValueError(f"unknown signal group {g!r}")
     if not cols:

@@ -6,11 +6,12 @@ arrays built by the same function, so offline and online agree by construction.
 Product features, one float32 vector per product (computed offline):
 
     [ text (MiniLM-L6, unit) | image (teacher vision tower, unit or 0) | has_image | sel (stage-1, unit)
-      | pop (0 or 1: popularity) | cf (0 or more: co-purchase vector, unit) ]
+      | pop (0 or 1: popularity) | cf (0 or more: co-purchase vector, unit)
+      | seq (0 or more: transition vectors, "bought after" then "bought before" halves) ]
 
 The first four parts come from the product's content (the product encoder
-computes them for a new product); ``pop`` and ``cf`` come from the training
-interactions and are 0 for a product nobody has bought yet.
+computes them for a new product); ``pop``, ``cf`` and ``seq`` come from the
+training interactions and are 0 for a product nobody has bought yet.
 
 Query features: ``[ text (MiniLM-L6, unit) | sel (stage-1 space, unit) ]``.
 
@@ -56,6 +57,7 @@ class FeatureSpec:
     cf_dim: int = 0
     signals: tuple[str, ...] = ()
     storage: str = "float32"  # how product and query vectors are stored in Redis (contract.codec)
+    seq_dim: int = 0  # transition vectors: "from" then "to" halves (contract.signals, sequence group)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signals", check_groups(self.signals))
@@ -66,6 +68,10 @@ class FeatureSpec:
             raise ValueError("the popularity signal needs a pop slice (pop_dim=1)")
         if "copurchase" in self.signals and not self.cf_dim:
             raise ValueError("the copurchase signal needs co-purchase vectors (cf_dim > 0)")
+        if self.seq_dim % 2:
+            raise ValueError(f"seq_dim={self.seq_dim}: must be even (a 'from' and a 'to' half)")
+        if "sequence" in self.signals and not self.seq_dim:
+            raise ValueError("the sequence signal needs transition vectors (seq_dim > 0)")
 
     @property
     def content_dim(self) -> int:
@@ -74,7 +80,7 @@ class FeatureSpec:
 
     @property
     def product_dim(self) -> int:
-        return self.content_dim + self.pop_dim + self.cf_dim
+        return self.content_dim + self.pop_dim + self.cf_dim + self.seq_dim
 
     @property
     def query_dim(self) -> int:
@@ -94,7 +100,11 @@ class FeatureSpec:
 
     @property
     def product_cf(self) -> slice:
-        return slice(self.content_dim + self.pop_dim, self.product_dim)
+        return slice(self.content_dim + self.pop_dim, self.content_dim + self.pop_dim + self.cf_dim)
+
+    @property
+    def product_seq(self) -> slice:
+        return slice(self.product_dim - self.seq_dim, self.product_dim)
 
     @property
     def signal_dim(self) -> int:
@@ -118,7 +128,7 @@ class FeatureSpec:
         # bundles from before the ranking signals have none of the last three fields (nor storage)
         spec = cls(int(d["text_dim"]), int(d["image_dim"]), int(d["sel_dim"]), int(d["k_s2"]),
                    int(d.get("pop_dim", 0)), int(d.get("cf_dim", 0)), tuple(d.get("signals", ())),
-                   str(d.get("storage", "float32")))
+                   str(d.get("storage", "float32")), int(d.get("seq_dim", 0)))
         for key in ("product_dim", "query_dim", "signal_dim"):
             if key in d and int(d[key]) != getattr(spec, key):
                 raise ValueError(f"spec {key}={d[key]} disagrees with its parts ({getattr(spec, key)})")
@@ -151,7 +161,7 @@ def request_rows(spec: FeatureSpec, query: np.ndarray, candidates: np.ndarray, h
         if listing is None:
             raise ValueError(f"this spec's signals {list(spec.signals)} need the request's listing")
         signals = compute_signals(spec.signals, candidates, history, listing, spec.product_text,
-                                  spec.product_sel, spec.product_pop, spec.product_cf)
+                                  spec.product_sel, spec.product_pop, spec.product_cf, spec.product_seq)
     return rows, signals
 
 

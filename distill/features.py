@@ -190,18 +190,67 @@ def interaction_slices(product_ids: list[str], baskets: list[list[str]], cf_dim:
     return pop, cf
 
 
+def transition_vectors(product_ids: list[str], sequences: list[list[str]], seq_dim: int) -> np.ndarray:
+    """(P, seq_dim) transition vectors from each user's ordered training purchases: "from" half, "to" half.
+
+    Consecutive purchases a -> b (a != b) are counted; the positive PMI of the counts (how much more often
+    b follows a than their frequencies predict) is factorised by a truncated SVD, U S V^T, and a product
+    gets U sqrt(S) as its "from" half and V sqrt(S) as its "to" half, so <from(a), to(b)> approximates
+    PPMI(a -> b): what tends to be bought after a. A product never in a transition gets zeros.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    index = {p: i for i, p in enumerate(product_ids)}
+    n, half = len(product_ids), seq_dim // 2
+    src, dst = [], []
+    for seq in sequences:
+        ids = [index[p] for p in seq if p in index]
+        for a, b in zip(ids, ids[1:], strict=False):
+            if a != b:
+                src.append(a)
+                dst.append(b)
+    out = np.zeros((n, seq_dim), np.float32)
+    if not src:
+        return out
+    c = sp.coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)).tocsr()
+    c.sum_duplicates()
+    co = c.tocoo()
+    total = co.data.sum()
+    rows_, cols_ = np.asarray(c.sum(1)).ravel(), np.asarray(c.sum(0)).ravel()
+    pmi = np.log(co.data * total / (rows_[co.row] * cols_[co.col]))
+    pos = pmi > 0
+    m = sp.csr_matrix((pmi[pos], (co.row[pos], co.col[pos])), shape=(n, n))
+    k = min(half, n - 1)
+    if k < 1 or not m.nnz:
+        return out
+    u, sv, vt = svds(m, k=k, v0=np.random.default_rng(0).standard_normal(n))
+    order = np.argsort(-sv)
+    u, sv, vt = u[:, order], sv[order], vt[order]
+    # the SVD's sign per component is arbitrary: fix it so the same data gives the same vectors
+    flip = np.where(u[np.abs(u).argmax(0), np.arange(k)] < 0, -1.0, 1.0)
+    root = np.sqrt(np.maximum(sv, 0.0))
+    out[:, :k] = u * flip * root
+    out[:, half:half + k] = vt.T * flip * root
+    return out
+
+
 def with_signals(tables: FeatureTables, signals: tuple[str, ...], baskets: list[list[str]],
-                 cf_dim: int = CF_DIM) -> FeatureTables:
-    """The tables with the spec's signal groups and the product slices they need (from ``baskets``)."""
+                 cf_dim: int = CF_DIM, seq_dim: int = 32) -> FeatureTables:
+    """The tables with the spec's signal groups and the product slices they need (from ``baskets``: each
+    user's training purchases, oldest first)."""
     from dataclasses import replace
 
     base = tables.spec
     content = tables.products[:, : base.content_dim]
-    need_pop, need_cf = "popularity" in signals, "copurchase" in signals
-    spec = replace(base, pop_dim=int(need_pop), cf_dim=cf_dim if need_cf else 0, signals=tuple(signals))
+    need_pop, need_cf, need_seq = "popularity" in signals, "copurchase" in signals, "sequence" in signals
+    spec = replace(base, pop_dim=int(need_pop), cf_dim=cf_dim if need_cf else 0, signals=tuple(signals),
+                   seq_dim=seq_dim if need_seq else 0)
     parts = [content]
     if need_pop or need_cf:
         pop, cf = interaction_slices(tables.product_ids, baskets, cf_dim)
         parts += ([pop] if need_pop else []) + ([cf] if need_cf else [])
+    if need_seq:
+        parts.append(transition_vectors(tables.product_ids, baskets, seq_dim))
     return FeatureTables(spec, tables.product_ids, np.concatenate(parts, axis=1).astype(np.float32),
                          tables.queries, tables.query_features)

@@ -173,19 +173,20 @@ def student_lists(teacher: TeacherRun, scored_train: list[ScoredList], max_lists
 
 
 def training_tables(content: FeatureTables, signals: tuple[str, ...], ds: Dataset, lists: list[ScoredList],
-                    cf_dim: int) -> dict[int | None, FeatureTables]:
+                    cf_dim: int, seq_dim: int = 32) -> dict[int | None, FeatureTables]:
     """Feature tables per cross-fitting fold: popularity and co-purchase vectors from the train purchases
     outside the fold (else a list's own target would look co-bought with its history by construction).
     Lists without a fold (in-sample ones) share tables from every train purchase."""
     folds: dict[int | None, set[str]] = {}
     for lst in lists:
         folds.setdefault(lst.fold, set()).add(lst.query_id)
-    return {f: with_signals(content, signals, train_baskets(ds, ids if f is not None else set()), cf_dim)
+    return {f: with_signals(content, signals, train_baskets(ds, ids if f is not None else set()), cf_dim, seq_dim)
             for f, ids in folds.items()}
 
 
 def train_baskets(ds: Dataset, exclude: set[str]) -> list[list[str]]:
-    """Each user's train purchases (popularity and co-purchase vectors), without the ``exclude`` queries'."""
+    """Each user's train purchases, oldest first (popularity, co-purchase and transition vectors), without the
+    ``exclude`` queries'."""
     return [[r["product_id"] for r in seq if r["split"] == "train" and r.get("query_id") not in exclude]
             for _, seq in sorted(ds.by_user().items())]
 
@@ -206,10 +207,11 @@ class StudentData:
     lists_source: str
     lists_available: int  # before sampling
 
-    def tables(self, signals: tuple[str, ...], cf_dim: int) -> tuple[dict[int | None, FeatureTables], FeatureTables]:
+    def tables(self, signals: tuple[str, ...], cf_dim: int, seq_dim: int = 32
+               ) -> tuple[dict[int | None, FeatureTables], FeatureTables]:
         """Per-fold training tables, and the tables for serving and the test queries (every train purchase)."""
-        return (training_tables(self.content, signals, self.ds, self.lists, cf_dim),
-                with_signals(self.content, signals, train_baskets(self.ds, set()), cf_dim))
+        return (training_tables(self.content, signals, self.ds, self.lists, cf_dim, seq_dim),
+                with_signals(self.content, signals, train_baskets(self.ds, set()), cf_dim, seq_dim))
 
 
 def load_student_data(data: Dataset | Path, teacher_dir: Path, max_lists: int = 0, seed: int = 0) -> StudentData:

@@ -57,7 +57,7 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
     sd = load_student_data(data, teacher_dir, cfg.max_lists, cfg.seed)
     ds, teacher, test, rows, minilm = sd.ds, sd.teacher, sd.test, sd.rows, sd.minilm
     lists, lists_source = sd.lists, sd.lists_source
-    train_tables, tables = sd.tables(tuple(cfg.signals), cfg.cf_dim)
+    train_tables, tables = sd.tables(tuple(cfg.signals), cfg.cf_dim, cfg.seq_dim)
     timings["features"] = time.time() - t
 
     t = time.time()

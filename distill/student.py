@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from contract.signals import GROUPS, check_groups
+from contract.signals import DEFAULT_GROUPS, check_groups
 from contract.spec import FeatureSpec
 
 
@@ -31,8 +31,9 @@ class StudentConfig:
     use_teacher: bool = True
     extra_negatives: int = 2  # random catalog products per training list (hard label only)
     # ranking signals the student reads (contract/signals.py); [] gives the content-only student
-    signals: list[str] = field(default_factory=lambda: list(GROUPS))
+    signals: list[str] = field(default_factory=lambda: list(DEFAULT_GROUPS))
     cf_dim: int = 32  # co-purchase vector size
+    seq_dim: int = 32  # transition vectors ("from" and "to" halves of seq_dim / 2 each)
     # What the product tower reads: "content" (text, image, stage-1 slices) or "all" (also the popularity
     # and co-purchase slices, as before). The co-purchase vectors come from one eigendecomposition per
     # cross-fitting fold, so their coordinates (unlike their cosines, which the copurchase signals carry)
@@ -58,6 +59,8 @@ class StudentConfig:
         check_groups(self.signals)  # names an unknown group before any training starts
         if self.cf_dim < 1:
             raise ValueError(f"cf_dim={self.cf_dim}: must be at least 1")
+        if self.seq_dim < 2 or self.seq_dim % 2:
+            raise ValueError(f"seq_dim={self.seq_dim}: must be even and at least 2")
         if self.max_lists < 0:
             raise ValueError(f"max_lists={self.max_lists}: must be 0 (all) or positive")
         if self.tower_reads not in ("content", "all"):

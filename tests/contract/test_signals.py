@@ -33,7 +33,7 @@ def test_groups_are_checked_and_ordered():
     assert check_groups(["copurchase", "position"]) == ("position", "copurchase")
     with pytest.raises(ValueError, match="unknown signal group"):
         check_groups(["position", "clicks"])
-    assert signal_dim(tuple(GROUPS)) == 18
+    assert signal_dim(tuple(GROUPS)) == 22
 
 
 def test_position_counts_unknown_candidates_and_score_is_z_scored():
@@ -92,3 +92,51 @@ def test_every_column_has_a_name():
     assert {g: len(c) for g, c in COLUMNS.items()} == GROUPS
     names = column_names(tuple(GROUPS))
     assert len(names) == len(set(names)) == signal_dim(tuple(GROUPS))
+
+
+def test_sequence_reads_what_follows_the_newest_purchases_with_recency_weights():
+    """The sequence group: transition score <from(history item), to(candidate)> from the newest other
+    purchase and recency-weighted over the last ones (0.5 ** rank, normalised), and the recency-weighted
+    text and stage-1 cosines; the candidate's own purchase is not an "other" item."""
+    from contract.signals import RECENCY_DECAY
+
+    def row(text, sel, frm, to):  # [text (2) | sel (2) | seq: from (2), to (2)]
+        return np.array([*text, *sel, *frm, *to], np.float32)
+
+    printer = row((1, 0), (1, 0), (2, 0), (0, 0))  # things tend to follow a printer along axis 0
+    paper = row((0, 1), (0, 1), (0, 1), (0, 0))
+    ink = row((0.6, 0.8), (0.6, 0.8), (0, 0), (1, 0))  # ink is what follows a printer
+    desk = row((0, 1), (1, 0), (0, 0), (0, 3))  # a desk follows paper
+    seq, text, sel = slice(4, 8), slice(0, 2), slice(2, 4)
+
+    def sig(cands, ids, hist, hist_ids):
+        listing = Listing(np.arange(len(ids)), len(ids), np.full(len(ids), np.nan), ids, hist_ids)
+        return compute_signals(("sequence",), np.stack(cands), np.stack(hist) if hist else np.zeros((0, 8), np.float32),
+                               listing, text, sel, slice(0, 0), slice(0, 0), seq)
+
+    # history oldest first: printer, then paper (the newest)
+    s = sig([ink, desk, paper], ["ink", "desk", "paper"], [printer, paper], ["printer", "paper"])
+    w_paper, w_printer = 1 / (1 + RECENCY_DECAY), RECENCY_DECAY / (1 + RECENCY_DECAY)
+    # ink: nothing after paper (newest), 2.0 after the printer
+    np.testing.assert_allclose(s[0], [0.0, w_printer * 2.0, w_paper * 0.8 + w_printer * 0.6,
+                                      w_paper * 0.8 + w_printer * 0.6], rtol=1e-6)
+    # desk: 3.0 after paper (newest)
+    np.testing.assert_allclose(s[1, :2], [3.0, w_paper * 3.0], rtol=1e-6)
+    # paper itself: its own purchase is excluded, so the newest other item is the printer
+    np.testing.assert_allclose(s[2], [0.0, 0.0, 0.0, 0.0], atol=1e-7)
+    assert sig([ink], ["ink"], [], []).tolist() == [[0.0, 0.0, 0.0, 0.0]]  # no history: zeros
+    # the window keeps the last SEQUENCE_WINDOW other purchases only
+    from contract.signals import SEQUENCE_WINDOW
+
+    long = sig([ink], ["ink"], [printer] + [paper] * SEQUENCE_WINDOW, ["printer"] + [f"p{i}" for i in range(SEQUENCE_WINDOW)])
+    assert long[0, 1] == 0.0  # the printer fell out of the window
+
+
+def test_a_spec_with_the_sequence_group_needs_an_even_transition_slice():
+    with pytest.raises(ValueError, match="transition vectors"):
+        FeatureSpec(2, 0, 2, 3, signals=("sequence",))
+    with pytest.raises(ValueError, match="even"):
+        FeatureSpec(2, 0, 2, 3, seq_dim=3)
+    spec = FeatureSpec(2, 0, 2, 3, signals=("sequence",), seq_dim=4)
+    assert spec.product_dim == 2 + 0 + 1 + 2 + 4 and spec.product_seq == slice(5, 9)
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec

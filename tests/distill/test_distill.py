@@ -47,7 +47,10 @@ def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
     detail = json.loads((tiny_pipeline / "distill" / "distill.json").read_text())
     assert detail["parity_max_abs_diff"] <= 1e-4
     assert "kept_gain" in detail and "student_onnx" in detail["kept_gain"]
-    assert "+ ONNX student" in (tiny_pipeline / "report.md").read_text()
+    report = (tiny_pipeline / "report.md").read_text()
+    assert "+ ONNX student" in report
+    # quality by slice (history length, target popularity) beside the first stage and the best rule
+    assert "### By slice" in report and "history length: 0" in report and "target popularity: head" in report
 
 
 def test_onnx_matches_pytorch_on_held_out_inputs(tiny_pipeline):
@@ -226,3 +229,20 @@ def test_training_arrays_gather_what_the_service_builds_for_each_list(tiny_pipel
     capped = load_student_data(synthetic_dir, tiny_pipeline / "teacher", max_lists=10)
     assert capped.lists_available == len(sd.lists) and len(capped.lists) == mask.sum()
     assert {s.query_id for s in capped.lists} >= {s.query_id for s in sd.lists if s.teacher_scored}
+
+
+def test_ablate_student_reports_each_variant_and_the_student_by_slice(tiny_pipeline, synthetic_dir, tmp_path):
+    """``hmpps ablate-student`` (one group: all, none, all but it) writes its table and the full student's
+    slices against the first stage and the model-free rules."""
+    from distill.ablate import ablate_student
+
+    info = ablate_student(synthetic_dir, tiny_pipeline / "teacher", tmp_path / "abl", StudentConfig(epochs=2),
+                          groups=("popularity",))
+    assert set(info["variants"]) == {"all signals", "no signals (content only)", "without popularity"}
+    hist = info["slices"]["history length"]
+    assert sum(e["queries"] for e in hist.values()) == info["test_lists"]
+    assert sum(e["queries"] for e in info["slices"]["target popularity"].values()) == info["test_lists"]
+    e = next(iter(hist.values()))
+    assert {"first stage", "student", "already bought last", "popularity within the candidates"} <= set(e["NDCG@4"])
+    report = (tmp_path / "abl" / "report.md").read_text()
+    assert "## The student (all signals) by slice" in report and "best rule there" in report
