@@ -181,10 +181,13 @@ def bench_offline(out: Path, cfg: BenchConfig) -> dict[str, Any]:
             bar.update()
     bar.close()
     # the invocation without the interpreter's path: reports are committed
-    rep = {"config": asdict(cfg), "results": [asdict(r) for r in results], "fits": fit_exponents(results),
+    fits = fit_exponents(results)
+    rep = {"config": asdict(cfg), "results": [asdict(r) for r in results], "fits": fits,
+           # JSON keys are strings: the report reads them back the same way it reads a saved run
+           "extrapolated": {s: {str(n): round(t, 1) for n, t in v.items()} for s, v in extrapolate(results, fits).items()},
            "command": "hmpps " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     write_json(state_path, rep)
-    plot(results, rep["fits"], out / "bench_offline.png")
+    plot(results, fits, out / "bench_offline.png")
     (out / "report.md").write_text(report_markdown(rep))
     return rep
 
@@ -201,6 +204,20 @@ def fit_exponents(results: list[StageResult]) -> dict[str, dict[str, float]]:
                        "memory_exponent": float(np.polyfit(x, np.log([max(r.peak_mb, 1.0) for r in ok]), 1)[0]),
                        "sizes": len(ok)}
     return fits
+
+
+EXTRAPOLATE_TO = (100_000, 1_000_000)
+
+
+def extrapolate(results: list[StageResult], fits: dict[str, dict[str, float]],
+                sizes: tuple[int, ...] = EXTRAPOLATE_TO) -> dict[str, dict[int, float]]:
+    """Per fitted stage, seconds at ``sizes`` from its largest finished size and its time exponent:
+    t(n) = t(n0) (n / n0) ** b. A projection for planning, not a measurement."""
+    out: dict[str, dict[int, float]] = {}
+    for stage, f in fits.items():
+        last = max((r for r in results if r.stage == stage and r.status == "ok"), key=lambda r: r.users)
+        out[stage] = {n: last.seconds * (n / last.users) ** f["time_exponent"] for n in sizes if n > last.users}
+    return out
 
 
 def plot(results: list[StageResult], fits: dict[str, dict[str, float]], path: Path) -> None:
@@ -240,6 +257,10 @@ def report_markdown(rep: dict[str, Any]) -> str:
         if rs and all(r["status"] == "ok" for r in rs):
             totals.append([users, f"{sum(r['seconds'] for r in rs):.0f}", f"{max(r['peak_mb'] for r in rs):.0f}"])
     fits = [[s, f"{f['time_exponent']:.2f}", f"{f['memory_exponent']:.2f}", f["sizes"]] for s, f in rep["fits"].items()]
+    proj = rep.get("extrapolated", {})
+    proj_sizes = sorted({int(n) for v in proj.values() for n in v})
+    proj_rows = [[s, *(f"{v[str(n)] / 60:.0f} min" if str(n) in v else "" for n in proj_sizes)]
+                 for s, v in proj.items() if v]
     return "\n".join([
         "# The offline pipeline's cost by shop size", "",
         f"Budgets per stage: {cfg['stage_budget_s']:.0f} s and {cfg['memory_budget_gb']:g} GB. Teacher: the tiny "
@@ -250,6 +271,10 @@ def report_markdown(rep: dict[str, Any]) -> str:
         markdown_table(["users", "seconds", "peak MB"], totals) if totals else "No size finished every stage.", "",
         "## Growth exponents (slope of log cost on log users)", "",
         markdown_table(["stage", "time", "memory", "sizes"], fits) if fits else "Fewer than two sizes finished.", "",
+        *(["## Projected, not measured", "",
+           "Each stage's time at the largest size it finished, scaled by its fitted exponent "
+           "(t(n) = t(n0) (n / n0)^b), on these 2 cores:", "",
+           markdown_table(["stage", *(f"{n:,} users" for n in proj_sizes)], proj_rows), ""] if proj_rows else []),
         "![cost by size](bench_offline.png)", ""])
 
 

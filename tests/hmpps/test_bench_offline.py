@@ -43,3 +43,18 @@ def test_sizes_are_parsed_and_bad_ones_named():
     assert parse_sizes("20k,2000,1m") == (2000, 20_000, 1_000_000)
     res = CliRunner().invoke(app, ["bench-offline", "--sizes", "big"])
     assert res.exit_code == 2 and "size 'big'" in res.output
+
+
+def test_exponents_and_the_projection_follow_the_measured_points():
+    """A stage whose time grows as users^1.5 gets exponent 1.5 and a projection t(n0) (n / n0)^1.5 from
+    its largest finished size; a stage that never finished twice gets neither."""
+    from hmpps.offline_bench import StageResult, extrapolate, fit_exponents
+
+    results = [StageResult("hem", n, n // 5, "ok", 2.0 * (n / 1000) ** 1.5, 100.0) for n in (1000, 4000, 16000)]
+    results.append(StageResult("distill", 1000, 200, "ok", 10.0, 100.0))
+    results.append(StageResult("distill", 4000, 800, "stopped: memory", 5.0, 9000.0))
+    fits = fit_exponents(results)
+    assert set(fits) == {"hem"} and abs(fits["hem"]["time_exponent"] - 1.5) < 1e-9
+    proj = extrapolate(results, fits, sizes=(16000, 160_000))
+    assert set(proj["hem"]) == {160_000}  # only beyond what was measured
+    assert abs(proj["hem"][160_000] - 2.0 * 160 ** 1.5) < 1e-6
