@@ -59,7 +59,7 @@ def catalog(seed: int = 0, n_products: int = 42, n_users: int = 24) -> TinyCatal
 
 
 def spec() -> FeatureSpec:
-    return FeatureSpec(text_dim=16, image_dim=4, sel_dim=8, k_s2=2, pop_dim=1, cf_dim=4, signals=tuple(GROUPS))
+    return FeatureSpec(text_dim=16, image_dim=4, sel_dim=8, k_s2=2, pop_dim=1, cf_dim=4, signals=tuple(GROUPS), seq_dim=4)
 
 
 def _tokenizer(texts: list[str], path: Path) -> None:
@@ -237,6 +237,8 @@ def build(out: Path, seed: int = 0) -> Path:
     content[:, sp.product_pop] = np.array([[np.log1p(counts[p]) / np.log1p(top)] for p in pids], np.float32)
     cf = rng.normal(size=(len(pids), sp.cf_dim)).astype(np.float32)
     content[:, sp.product_cf] = cf / np.linalg.norm(cf, axis=1, keepdims=True)
+    # transition vectors from their own generator, so the draws above stay what they were
+    content[:, sp.product_seq] = np.random.default_rng(seed + 11).normal(size=(len(pids), sp.seq_dim))
     qenc = OnnxQueryEncoder(out / "query_encoder.onnx", out / "tokenizer" / "tokenizer.json")
     queries = np.stack([qenc.encode(q) for q in cat.queries]).astype(np.float32)
     feats = out / "features"
