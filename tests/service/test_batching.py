@@ -49,4 +49,6 @@ def test_concurrent_requests_share_onnx_calls_and_rank_as_one_at_a_time(tmp_path
     assert new_calls - calls < len(bodies)  # ... and some ONNX calls scored several requests
     for want, have in zip(expected, got, strict=True):
         assert [p for p, _ in _ranked(have)] == [p for p, _ in want]
-        assert max(abs(a - b) for (_, a), (_, b) in zip(_ranked(have), want, strict=True)) <= 1e-6
+        # responses round scores to 6 decimals: float sums in a batched call can differ in the 7th and land on
+        # the other side of a rounding boundary, one unit (1e-6) apart; anything more is a real difference
+        assert max(abs(a - b) for (_, a), (_, b) in zip(_ranked(have), want, strict=True)) <= 1e-6 + 1e-9
