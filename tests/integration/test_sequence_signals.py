@@ -32,16 +32,9 @@ from training.artifacts import read_jsonl
 from training.dataset import load_dataset
 from training.teacher.scored import ScoredList
 
+from .recording import Recorder, fetch
+
 GROUPS = [*DEFAULT_GROUPS, "sequence"]
-
-
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.seen = inner, []
-
-    def logits(self, inputs):
-        self.seen.append({k: v.copy() for k, v in inputs.items()})
-        return self.inner.logits(inputs)
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +71,6 @@ def test_sequence_signals_match_offline_and_follow_a_live_purchase(tiny_pipeline
         recorded = dataclasses.replace(bundle, scorer=recorder)
         cols = [column_names(spec.signals).index(c) for c in column_names(("sequence",))]
 
-        async def fetch(ids, user, query):
-            client = handle.async_client()
-            try:
-                return await RedisFeatureStore(client).fetch(bundle.version, user, query, ids, None,
-                                                             bundle.history_cap, False)
-            finally:
-                await client.aclose()
-
         async def buy(user, product):
             client = handle.async_client()
             try:
@@ -99,7 +84,7 @@ def test_sequence_signals_match_offline_and_follow_a_live_purchase(tiny_pipeline
             row = rows[s["query_id"]]
             ids = [c["product_id"] for c in s["candidates"]]
             scores = [c["first_stage_score"] for c in s["candidates"]]
-            fetched = asyncio.run(fetch(ids, row["user_id"], row["query"]))
+            fetched = fetch(handle, bundle, ids, row["user_id"], row["query"])
             score_sync(recorded, row["query"], fetched, Listed(ids, scores))
             before = recorder.seen[-1]
             offline = request_arrays(tables, ds, row, ScoredList.from_json(s))
@@ -108,7 +93,7 @@ def test_sequence_signals_match_offline_and_follow_a_live_purchase(tiny_pipeline
             # a live purchase of the last candidate: it becomes the newest history item, online and offline
             new = ids[-1]
             asyncio.run(buy(row["user_id"], new))
-            fetched = asyncio.run(fetch(ids, row["user_id"], row["query"]))
+            fetched = fetch(handle, bundle, ids, row["user_id"], row["query"])
             score_sync(recorded, row["query"], fetched, Listed(ids, scores))
             after = recorder.seen[-1]
             hist = ([p for p in ds.history(row) if tables.has_product(p)] + [new])[-bundle.history_cap:]

@@ -7,7 +7,6 @@ inputs by ``score_sync``, with the first-stage scores the caller sends.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 
@@ -20,19 +19,11 @@ from distill.lists import request_arrays
 from service.core.bundle import load_bundle
 from service.core.scoring import Listed, score_sync
 from service.infra.redis_conn import connect
-from service.infra.store import RedisFeatureStore
 from training.artifacts import read_jsonl
 from training.dataset import load_dataset
 from training.teacher.scored import ScoredList
 
-
-class Recorder:
-    def __init__(self, inner):
-        self.inner, self.seen = inner, []
-
-    def logits(self, inputs):
-        self.seen.append({k: v.copy() for k, v in inputs.items()})
-        return self.inner.logits(inputs)
+from .recording import Recorder, fetch
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +58,10 @@ def test_service_builds_the_offline_arrays_signals_included(tiny_pipeline, bundl
     recorder = Recorder(bundle.scorer)
     recorded = dataclasses.replace(bundle, scorer=recorder)
 
-    async def fetch(ids, user, query):
-        client = published.async_client()
-        try:
-            return await RedisFeatureStore(client).fetch(bundle.version, user, query, ids, None,
-                                                         bundle.history_cap, False)
-        finally:
-            await client.aclose()
-
     for s in lists:
         row = rows[s["query_id"]]
         ids = [c["product_id"] for c in s["candidates"]]
-        fetched = asyncio.run(fetch(ids, row["user_id"], row["query"]))
+        fetched = fetch(published, bundle, ids, row["user_id"], row["query"])
         score_sync(recorded, row["query"], fetched, Listed(ids, [c["first_stage_score"] for c in s["candidates"]]))
         online = recorder.seen[-1]
         offline = request_arrays(tables, ds, row, ScoredList.from_json(s))
