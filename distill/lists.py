@@ -19,7 +19,7 @@ from contract.signals import Listing
 from contract.spec import SIGNALS, FeatureSpec, build_inputs, gather_history, request_rows
 from distill.features import FeatureTables, MiniLM, build_features, with_signals
 from distill.student import StudentConfig
-from training.artifacts import iter_jsonl
+from training.artifacts import iter_jsonl, read_json, require_same_dataset
 from training.dataset import Dataset, as_dataset, with_summaries
 from training.teacher.run import TeacherRun
 from training.teacher.scored import ScoredCandidate, ScoredList
@@ -143,8 +143,8 @@ def training_arrays(tables: dict[int | None, FeatureTables], ds: Dataset, rows: 
         np.asarray(labels, np.float32), np.asarray(starts, np.int64), np.asarray(listed, bool))
 
 
-def student_lists(teacher: TeacherRun, scored_train: list[ScoredList], max_lists: int = 0, seed: int = 0
-                  ) -> tuple[list[ScoredList], str, int]:
+def student_lists(teacher: TeacherRun, scored_train: list[ScoredList], max_lists: int = 0, seed: int = 0,
+                  first_stage: Path | None = None) -> tuple[list[ScoredList], str, int]:
     """What the student trains on, where it came from, and how many lists there were before sampling
     (``sample_mask``).
 
@@ -152,8 +152,10 @@ def student_lists(teacher: TeacherRun, scored_train: list[ScoredList], max_lists
     them, with the teacher's logit on every (query, product) pair it scored; else the teacher-scored
     train lists, whose candidates the first stage ranked in-sample (positions there overstate it).
     """
-    path = Path(teacher.info["first_stage"]["dir"]) / "holdout.jsonl"
+    path = Path(first_stage or teacher.info["first_stage"]["dir"]) / "holdout.jsonl"
     if not path.is_file():
+        if first_stage is not None:
+            raise InputError(f"{first_stage} has no holdout.jsonl: run 'hmpps retrieve' with --holdout-folds 2 or more")
         keep = sample_mask(np.array([s.teacher_scored > 0 for s in scored_train], bool), max_lists, seed)
         return ([s for s, k in zip(scored_train, keep, strict=True) if k],
                 "teacher-scored train lists (in-sample first stage)", len(scored_train))
@@ -161,15 +163,36 @@ def student_lists(teacher: TeacherRun, scored_train: list[ScoredList], max_lists
     scored_ids = {s.query_id for s in scored_train if s.teacher_scored}
     # two passes over the file: the sample is drawn from the query ids, then only its lists are built
     keep = sample_mask(np.array([line["query_id"] in scored_ids for line in iter_jsonl(path)], bool), max_lists, seed)
-    lists = []
-    for line, k in zip(iter_jsonl(path), keep, strict=True):
-        if not k:
-            continue
-        cands = tuple(ScoredCandidate(c["product_id"], int(c["product_id"] == line["target"]), c["score"],
-                                      teacher_logit=logits.get((line["query_id"], c["product_id"])))
-                      for c in line["candidates"])
-        lists.append(ScoredList(line["query_id"], "train", line["target"], cands, fold=line.get("fold", 0)))
+    lists = [first_stage_list(line, logits, line.get("fold", 0))
+             for line, k in zip(iter_jsonl(path), keep, strict=True) if k]
     return lists, "the first stage's holdout lists (ranked by models that never saw their queries)", len(keep)
+
+
+def first_stage_list(line: dict[str, Any], logits: dict[tuple[str, str], Any], fold: int | None) -> ScoredList:
+    """A first-stage list (``candidates.jsonl``/``holdout.jsonl`` line) as a ``ScoredList``, with the teacher's
+    logit on every (query, product) pair it scored (in any list: a pair's logit does not depend on the list)."""
+    cands = tuple(ScoredCandidate(c["product_id"], int(c["product_id"] == line["target"]), c["score"],
+                                  teacher_logit=logits.get((line["query_id"], c["product_id"])))
+                  for c in line["candidates"])
+    return ScoredList(line["query_id"], line["split"], line["target"], cands, fold=fold)
+
+
+def first_stage_test_lists(first_stage: Path, scored_test: list[ScoredList]) -> tuple[list[ScoredList], int]:
+    """Every test query of a first stage's ``candidates.jsonl`` whose target it listed, and how many test queries
+    there are (the rest are misses for every reranker): the student evaluated on all of them, whatever share
+    the teacher scored."""
+    path = Path(first_stage) / "candidates.jsonl"
+    if not path.is_file():
+        raise InputError(f"{first_stage} has no candidates.jsonl: run 'hmpps retrieve' first")
+    logits = {(s.query_id, c.product_id): c.teacher_logit for s in scored_test for c in s.candidates}
+    lists, total = [], 0
+    for line in iter_jsonl(path):
+        if line["split"] != "test":
+            continue
+        total += 1
+        if any(c["product_id"] == line["target"] for c in line["candidates"]):
+            lists.append(first_stage_list(line, logits, None))
+    return lists, total
 
 
 def training_tables(content: FeatureTables, signals: tuple[str, ...], ds: Dataset, lists: list[ScoredList],
@@ -206,6 +229,8 @@ class StudentData:
     lists: list[ScoredList]  # what the student trains on (``student_lists``)
     lists_source: str
     lists_available: int  # before sampling
+    n_test: int  # every test query of the evaluation, listed or not (an unlisted one is a miss for all)
+    first_stage_dir: Path  # whose lists the student trains and is evaluated on
 
     def tables(self, signals: tuple[str, ...], cf_dim: int, seq_dim: int = 32
                ) -> tuple[dict[int | None, FeatureTables], FeatureTables]:
@@ -214,8 +239,18 @@ class StudentData:
                 with_signals(self.content, signals, train_baskets(self.ds, set()), cf_dim, seq_dim))
 
 
-def load_student_data(data: Dataset | Path, teacher_dir: Path, max_lists: int = 0, seed: int = 0) -> StudentData:
+def load_student_data(data: Dataset | Path, teacher_dir: Path, max_lists: int = 0, seed: int = 0,
+                      first_stage: Path | None = None) -> StudentData:
+    """The teacher's run and lists; with ``first_stage``, that first stage's holdout lists to train on and all its
+    test lists to evaluate on instead of the teacher's (the teacher's logits kept on every pair it scored), so a
+    student can be distilled over another first stage, or scored on every test query when the teacher scored a
+    sample."""
     ds = as_dataset(data)
+    if first_stage is not None:
+        if not (Path(first_stage) / "retrieve.json").is_file():
+            raise InputError(f"{first_stage} is not a first-stage output (retrieve.json missing); run 'hmpps retrieve'")
+        require_same_dataset(ds.fingerprint, read_json(Path(first_stage) / "retrieve.json")["dataset_fingerprint"],
+                             f"first-stage candidates in {first_stage}")
     teacher = TeacherRun.load(teacher_dir, ds)
     ds = with_summaries(ds, teacher.summaries_dir)  # a no-op when the pipeline already applied them
     scored = teacher.scored_lists()
@@ -225,9 +260,12 @@ def load_student_data(data: Dataset | Path, teacher_dir: Path, max_lists: int = 
         raise InputError(f"{teacher_dir}/scores.jsonl has no scored train queries; raise score_train_fraction")
     minilm = MiniLM()
     content = build_features(ds, teacher.embeddings(), teacher_dir, teacher.config, minilm, int(teacher.config["k_s2"]))
-    lists, source, available = student_lists(teacher, train, max_lists, seed)
+    lists, source, available = student_lists(teacher, train, max_lists, seed, first_stage)
+    n_test = teacher.n_test
+    if first_stage is not None:
+        test, n_test = first_stage_test_lists(first_stage, test)
     return StudentData(ds, teacher, train, test, {r["query_id"]: r for r in ds.queries()}, minilm, content, lists,
-                       source, available)
+                       source, available, n_test, Path(first_stage or teacher.info["first_stage"]["dir"]))
 
 
 def split_scores(probs: np.ndarray, test: list[ScoredList]) -> list[np.ndarray]:

@@ -26,7 +26,7 @@ def report_markdown(name: str, fs: dict[str, Any], teacher: dict[str, Any], metr
     lines += ["", f"- trained on {d['train_queries']} lists ({d['train_rows']} pairs, {d.get('teacher_scored_pairs', 0)} "
               f"of them with a teacher logit{unused}) from {d.get('train_source', 'teacher-scored train lists')}, plus "
               f"{d['config']['extra_negatives']} random negatives each (hard label only)",
-              f"- signals: {', '.join(d['spec'].get('signals') or []) or 'none'}",
+              f"- signals: {', '.join(d['spec'].get('signals') or []) or 'none'}{_choice(d.get('signal_choice'))}",
               *([f"- epochs: {len(d['curve'])} run, the best validation NDCG@4 "
                  f"({max(c['val_NDCG@4'] for c in d['curve']):.4f}) kept"] if d["curve"] and "val_NDCG@4" in d["curve"][0]
                 else []),
@@ -37,6 +37,16 @@ def report_markdown(name: str, fs: dict[str, Any], teacher: dict[str, Any], metr
               *_product_encoder_lines(d["product_encoder"]),
               "- wall time (s): " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items()), ""]
     return "\n".join(lines)
+
+
+def _choice(choice: dict[str, Any] | None) -> str:
+    """How the signals were chosen, when distillation tried more than one set."""
+    if not choice or len(choice["variants"]) < 2:
+        return ""
+    tried = "; ".join(f"{'+'.join(v['signals'][-1:]) if i else 'configured'} "
+                      f"{'n/a' if v['val_NDCG@4'] is None else format(v['val_NDCG@4'], '.4f')}"
+                      for i, v in enumerate(choice["variants"]))
+    return f" (chosen on validation NDCG@4: {tried})"
 
 
 def _product_encoder_lines(pe: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ import torch
 from contract.spec import concat_inputs, yes_probability
 from distill.bundle_files import bundle_manifest_fields, write_bundle
 from distill.checks import evaluate, export_and_check, export_product_encoder_and_check
-from distill.lists import load_student_data, request_arrays, split_scores, training_arrays
+from distill.features import FeatureTables
+from distill.lists import StudentData, load_student_data, request_arrays, split_scores, training_arrays
 from distill.report import report_markdown, round_or_none
-from distill.student import StudentConfig
+from distill.student import Student, StudentConfig
 from distill.train import student_logits, train_student
 from training.artifacts import atomic_dir, write_json, write_jsonl
 from training.dataset import Dataset
@@ -35,6 +36,33 @@ from training.metrics import (
     rerank,
 )
 from training.pretrained import minilm_dir
+
+
+def signal_variants(cfg: StudentConfig) -> list[list[str]]:
+    """``cfg.signals``, then each ``try_signals`` group not already in it added on top."""
+    return [list(cfg.signals)] + [[*cfg.signals, g] for g in cfg.try_signals if g not in cfg.signals]
+
+
+def train_chosen(sd: StudentData, cfg: StudentConfig) -> tuple[Student, list[dict[str, Any]], StudentConfig,
+                                                                FeatureTables, dict[str, Any]]:
+    """Train the student on each signal variant and keep the one with the best validation NDCG@4 (the same
+    seeded validation lists for every variant; on a tie, the earlier, smaller one). Returns the model, its
+    curve, its config (``signals`` as chosen), its serving tables and the choice's record."""
+    best: tuple[float, Any] | None = None
+    record = []
+    for signals in signal_variants(cfg):
+        vcfg = replace(cfg, signals=signals, try_signals=[])
+        train_tables, tables = sd.tables(tuple(signals), cfg.cf_dim, cfg.seq_dim)
+        arrays = training_arrays(train_tables, sd.ds, sd.rows, sd.lists, vcfg, np.random.default_rng(cfg.seed))
+        model, curve = train_student(tables.spec, vcfg, arrays)
+        val = max((c["val_NDCG@4"] for c in curve if "val_NDCG@4" in c), default=None)
+        record.append({"signals": signals, "val_NDCG@4": val})
+        if best is None or (val is not None and val > best[0]):
+            best = (val if val is not None else float("-inf"), (model, curve, replace(vcfg, try_signals=list(cfg.try_signals)), tables))
+        if val is None:  # too few lists to validate on: nothing to choose with, keep ``signals``
+            break
+    model, curve, chosen, tables = best[1]
+    return model, curve, chosen, tables, {"variants": record, "chosen": list(chosen.signals)}
 
 
 @dataclass
@@ -57,12 +85,10 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
     sd = load_student_data(data, teacher_dir, cfg.max_lists, cfg.seed)
     ds, teacher, test, rows, minilm = sd.ds, sd.teacher, sd.test, sd.rows, sd.minilm
     lists, lists_source = sd.lists, sd.lists_source
-    train_tables, tables = sd.tables(tuple(cfg.signals), cfg.cf_dim, cfg.seq_dim)
     timings["features"] = time.time() - t
 
     t = time.time()
-    rng = np.random.default_rng(cfg.seed)
-    model, curve = train_student(tables.spec, cfg, training_arrays(train_tables, ds, rows, lists, cfg, rng))
+    model, curve, cfg, tables, choice = train_chosen(sd, cfg)
     timings["train"] = time.time() - t
 
     test_inputs = concat_inputs([request_arrays(tables, ds, rows[s.query_id], s) for s in test])
@@ -76,7 +102,7 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
         product_encoder = export_product_encoder_and_check(minilm, tables, ds, teacher, rows, test, cfg.seed, work)
         timings["export"] = time.time() - t
 
-        metrics = evaluate(test, teacher.n_test, torch_logits, exported)
+        metrics = evaluate(test, sd.n_test, torch_logits, exported)
         fs_metrics = teacher.first_stage_metrics
         version = write_bundle(tmp / "bundle", ds, tables, {
             "student.onnx": work / "student.onnx", "student.int8.onnx": work / "student.int8.onnx",
@@ -92,11 +118,11 @@ def run_distill(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Student
             "train_rows": int(sum(len(s.candidates) for s in lists)), "train_queries": len(lists),
             "train_lists_available": sd.lists_available,
             "train_source": lists_source, "teacher_scored_pairs": sum(s.teacher_scored for s in lists),
-            "test_queries_scored": len(test), "test_queries_total": teacher.n_test,
+            "test_queries_scored": len(test), "test_queries_total": sd.n_test,
             "parity_max_abs_diff": exported.parity, "query_encoder": exported.query_encoder,
             "product_encoder": product_encoder,
             "int8_max_abs_diff": float(np.abs(exported.logits_int8 - exported.logits_fp32).max()),
-            "curve": curve, "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
+            "signal_choice": choice, "curve": curve, "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.time() - t0, 1)},
             "kept_gain": {k: round_or_none(kept_gain(m, teacher.metrics, fs_metrics)) for k, m in metrics.items()},
             "relative_gain_vs_first_stage": {k: round_or_none(relative_gain(m, fs_metrics)) for k, m in metrics.items()}
             | {"teacher": round_or_none(relative_gain(teacher.metrics, fs_metrics))},

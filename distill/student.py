@@ -32,6 +32,10 @@ class StudentConfig:
     extra_negatives: int = 2  # random catalog products per training list (hard label only)
     # ranking signals the student reads (contract/signals.py); [] gives the content-only student
     signals: list[str] = field(default_factory=lambda: list(DEFAULT_GROUPS))
+    # groups distillation also tries, one at a time, on top of ``signals``: the student with the best
+    # validation NDCG@4 ships (a shop's choice made on its training lists only; [] trains ``signals`` alone).
+    # Sequence signals help where purchases follow each other (Office) and not elsewhere (docs/results.md).
+    try_signals: list[str] = field(default_factory=lambda: ["sequence"])
     cf_dim: int = 32  # co-purchase vector size
     seq_dim: int = 32  # transition vectors ("from" and "to" halves of seq_dim / 2 each)
     # What the product tower reads: "content" (text, image, stage-1 slices) or "all" (also the popularity
@@ -57,6 +61,7 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         check_groups(self.signals)  # names an unknown group before any training starts
+        check_groups(self.try_signals)
         if self.cf_dim < 1:
             raise ValueError(f"cf_dim={self.cf_dim}: must be at least 1")
         if self.seq_dim < 2 or self.seq_dim % 2:

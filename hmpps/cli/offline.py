@@ -165,6 +165,9 @@ def ablate_student(
     add: str = typer.Option("", "--add", help="comma-separated groups to try on top of the full student, one at a time"),
     leave_out: bool = typer.Option(True, "--leave-out/--no-leave-out",
                                    help="also train the student without signals and without each group"),
+    candidates: Path = typer.Option(None, "--candidates", show_default="the teacher's first stage",
+                                    help="first-stage output directory (hmpps retrieve, with holdout lists): train on "
+                                         "its holdout lists and score every test query it listed"),
     config: ConfigFile = None,
     sets: Sets = None,
 ) -> None:
@@ -183,7 +186,7 @@ def ablate_student(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--add") from None
     cfg = load_config(StudentConfig, config, parse_sets(sets))
-    run_ablation(data, teacher, out, cfg, chosen, extra, leave_out)
+    run_ablation(data, teacher, out, cfg, chosen, extra, leave_out, candidates)
     typer.echo((out / "report.md").read_text())
 
 

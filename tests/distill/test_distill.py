@@ -14,7 +14,7 @@ from contract import keys
 from contract.bundle import verify_bundle
 from contract.errors import ArtifactMismatch, BundleError
 from contract.publish import publish
-from contract.signals import Listing
+from contract.signals import DEFAULT_GROUPS, Listing
 from contract.spec import FeatureSpec, build_inputs, concat_inputs
 from distill.student import Student, StudentConfig, distill_loss
 from hmpps.cli import app
@@ -47,6 +47,14 @@ def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
     detail = json.loads((tiny_pipeline / "distill" / "distill.json").read_text())
     assert detail["parity_max_abs_diff"] <= 1e-4
     assert "kept_gain" in detail and "student_onnx" in detail["kept_gain"]
+    # the default config also tries the sequence group; validation NDCG@4 picks what ships, and the bundle,
+    # the checkpoint's config and distill.json all hold that choice
+    choice = detail["signal_choice"]
+    assert [v["signals"] for v in choice["variants"]] == [list(DEFAULT_GROUPS), [*DEFAULT_GROUPS, "sequence"]]
+    best = max(choice["variants"], key=lambda v: v["val_NDCG@4"])
+    assert choice["chosen"] == best["signals"] == detail["spec"]["signals"] == detail["config"]["signals"]
+    assert list(manifest.spec.signals) == choice["chosen"]
+    assert "chosen on validation NDCG@4" in (tiny_pipeline / "distill" / "report.md").read_text()
     report = (tiny_pipeline / "report.md").read_text()
     assert "+ ONNX student" in report
     # quality by slice (history length, target popularity) beside the first stage and the best rule; a test
@@ -240,13 +248,45 @@ def test_ablate_student_reports_each_variant_and_the_student_by_slice(tiny_pipel
     slices against the first stage and the model-free rules."""
     from distill.ablate import ablate_student
 
+    fs = tiny_pipeline / "first_stage"
     info = ablate_student(synthetic_dir, tiny_pipeline / "teacher", tmp_path / "abl", StudentConfig(epochs=2),
-                          groups=("popularity",))
+                          groups=("popularity",), first_stage=fs)
     assert set(info["variants"]) == {"all signals", "no signals (content only)", "without popularity"}
+    # with the first stage given, every test query it listed is scored, whatever share the teacher scored
+    lines = [json.loads(x) for x in (fs / "candidates.jsonl").read_text().splitlines()]
+    test = [x for x in lines if x["split"] == "test"]
+    assert info["test_total"] == len(test)
+    assert info["test_lists"] == sum(any(c["product_id"] == x["target"] for c in x["candidates"]) for x in test)
+    # each variant's validation NDCG@4 is recorded, and the choice is the best of them
+    val = {name: r["val_NDCG@4"] for name, r in info["variants"].items()}
+    assert all(isinstance(v, float) for v in val.values())
+    assert info["chosen_on_validation"] == max(val, key=val.__getitem__)
     hist = info["slices"]["history length"]
     assert sum(e["queries"] for e in hist.values()) == info["test_lists"]
     assert sum(e["queries"] for e in info["slices"]["target popularity"].values()) == info["test_lists"]
     e = next(iter(hist.values()))
     assert {"first stage", "student", "already bought last", "popularity within the candidates"} <= set(e["NDCG@4"])
     report = (tmp_path / "abl" / "report.md").read_text()
-    assert "## The student (all signals) by slice" in report and "best rule there" in report
+    assert f"## The student ({info['chosen_on_validation']}) by slice" in report and "best rule there" in report
+    assert f"Chosen on validation: **{info['chosen_on_validation']}**" in report
+
+
+def test_first_stage_test_lists_carry_the_teachers_logits_on_pairs_it_scored(tmp_path):
+    """A first stage's test lists as the student sees them: only test lines that list their target, the teacher's
+    logit on every (query, product) pair it scored, None elsewhere, and the count of all test queries."""
+    from distill.lists import first_stage_test_lists
+    from training.teacher.scored import ScoredCandidate, ScoredList
+
+    def line(qid, split, target, pids):
+        return {"query_id": qid, "split": split, "target": target,
+                "candidates": [{"product_id": p, "score": 1.0 - i / 10} for i, p in enumerate(pids)]}
+
+    (tmp_path / "candidates.jsonl").write_text("\n".join(json.dumps(x) for x in [
+        line("q1", "test", "a", ["b", "a", "c"]), line("q2", "test", "z", ["b", "c"]),
+        line("q3", "train", "a", ["a", "b"])]) + "\n")
+    scored = [ScoredList("q1", "test", "a", (ScoredCandidate("a", 1, 0.5, 0.9, 2.0), ScoredCandidate("x", 0, 0.1, 0.1, -1.0)))]
+    lists, total = first_stage_test_lists(tmp_path, scored)
+    assert total == 2 and [s.query_id for s in lists] == ["q1"]
+    assert lists[0].product_ids == ["b", "a", "c"] and [c.label for c in lists[0].candidates] == [0, 1, 0]
+    assert [c.teacher_logit for c in lists[0].candidates] == [None, 2.0, None]
+    assert [c.first_stage_score for c in lists[0].candidates] == [1.0, 0.9, 0.8]

@@ -20,6 +20,11 @@ def runs(synthetic_dir, tmp_path_factory):
                                    "--holdout-folds", "0"])
         assert res.exit_code == 0, res.output
         out[model] = root / model
+    # the sequence model with the papers' negative sampling instead of its own sampled softmax
+    res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "seq", "--out", str(root / "seq_nsl"),
+                              "--epochs", "15", "--holdout-folds", "0", "--set", "item_loss=nsl"])
+    assert res.exit_code == 0, res.output
+    out["seq_nsl"] = root / "seq_nsl"
     return out
 
 
@@ -47,6 +52,11 @@ def test_metrics_json_keys_and_learned_models_beat_popularity(runs):
     assert m["zam"]["NDCG@4"] > m["pop"]["NDCG@4"]
     assert m["qem"]["NDCG@4"] > m["pop"]["NDCG@4"]
     assert m["seq"]["NDCG@4"] > m["pop"]["NDCG@4"]
+    assert m["seq_nsl"]["NDCG@4"] > m["pop"]["NDCG@4"]
+    assert json.loads((runs["seq_nsl"] / "retrieve.json").read_text())["config"]["item_loss"] == "nsl"
+    # left unset, each model trains with its own purchase term: SEQ softmax, the papers' models nsl
+    assert json.loads((runs["seq"] / "retrieve.json").read_text())["config"]["item_loss"] == "softmax"
+    assert json.loads((runs["hem"] / "retrieve.json").read_text())["config"]["item_loss"] == "nsl"
     sampled = {k: json.loads((v / "sampled_metrics.json").read_text()) for k, v in runs.items()}
     assert len({s["n"] for s in sampled.values()}) == 1, "every model is scored on the same test queries"
     assert sampled["hem"]["NDCG@10"] > sampled["pop"]["NDCG@10"]
@@ -74,6 +84,9 @@ def test_bad_arguments_are_named(synthetic_dir, tmp_path):
     res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "x"), "--config", str(cfg),
                                "--holdout-folds", "0"])
     assert res.exit_code == 2 and "dimm" in res.output
+    res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "seq", "--out", str(tmp_path / "x"),
+                               "--set", "item_loss=bpr", "--holdout-folds", "0"])
+    assert res.exit_code == 2 and "item_loss='bpr'" in res.output and "softmax" in res.output
     assert not (tmp_path / "x").exists()
 
 

@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,11 @@ def make_ranker(model: str, catalog: Catalog, config_path: Path | None, override
         from training.first_stage.neural import NeuralConfig, NeuralRanker
 
         cfg = load_config(NeuralConfig, config_path, overrides)
+        if not cfg.item_loss:  # the model's own (NeuralConfig.item_loss); the checkpoint records which
+            cfg = replace(cfg, item_loss="softmax" if model == "seq" else "nsl")
+        if cfg.item_loss not in ("nsl", "softmax") or cfg.shared_negatives < 1:
+            raise InputError(f"first-stage config item_loss={cfg.item_loss!r}, shared_negatives={cfg.shared_negatives}: "
+                             "choose item_loss nsl or softmax, and shared_negatives >= 1")
         return NeuralRanker(model, catalog, cfg), cfg
     overrides = {k: v for k, v in overrides.items() if k not in ("seed", "epochs")}  # not learned
     if model == "bm25":
