@@ -70,7 +70,7 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
     cfg = cfg or StudentConfig()
     t0 = time.time()
     sd = load_student_data(data, teacher_dir, cfg.max_lists, cfg.seed, first_stage)
-    ds, teacher, test, rows = sd.ds, sd.teacher, sd.test, sd.rows
+    ds, test, rows = sd.ds, sd.test, sd.rows
     lists = sd.lists
     targets = [s.target for s in test]
     # a test query whose target is outside the top K is a miss for every reranker (n counts them)
