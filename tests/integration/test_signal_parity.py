@@ -37,7 +37,10 @@ def published(bundle_dir, tmp_path_factory):
 def test_service_builds_the_offline_arrays_signals_included(tiny_pipeline, bundle_dir, synthetic_dir, published):
     bundle = load_bundle(bundle_dir)
     spec = bundle.spec
-    assert set(spec.signals) == {"position", "score", "popularity", "repeat", "whole_history", "copurchase"}
+    # the default groups, plus the sequence group where validation chose it (distill.json records which)
+    chosen = json.loads((tiny_pipeline / "distill" / "distill.json").read_text())["signal_choice"]["chosen"]
+    assert list(spec.signals) == chosen
+    assert {"position", "score", "popularity", "repeat", "whole_history", "copurchase"} <= set(spec.signals)
     assert spec.pop_dim == 1 and spec.cf_dim > 0
     feats = bundle_dir / "features"
     index = json.loads((feats / "index.json").read_text())
