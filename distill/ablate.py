@@ -25,7 +25,7 @@ from distill.export import export_student
 from distill.features import FeatureTables
 from distill.lists import load_student_data, request_arrays, split_scores, training_arrays
 from distill.student import StudentConfig
-from distill.train import student_logits, train_student
+from distill.train import best_val_ndcg4, student_logits, train_student
 from service.core.bundle import OnnxScorer
 from training.artifacts import atomic_dir, write_json
 from training.dataset import Dataset
@@ -96,7 +96,7 @@ def ablate_student(data: Dataset | Path, teacher_dir: Path, out: Path, cfg: Stud
                                                                       targets + ["\0miss"] * missing),
                          "cost": cost, "train_seconds": round(time.time() - t, 1),
                          # the same seeded validation lists (a share of the training lists) for every variant
-                         "val_NDCG@4": max((c["val_NDCG@4"] for c in curve if "val_NDCG@4" in c), default=None)}
+                         "val_NDCG@4": best_val_ndcg4(curve)}
     full_vals = np.concatenate([per_query(ranked_by["all signals"], targets), np.zeros(missing)])
     for name, r in results.items():
         vals = np.concatenate([per_query(ranked_by[name], targets), np.zeros(missing)])

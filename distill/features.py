@@ -140,6 +140,7 @@ def build_features(ds: Dataset, emb: Embeddings, teacher_dir: Path, teacher_cfg:
 
 
 CF_DIM = 32
+SEQ_DIM = 32  # transition vectors: "from" and "to" halves of SEQ_DIM / 2 each
 
 
 def interaction_slices(product_ids: list[str], baskets: list[list[str]], cf_dim: int = CF_DIM
@@ -236,7 +237,7 @@ def transition_vectors(product_ids: list[str], sequences: list[list[str]], seq_d
 
 
 def with_signals(tables: FeatureTables, signals: tuple[str, ...], baskets: list[list[str]],
-                 cf_dim: int = CF_DIM, seq_dim: int = 32) -> FeatureTables:
+                 cf_dim: int = CF_DIM, seq_dim: int = SEQ_DIM) -> FeatureTables:
     """The tables with the spec's signal groups and the product slices they need (from ``baskets``: each
     user's training purchases, oldest first)."""
     from dataclasses import replace

@@ -17,9 +17,10 @@ from contract.constants import HISTORY_CAP
 from contract.errors import InputError
 from contract.signals import Listing
 from contract.spec import SIGNALS, FeatureSpec, build_inputs, gather_history, request_rows
-from distill.features import FeatureTables, MiniLM, build_features, with_signals
+from distill.features import SEQ_DIM, FeatureTables, MiniLM, build_features, with_signals
 from distill.student import StudentConfig
-from training.artifacts import iter_jsonl, read_json, require_same_dataset
+from training.artifacts import iter_jsonl
+from training.candidates import first_stage_info
 from training.dataset import Dataset, as_dataset, with_summaries
 from training.teacher.run import TeacherRun
 from training.teacher.scored import ScoredCandidate, ScoredList
@@ -196,7 +197,7 @@ def first_stage_test_lists(first_stage: Path, scored_test: list[ScoredList]) -> 
 
 
 def training_tables(content: FeatureTables, signals: tuple[str, ...], ds: Dataset, lists: list[ScoredList],
-                    cf_dim: int, seq_dim: int = 32) -> dict[int | None, FeatureTables]:
+                    cf_dim: int, seq_dim: int = SEQ_DIM) -> dict[int | None, FeatureTables]:
     """Feature tables per cross-fitting fold: popularity and co-purchase vectors from the train purchases
     outside the fold (else a list's own target would look co-bought with its history by construction).
     Lists without a fold (in-sample ones) share tables from every train purchase."""
@@ -232,7 +233,7 @@ class StudentData:
     n_test: int  # every test query of the evaluation, listed or not (an unlisted one is a miss for all)
     first_stage_dir: Path  # whose lists the student trains and is evaluated on
 
-    def tables(self, signals: tuple[str, ...], cf_dim: int, seq_dim: int = 32
+    def tables(self, signals: tuple[str, ...], cf_dim: int, seq_dim: int = SEQ_DIM
                ) -> tuple[dict[int | None, FeatureTables], FeatureTables]:
         """Per-fold training tables, and the tables for serving and the test queries (every train purchase)."""
         return (training_tables(self.content, signals, self.ds, self.lists, cf_dim, seq_dim),
@@ -247,10 +248,7 @@ def load_student_data(data: Dataset | Path, teacher_dir: Path, max_lists: int = 
     sample."""
     ds = as_dataset(data)
     if first_stage is not None:
-        if not (Path(first_stage) / "retrieve.json").is_file():
-            raise InputError(f"{first_stage} is not a first-stage output (retrieve.json missing); run 'hmpps retrieve'")
-        require_same_dataset(ds.fingerprint, read_json(Path(first_stage) / "retrieve.json")["dataset_fingerprint"],
-                             f"first-stage candidates in {first_stage}")
+        first_stage_info(first_stage, ds)
     teacher = TeacherRun.load(teacher_dir, ds)
     ds = with_summaries(ds, teacher.summaries_dir)  # a no-op when the pipeline already applied them
     scored = teacher.scored_lists()

@@ -27,7 +27,7 @@ from distill.features import FeatureTables
 from distill.lists import StudentData, load_student_data, request_arrays, split_scores, training_arrays
 from distill.report import report_markdown, round_or_none
 from distill.student import Student, StudentConfig
-from distill.train import student_logits, train_student
+from distill.train import best_val_ndcg4, student_logits, train_student
 from training.artifacts import atomic_dir, write_json, write_jsonl
 from training.dataset import Dataset
 from training.metrics import (
@@ -48,20 +48,22 @@ def train_chosen(sd: StudentData, cfg: StudentConfig) -> tuple[Student, list[dic
     """Train the student on each signal variant and keep the one with the best validation NDCG@4 (the same
     seeded validation lists for every variant; on a tie, the earlier, smaller one). Returns the model, its
     curve, its config (``signals`` as chosen), its serving tables and the choice's record."""
-    best: tuple[float, Any] | None = None
+    best: tuple[Student, list[dict[str, Any]], StudentConfig, FeatureTables] | None = None
+    best_val: float | None = None
     record = []
     for signals in signal_variants(cfg):
-        vcfg = replace(cfg, signals=signals, try_signals=[])
+        vcfg = replace(cfg, signals=signals)
         train_tables, tables = sd.tables(tuple(signals), cfg.cf_dim, cfg.seq_dim)
         arrays = training_arrays(train_tables, sd.ds, sd.rows, sd.lists, vcfg, np.random.default_rng(cfg.seed))
         model, curve = train_student(tables.spec, vcfg, arrays)
-        val = max((c["val_NDCG@4"] for c in curve if "val_NDCG@4" in c), default=None)
+        val = best_val_ndcg4(curve)
         record.append({"signals": signals, "val_NDCG@4": val})
-        if best is None or (val is not None and val > best[0]):
-            best = (val if val is not None else float("-inf"), (model, curve, replace(vcfg, try_signals=list(cfg.try_signals)), tables))
+        if best is None or (val is not None and best_val is not None and val > best_val):
+            best, best_val = (model, curve, vcfg, tables), val
         if val is None:  # too few lists to validate on: nothing to choose with, keep ``signals``
             break
-    model, curve, chosen, tables = best[1]
+    assert best is not None  # signal_variants always holds cfg.signals
+    model, curve, chosen, tables = best
     return model, curve, chosen, tables, {"variants": record, "chosen": list(chosen.signals)}
 
 

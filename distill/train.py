@@ -100,6 +100,11 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
     return model, curve
 
 
+def best_val_ndcg4(curve: list[dict[str, float]]) -> float | None:
+    """The best validation NDCG@4 of a training curve (the epoch kept); None when there was no validation."""
+    return max((c["val_NDCG@4"] for c in curve if "val_NDCG@4" in c), default=None)
+
+
 def student_logits(model: Student, inputs: dict[str, np.ndarray]) -> np.ndarray:
     with torch.no_grad():
         return model(*(torch.from_numpy(inputs[n]) for n in model.spec.input_names)).numpy()

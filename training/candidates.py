@@ -38,12 +38,18 @@ class FirstStage:
         return [c["product_id"] for c in self.line(qid)["candidates"]]
 
 
-def load_first_stage(path: Path, ds: Dataset) -> FirstStage:
+def first_stage_info(path: Path, ds: Dataset) -> dict[str, Any]:
+    """``retrieve.json`` of a first-stage output directory, checked to be of this dataset."""
     info_path = Path(path) / "retrieve.json"
     if not info_path.exists():
         raise InputError(f"{path} is not a first-stage output (retrieve.json missing); run 'hmpps retrieve' first")
     info = read_json(info_path)
     require_same_dataset(ds.fingerprint, info["dataset_fingerprint"], f"first-stage candidates in {path}")
+    return info
+
+
+def load_first_stage(path: Path, ds: Dataset) -> FirstStage:
+    info = first_stage_info(path, ds)
     rows = {r["query_id"]: r for r in read_jsonl(Path(path) / "candidates.jsonl")}
     holdout_path = Path(path) / "holdout.jsonl"
     holdout = {r["query_id"]: r for r in read_jsonl(holdout_path)} if holdout_path.is_file() else {}
