@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.amazon import ParseReport, RawInteraction, RawProduct
 from training.artifacts import write_jsonl
 
@@ -199,33 +201,45 @@ def _make_users(rng: random.Random, cfg: SyntheticConfig) -> list[dict[str, Any]
     return users
 
 
-def _utility(cfg: SyntheticConfig, user: dict[str, Any], p: dict[str, Any], rng: random.Random) -> float:
-    """The latent choice model: preference matches + product quality + Gumbel noise."""
-    gumbel = -math.log(-math.log(rng.random() + 1e-12) + 1e-12)
-    return (cfg.w_brand * (p["brand"] == user["brand"]) + cfg.w_brand2 * (p["brand"] == user["brand2"])
-            + cfg.w_colour * (p["colour"] == user["colour"]) + cfg.w_style * (p["style"] == user["style"])
-            + cfg.w_quality * p["quality"] + cfg.noise * gumbel)
-
-
 def _purchases(rng: random.Random, cfg: SyntheticConfig, users: list[dict[str, Any]],
                products: list[dict[str, Any]]) -> list[RawInteraction]:
+    """Each purchase: the product of one of the user's interest leaves, not bought before, with the highest
+    utility under the latent choice model: preference matches + product quality + Gumbel noise.
+
+    A leaf's utilities are computed as arrays (a large shop's leaves hold hundreds of products, and scoring
+    them one Python call at a time made generation quadratic in the shop), with the same float arithmetic
+    as product by product (term by term, left to right) and one draw of the seeded stream per candidate,
+    in the same order: a shop is the same, purchase for purchase, as when it was scored one by one."""
     by_leaf: dict[str, list[dict[str, Any]]] = {}
     for p in products:
         by_leaf.setdefault(" > ".join((p["top"], p["mid"], p["leaf"])), []).append(p)
+    arrays = {leaf: {"ids": [p["product_id"] for p in ps],
+                     **{k: np.array([p[k] for p in ps]) for k in ("brand", "colour", "style", "quality")}}
+              for leaf, ps in by_leaf.items()}
+    log = math.log
     out = []
     for user in users:
         t = 1_400_000_000 + rng.randrange(0, 30 * 86400)
         bought: set[str] = set()
         for _ in range(rng.randint(cfg.purchases_min, cfg.purchases_max)):
             leaf = rng.choice(user["interests"])
-            pool = [p for p in by_leaf.get(leaf, []) if p["product_id"] not in bought]
-            if not pool:
+            a = arrays.get(leaf)
+            if a is None:
                 continue
-
-            choice = max(pool, key=lambda p: _utility(cfg, user, p, rng))
-            bought.add(choice["product_id"])
+            keep = np.array([pid not in bought for pid in a["ids"]]) if bought else np.ones(len(a["ids"]), bool)
+            n = int(keep.sum())
+            if not n:
+                continue
+            gumbel = np.array([-log(-log(rng.random() + 1e-12) + 1e-12) for _ in range(n)])
+            utility = (cfg.w_brand * (a["brand"][keep] == user["brand"])
+                       + cfg.w_brand2 * (a["brand"][keep] == user["brand2"])
+                       + cfg.w_colour * (a["colour"][keep] == user["colour"])
+                       + cfg.w_style * (a["style"][keep] == user["style"])
+                       + cfg.w_quality * a["quality"][keep] + cfg.noise * gumbel)
+            choice = a["ids"][int(np.flatnonzero(keep)[int(np.argmax(utility))])]
+            bought.add(choice)
             t += rng.randrange(86400, 20 * 86400)
-            out.append(RawInteraction(user["user_id"], choice["product_id"], t))
+            out.append(RawInteraction(user["user_id"], choice, t))
     return out
 
 
