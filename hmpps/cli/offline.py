@@ -36,12 +36,16 @@ def retrieve(
     holdout_folds: int = typer.Option(3, "--holdout-folds", min=0,
                                       help="learned models: rank every train query with a model fitted on the other "
                                            "folds (holdout.jsonl, the student's training lists); 0: none"),
+    holdout_queries: int = typer.Option(50_000, "--holdout-queries", min=0,
+                                        help="holdout lists for at most this many train queries (a seeded sample; "
+                                             "only the folds it reaches are fitted); 0: every train query"),
 ) -> None:
     """First stage: rank the catalogue per query and keep the top K_p candidates."""
     from training.first_stage.run import run_retrieval
 
     overrides = parse_sets(sets) | {k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None}
-    metrics = run_retrieval(data, model.value, out, config_path=config, overrides=overrides, k=top_k, holdout_folds=holdout_folds)
+    metrics = run_retrieval(data, model.value, out, config_path=config, overrides=overrides, k=top_k, holdout_folds=holdout_folds,
+                            holdout_queries=holdout_queries)
     from training.report import metrics_table
 
     if metrics:  # under accelerate launch only rank 0 has them (and writes OUT)

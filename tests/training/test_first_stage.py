@@ -114,6 +114,34 @@ def test_holdout_ranks_every_train_query_with_a_model_that_never_saw_it(syntheti
     assert bad.exit_code != 0 and "holdout_folds=1" in bad.output and not (tmp_path / "x").exists()
 
 
+def test_a_holdout_sample_fits_only_the_folds_it_reaches(synthetic_dir, tmp_path):
+    """--holdout-queries N lists N seeded train queries, taken fold by fold, so a sample smaller than a fold
+    needs one shadow fit instead of one per fold; its lines are those the full run gives that fold."""
+    import numpy as np
+
+    from training.first_stage.run import fold_of, holdout_sample
+
+    ds = load_dataset(synthetic_dir)
+    train = ds.queries("train")
+    n = len(train) // 5  # well under a third: inside fold 0 of 3
+    res = runner.invoke(app, ["retrieve", "--data", str(synthetic_dir), "--model", "hem", "--out", str(tmp_path / "s"),
+                              "--epochs", "2", "--holdout-folds", "3", "--holdout-queries", str(n)])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in (tmp_path / "s" / "holdout.jsonl").read_text().splitlines()]
+    assert len(lines) == n and {x["fold"] for x in lines} == {0}
+    info = json.loads((tmp_path / "s" / "retrieve.json").read_text())["holdout"]
+    assert info["folds_fitted"] == 1 and info["of_train_queries"] == len(train) and info["queries"] == n
+    # the listed queries are fold 0's (its model never fitted them), and a sample covering the data lists them all
+    where = fold_of(train, 3, 0)
+    mask = holdout_sample(where, n, 0)
+    assert mask.sum() == n and set(where[mask]) == {0}
+    assert {x["query_id"] for x in lines} == {r["query_id"] for r, m in zip(train, mask, strict=True) if m}
+    assert holdout_sample(where, 0, 0).all() and holdout_sample(where, len(train), 0).all()
+    big = holdout_sample(where, int((where == 0).sum()) + 5, 0)
+    assert set(where[big]) == {0, 1} and big[where == 0].all()
+    assert not np.array_equal(holdout_sample(where, n, 1), mask), "another seed, another sample"
+
+
 def test_the_sequence_model_reads_order_and_recency():
     """SEQ's user vector depends on the order of the same purchases (recency embeddings), ignores padding,
     and a user with no history still gets the query token's output."""

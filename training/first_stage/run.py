@@ -105,8 +105,26 @@ def fold_of(train_rows: list[dict[str, Any]], folds: int, seed: int) -> np.ndarr
     return np.random.default_rng(seed + 31).integers(0, folds, size=len(train_rows))
 
 
+# holdout lists for at most this many train queries by default: the student trains on at most 50,000 lists
+# (distill's ``max_lists``), so ranking more of them only costs fits
+HOLDOUT_QUERIES = 50_000
+
+
+def holdout_sample(where: np.ndarray, max_queries: int, seed: int) -> np.ndarray:
+    """Which train rows get a holdout list: all of them, or a seeded sample of ``max_queries`` taken fold by
+    fold (all of fold 0 in a random order, then fold 1, ...), so only the folds the sample reaches need a
+    fit. Folds are drawn independently of the rows, so the sample is still uniform over the train queries."""
+    if not max_queries or max_queries >= len(where):
+        return np.ones(len(where), dtype=bool)
+    order = np.lexsort((np.random.default_rng(seed + 37).random(len(where)), where))
+    mask = np.zeros(len(where), dtype=bool)
+    mask[order[:max_queries]] = True
+    return mask
+
+
 def shadow_fold(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
-                train_rows: list[dict[str, Any]], k: int, folds: int, f: int, seed: int = 0) -> dict[str, Any]:
+                train_rows: list[dict[str, Any]], k: int, folds: int, f: int, seed: int = 0,
+                max_queries: int = 0) -> dict[str, Any]:
     """Cross-fitting for the reranker's training data: the train queries fall in ``folds`` seeded folds;
     for fold ``f``, a model of the same kind fitted on the other folds ranks that fold's queries.
 
@@ -114,13 +132,16 @@ def shadow_fold(ds: Dataset, model: str, catalog: Catalog, config_path: Path | N
     that reads positions or scores from those lists would learn to trust them far more than a new
     query deserves. These lines come from models that never saw their query, as at serving time.
     Returns the fold's rows (positions in ``train_rows``) and their top-k arrays: lines are formatted
-    only as they are written, so a million of them never sit in memory as dicts.
+    only as they are written, so a million of them never sit in memory as dicts. With ``max_queries``,
+    the fold's model still fits on every row outside the fold but ranks only its rows in the sample
+    (``holdout_sample``); a fold the sample does not reach is not fitted.
     """
     t = time.time()
     where = fold_of(train_rows, folds, seed)
-    pos = np.flatnonzero(where == f)
+    in_fold = where == f
+    pos = np.flatnonzero(in_fold & holdout_sample(where, max_queries, seed))
     empty = {"positions": pos[:0], "idx": np.zeros((0, k), np.int64), "sc": np.zeros((0, k)), "seconds": 0.0}
-    if not len(pos) or len(pos) == len(train_rows):
+    if not len(pos) or in_fold.all():
         return empty
     held = [train_rows[i] for i in pos]
     rest = [r for r, g in zip(train_rows, where, strict=True) if g != f]
@@ -163,9 +184,11 @@ def fit_and_rank(ds: Dataset, model: str, catalog: Catalog, config_path: Path | 
 
 
 def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: Path | None = None,
-                  overrides: dict[str, Any] | None = None, k: int = 10, holdout_folds: int = 3) -> dict[str, Any]:
+                  overrides: dict[str, Any] | None = None, k: int = 10, holdout_folds: int = 3,
+                  holdout_queries: int = HOLDOUT_QUERIES) -> dict[str, Any]:
     """Fit, rank every query, write candidates.jsonl; for learned models with ``holdout_folds`` >= 2,
-    also holdout.jsonl: every train query ranked by a model fitted on the other folds (``shadow_fold``).
+    also holdout.jsonl: each train query (or a seeded sample of ``holdout_queries`` of them; 0: all)
+    ranked by a model fitted on the other folds (``shadow_fold``).
 
     The fits (the first stage and each fold's shadow) are independent jobs. Under ``accelerate launch``
     with N processes, rank r runs jobs r, r + N, ...; each hands its result to rank 0 through a file
@@ -173,6 +196,8 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     """
     if holdout_folds == 1 or holdout_folds < 0:
         raise InputError(f"holdout_folds={holdout_folds}: use 0 (none) or 2 or more folds")
+    if holdout_queries < 0:
+        raise InputError(f"holdout_queries={holdout_queries}: use 0 (every train query) or a positive number")
     if model not in MODELS:
         raise InputError(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
     t0 = time.time()
@@ -187,21 +212,24 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     overrides = overrides or {}
     seed = getattr(make_ranker(model, catalog, config_path, overrides)[1], "seed", 0)
     folds = holdout_folds if holdout_folds >= 2 and model in NEURAL else 0
-    jobs: list[int | None] = [None, *range(folds)]  # None: the first stage itself; f: fold f's shadow
+    where = fold_of(train_rows, folds, seed) if folds else np.zeros(0, np.int64)
+    reached = sorted({int(f) for f in where[holdout_sample(where, holdout_queries, seed)]})
+    jobs: list[int | None] = [None, *reached]  # None: the first stage itself; f: fold f's shadow
 
     def run_job(job: int | None) -> Any:
         if job is None:
             return fit_and_rank(ds, model, catalog, config_path, overrides, queries, train_rows, k)
-        return shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, folds, job, seed)
+        return shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, folds, job, seed,
+                           holdout_queries)
 
     results = run_jobs(jobs, run_job, Path(out))
     if results is None:  # another rank's process: rank 0 writes OUT
         return {}
     main = results[None]
     # holdout lines ordered by query id: (fold, row in that fold's arrays) per line
-    held = sorted(((train_rows[p]["query_id"], f, j) for f in range(folds)
+    held = sorted(((train_rows[p]["query_id"], f, j) for f in reached
                    for j, p in enumerate(results[f]["positions"])), key=lambda x: x[0])
-    shadow_seconds = sum(results[f]["seconds"] for f in range(folds))
+    shadow_seconds = sum(results[f]["seconds"] for f in reached)
     is_test = np.array([r["split"] == "test" for r in queries])
     ranked_test = [[catalog.ids[i] for i in line] for line in main["idx"][is_test]]
     targets_test = [r["product_id"] for r in test_rows]
@@ -228,6 +256,7 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
             "score_seconds": round(main["score_seconds"], 2), "train_log": main["train_log"],
             "processes": processes_now(), "wall_seconds": round(time.time() - t0, 2),
             "holdout": {"queries": len(held), "folds": folds if held else 0,
+                        "folds_fitted": len(reached) if held else 0, "of_train_queries": len(train_rows),
                         "seconds": round(shadow_seconds, 2),
                         "target_in_top_k": round(shadow_hits / max(1, len(held)), 4)},
         }
@@ -288,7 +317,9 @@ def _write_report(tmp: Path, ds: Dataset, model: str, metrics: dict[str, Any], i
         f"- test targets inside the top {info['top_k']}: {info['target_in_top_k']:.1%} (the ceiling for any reranker)",
         f"- fit {info['fit_seconds']} s, scoring {info['score_seconds']} s", "",
         *([f"- holdout for the reranker's training (`holdout.jsonl`): {info['holdout']['folds']}-fold cross-fitting, "
-           f"each train query ranked by a model fitted on the other folds ({info['holdout']['queries']} queries, "
+           f"each listed train query ranked by a model fitted on the other folds ({info['holdout']['queries']} of "
+           f"{info['holdout'].get('of_train_queries', info['holdout']['queries'])} train queries, a seeded sample "
+           f"when fewer; {info['holdout'].get('folds_fitted', info['holdout']['folds'])} fold models fitted, "
            f"{info['holdout']['seconds']} s); their targets are inside the top {info['top_k']} "
            f"{info['holdout']['target_in_top_k']:.1%} of the time", ""]
           if info["holdout"]["queries"] else []),
