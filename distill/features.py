@@ -45,11 +45,19 @@ class MiniLM:
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch: int = 64, max_tokens: int = TEXT_MAX_TOKENS, desc: str | None = None) -> np.ndarray:
-        out = []
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        # batches of similar length: padding to each batch's longest text is then little (13% fewer tokens
+        # on generated shops, more where lengths vary); the mask makes the order irrelevant to the vectors
+        lengths = [len(t) for t in self.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
         for i in tqdm(range(0, len(texts), batch), desc=desc, unit="batch", disable=desc is None):
-            enc = self.tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-            out.append(masked_mean(self.model(**enc).last_hidden_state, enc["attention_mask"]).numpy())
-        return unit(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+            part = order[i:i + batch]
+            enc = self.tokenizer([texts[j] for j in part], padding=True, truncation=True, max_length=max_tokens,
+                                 return_tensors="pt")
+            out[part] = masked_mean(self.model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
+        return unit(out)
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

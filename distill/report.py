@@ -52,8 +52,10 @@ def _choice(choice: dict[str, Any] | None) -> str:
 def _product_encoder_lines(pe: dict[str, Any]) -> list[str]:
     lines = [f"- product encoder (new products without retraining): text part vs offline max abs diff "
              f"{pe['text_max_abs_diff']:.1e}, image part {pe['image_max_abs_diff']:.1e}; cosine of its stage-1 "
-             f"projection to the teacher's: {pe['sel_cosine_fitted']:.3f} on the products it was fitted on, "
-             f"{pe['sel_cosine_heldout']:.3f} on {pe['heldout_products']} held-out products"]
+             f"projection to the teacher's: "
+             f"{'n/a' if pe['sel_cosine_fitted'] is None else format(pe['sel_cosine_fitted'], '.3f')} on the products "
+             f"it was fitted on, {pe['sel_cosine_heldout']:.3f} on {pe['heldout_products']} held-out products "
+             f"({pe.get('checked_products', 'all')} products encoded for these checks)"]
     if h := pe.get("heldout_queries"):
         d = h["encoded_minus_offline"]
         lines.append(f"- the student on the {h['queries']} test queries whose candidates include held-out products: "
