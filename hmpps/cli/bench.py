@@ -181,6 +181,9 @@ def bench_offline(
     teacher_train_queries: int = typer.Option(200, "--teacher-train-queries", min=10),
     teacher_scored_queries: int = typer.Option(1000, "--teacher-scored-queries", min=10),
     seed: int = typer.Option(0, "--seed"),
+    first_stage_processes: int = typer.Option(1, "--first-stage-processes", min=1,
+                                              help="run hmpps retrieve's fits in this many processes "
+                                                   "(accelerate launch, one thread each)"),
 ) -> None:
     """The offline pipeline stage by stage on generated shops of growing size: wall time, peak memory,
     growth exponents, a log-log plot; a stage past its budget is stopped, not swapped."""
@@ -188,6 +191,6 @@ def bench_offline(
     from hmpps.offline_bench import bench_offline as run
 
     cfg = BenchConfig(parse_sizes(sizes), products_per_user, stage_budget_s, memory_budget_gb, teacher_train_queries,
-                      teacher_scored_queries, seed)
+                      teacher_scored_queries, seed, first_stage_processes)
     run(out, cfg)
     typer.echo((out / "report.md").read_text())
