@@ -27,6 +27,7 @@ proportion to users here, so it is also the exponent in events).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -84,20 +85,26 @@ class StageResult:
     detail: str = ""
 
 
-def _group_rss_kb(pgid: int) -> int:
-    """The resident memory of every process in a process group (from /proc)."""
-    total = 0
+def _stage_processes(pid: int) -> dict[int, int]:
+    """A stage's processes and their resident kB: its process group and every descendant of ``pid``
+    (torchrun, under ``accelerate launch``, starts its workers in sessions of their own)."""
+    procs: dict[int, tuple[int, int, int]] = {}  # pid -> (parent, group, resident kB)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # field 5 of stat, after the name: the process group
-                total += int(fields[21]) * _PAGE_KB  # field 24: resident pages
+            # after the name: state, ppid, pgrp, ...; field 24 of stat (21 here) is the resident pages
+            procs[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[21]) * _PAGE_KB)
         except (OSError, IndexError, ValueError):
             continue  # a process that just ended
-    return total
+    members = {p for p, (_, group, _) in procs.items() if group == pid}
+    frontier = set(members) | {pid}
+    while frontier:
+        frontier = {p for p, (parent, _, _) in procs.items() if parent in frontier and p not in members}
+        members |= frontier
+    return {p: procs[p][2] for p in members if p in procs}
 
 
 def run_stage(argv: list[str], log: Path, budget_s: float, budget_mb: float) -> tuple[str, float, float, str]:
@@ -110,13 +117,16 @@ def run_stage(argv: list[str], log: Path, budget_s: float, budget_mb: float) -> 
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         status = ""
         while proc.poll() is None:
-            peak = max(peak, _group_rss_kb(proc.pid))
+            members = _stage_processes(proc.pid)
+            peak = max(peak, sum(members.values()))
             if peak / 1024 > budget_mb:
                 status = "stopped: memory"
             elif time.perf_counter() - t0 > budget_s:
                 status = "stopped: time"
             if status:
-                os.killpg(proc.pid, signal.SIGKILL)
+                for member in members:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member, signal.SIGKILL)
                 proc.wait()
                 break
             time.sleep(0.2)

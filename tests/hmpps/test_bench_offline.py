@@ -34,6 +34,11 @@ def test_a_stage_past_its_budget_is_stopped_not_waited_for(tmp_path):
     hungry = [sys.executable, "-c", "x = bytearray(400 * 2**20); import time; time.sleep(30)"]
     status, seconds, peak, _ = run_stage(hungry, tmp_path / "hungry.log", budget_s=60, budget_mb=200)
     assert status == "stopped: memory" and seconds < 20 and peak > 200
+    # a worker in a session of its own (as torchrun starts them under accelerate launch) still counts
+    detached = [sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                "'x = bytearray(400 * 2**20); import time; time.sleep(30)'], start_new_session=True)"]
+    status, seconds, peak, _ = run_stage(detached, tmp_path / "detached.log", budget_s=60, budget_mb=200)
+    assert status == "stopped: memory" and seconds < 20 and peak > 200
     failing = [sys.executable, "-c", "raise SystemExit('no such dataset')"]
     status, _, _, detail = run_stage(failing, tmp_path / "failing.log", budget_s=60, budget_mb=10_000)
     assert status == "failed" and "no such dataset" in detail
