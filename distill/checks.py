@@ -76,8 +76,8 @@ def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: 
     at = np.array([tables.query_row(q) for q in asked], np.int64)
     encoded = _tail_query_features(work / "query_encoder.onnx", asked)
     known = tables.query_features[at]
-    qe_parity = float(np.abs(encoded[:, :sel.text_dim] - known[:, :sel.text_dim]).max()) if len(at) else 0.0
-    qe_cos = float((unit(encoded[:, sel.query_sel]) * known[:, sel.query_sel]).sum(1).mean()) if len(at) else 0.0
+    qe_parity = float(np.abs(encoded[:, :sel.text_dim] - known[:, :sel.text_dim]).max())
+    qe_cos = float((unit(encoded[:, sel.query_sel]) * known[:, sel.query_sel]).sum(1).mean())
     tail = tables.query_features.copy()
     tail[at] = encoded
     tail_tables = FeatureTables(tables.spec, tables.product_ids, tables.products, tables.queries, tail)
@@ -90,8 +90,6 @@ def export_and_check(model: Student, minilm: MiniLM, tables: FeatureTables, ds: 
 
 def _tail_query_features(path: Path, queries: list[str]) -> np.ndarray:
     enc = OnnxQueryEncoder(path, minilm_dir() / "tokenizer.json")
-    if not queries:
-        return np.zeros((0, 0), np.float32)
     return np.stack([enc.encode(q) for q in queries]).astype(np.float32)
 
 
@@ -127,14 +125,13 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
     export_product_encoder(module, minilm.tokenizer, image_size, work / "product_encoder.onnx")
     encoder = OnnxProductEncoder(work / "product_encoder.onnx", minilm_dir() / "tokenizer.json", image_size)
     pids = [tables.product_ids[i] for i in checked]
-    encoded = np.zeros((len(perm), spec.content_dim), np.float32)
-    encoded[checked] = encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in pids])
+    encoded = encoder.encode([(record_text(ds.products[p]), ds.image_path(p)) for p in pids])  # rows of ``checked``
     offline = tables.products[checked]
-    cos = (unit(encoded[checked][:, spec.product_sel]) * offline[:, spec.product_sel]).sum(1)
+    cos = (unit(encoded[:, spec.product_sel]) * offline[:, spec.product_sel]).sum(1)
     fitted = ~heldout[checked]
     report: dict[str, Any] = {
-        "text_max_abs_diff": float(np.abs(encoded[checked][:, : spec.text_dim] - offline[:, : spec.text_dim]).max()),
-        "image_max_abs_diff": float(np.abs(encoded[checked][:, spec.text_dim: spec.content_dim - spec.sel_dim]
+        "text_max_abs_diff": float(np.abs(encoded[:, : spec.text_dim] - offline[:, : spec.text_dim]).max()),
+        "image_max_abs_diff": float(np.abs(encoded[:, spec.text_dim: spec.content_dim - spec.sel_dim]
                                            - rest[checked][:, spec.text_dim:]).max()),
         "sel_cosine_fitted": float(cos[fitted].mean()) if fitted.any() else None,
         "sel_cosine_heldout": float(cos[~fitted].mean()),
@@ -146,7 +143,7 @@ def export_product_encoder_and_check(minilm: MiniLM, tables: FeatureTables, ds: 
     if touched:
         swapped = tables.products.copy()
         # the encoder computes the content parts; popularity and co-purchase stay as learned offline
-        swapped[np.ix_(heldout, np.arange(spec.content_dim))] = encoded[heldout]
+        swapped[np.ix_(checked[~fitted], np.arange(spec.content_dim))] = encoded[~fitted]
         enc_tables = FeatureTables(spec, tables.product_ids, swapped, tables.queries, tables.query_features)
         ranked = {}
         for name, t in (("offline", tables), ("encoded", enc_tables)):

@@ -53,24 +53,25 @@ class Lines(Mapping[str, dict[str, Any]]):
 @dataclass
 class FirstStage:
     dir: Path
-    rows: Mapping[str, dict[str, Any]]  # query_id -> candidates line
+    rows: Lines  # query_id -> candidates line
     model: str
     metrics: dict[str, Any] = field(default_factory=dict)
     # query_id -> holdout.jsonl line: a train query ranked by a model that never saw it (cross-fitting)
-    holdout: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    holdout: Lines = field(default_factory=lambda: Lines([]))
 
     def ids(self, qid: str) -> list[str]:
-        if isinstance(self.rows, Lines):
-            return self.rows.ids(qid)
-        return [c["product_id"] for c in self.rows[qid]["candidates"]]
+        return self.rows.ids(qid)
+
+    def _learn_from(self, qid: str) -> Lines:
+        return self.holdout if qid in self.holdout else self.rows
 
     def line(self, qid: str) -> dict[str, Any]:
         """The list a reranker should learn from for this query: the holdout line of a train query when
         the first stage wrote one (ranked as a new query would be), else its candidates line."""
-        return self.holdout[qid] if qid in self.holdout else self.rows[qid]
+        return self._learn_from(qid)[qid]
 
     def list_ids(self, qid: str) -> list[str]:
-        return [c["product_id"] for c in self.line(qid)["candidates"]]
+        return self._learn_from(qid).ids(qid)
 
 
 def first_stage_info(path: Path, ds: Dataset) -> dict[str, Any]:

@@ -127,28 +127,27 @@ def holdout_sample(where: np.ndarray, max_queries: int, seed: int) -> np.ndarray
 
 
 def shadow_fold(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
-                train_rows: list[dict[str, Any]], k: int, folds: int, f: int, seed: int = 0,
-                max_queries: int = 0) -> dict[str, Any]:
-    """Cross-fitting for the reranker's training data: the train queries fall in ``folds`` seeded folds;
-    for fold ``f``, a model of the same kind fitted on the other folds ranks that fold's queries.
+                train_rows: list[dict[str, Any]], k: int, where: np.ndarray, listed: np.ndarray, f: int
+                ) -> dict[str, Any]:
+    """Cross-fitting for the reranker's training data: the train queries fall in seeded folds (``where``,
+    from ``fold_of``); for fold ``f``, a model of the same kind fitted on the other folds ranks that
+    fold's queries that are ``listed`` (all of them, or those of ``holdout_sample``).
 
     The first stage ranks its own train queries too well (their target is what it fitted), so a reranker
     that reads positions or scores from those lists would learn to trust them far more than a new
     query deserves. These lines come from models that never saw their query, as at serving time.
     Returns the fold's rows (positions in ``train_rows``) and their top-k arrays: lines are formatted
-    only as they are written, so a million of them never sit in memory as dicts. With ``max_queries``,
-    the fold's model still fits on every row outside the fold but ranks only its rows in the sample
-    (``holdout_sample``); a fold the sample does not reach is not fitted.
+    only as they are written, so a million of them never sit in memory as dicts. The fold's model fits on
+    every row outside the fold, listed or not.
     """
     t = time.time()
-    where = fold_of(train_rows, folds, seed)
     in_fold = where == f
-    pos = np.flatnonzero(in_fold & holdout_sample(where, max_queries, seed))
+    pos = np.flatnonzero(in_fold & listed)
     empty = {"positions": pos[:0], "idx": np.zeros((0, k), np.int64), "sc": np.zeros((0, k)), "seconds": 0.0}
     if not len(pos) or in_fold.all():
         return empty
     held = [train_rows[i] for i in pos]
-    rest = [r for r, g in zip(train_rows, where, strict=True) if g != f]
+    rest = [r for r, inside in zip(train_rows, in_fold, strict=True) if not inside]
     ranker, cfg = make_ranker(model, catalog, config_path, overrides)
     fit_rows, val_rows = split_validation(rest, getattr(cfg, "val_fraction", 0.1), getattr(cfg, "seed", 0) + 1 + f)
     ranker.fit(ds, fit_rows, val_rows)
@@ -217,14 +216,14 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     seed = getattr(make_ranker(model, catalog, config_path, overrides)[1], "seed", 0)
     folds = holdout_folds if holdout_folds >= 2 and model in NEURAL else 0
     where = fold_of(train_rows, folds, seed) if folds else np.zeros(0, np.int64)
-    reached = sorted({int(f) for f in where[holdout_sample(where, holdout_queries, seed)]})
+    listed = holdout_sample(where, holdout_queries, seed)
+    reached = sorted({int(f) for f in where[listed]})  # a fold the sample does not reach is not fitted
     jobs: list[int | None] = [None, *reached]  # None: the first stage itself; f: fold f's shadow
 
     def run_job(job: int | None) -> Any:
         if job is None:
             return fit_and_rank(ds, model, catalog, config_path, overrides, queries, train_rows, k)
-        return shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, folds, job, seed,
-                           holdout_queries)
+        return shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, where, listed, job)
 
     results = run_jobs(jobs, run_job, Path(out))
     if results is None:  # another rank's process: rank 0 writes OUT
