@@ -163,3 +163,33 @@ def test_the_sequence_model_reads_order_and_recency():
     assert torch.allclose(a, model.user_vec(torch.tensor([0]), q, torch.tensor([[1, 2, 3, pad]])), atol=1e-6)
     empty = model.user_vec(torch.tensor([0]), q, torch.tensor([[pad] * 4]))
     assert torch.isfinite(empty).all()
+
+
+def test_a_rank_takes_the_cores_of_ranks_that_finished_their_jobs(tmp_path, monkeypatch):
+    """Under run_jobs each rank starts on its share of the machine's cores; once another rank of the same
+    machine has marked itself idle, ``take_idle_cores`` (called before each chunk of scoring) widens this
+    rank's torch threads to the cores no one else is using. Outside run_jobs it changes nothing."""
+    import socket
+
+    import torch
+
+    import training.first_stage.run as run
+
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        run.take_idle_cores()  # not under run_jobs
+        assert torch.get_num_threads() == 3
+        monkeypatch.setattr(run, "_IDLE", (tmp_path, 4))
+        run.take_idle_cores()
+        assert torch.get_num_threads() == 2  # 8 cores over 4 working ranks
+        (tmp_path / f"idle-{socket.gethostname()}-1").touch()
+        (tmp_path / "idle-some-other-machine-2").touch()  # another machine's idle rank frees none of these cores
+        run.take_idle_cores()
+        assert torch.get_num_threads() == 2  # 8 // 3
+        (tmp_path / f"idle-{socket.gethostname()}-3").touch()
+        run.take_idle_cores()
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)

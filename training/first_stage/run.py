@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -87,6 +88,7 @@ def rank_rows(ranker: Ranker, rows: list[dict[str, Any]], k: int, chunk: int = 1
     idx = np.zeros((len(rows), k), np.int64)
     sc = np.zeros((len(rows), k), np.float64)
     for start in range(0, len(order), chunk):
+        take_idle_cores()
         pos = order[start : start + chunk]
         full = ranker.score([rows[i] for i in pos])
         if on_scores is not None:
@@ -180,7 +182,9 @@ def fit_and_rank(ds: Dataset, model: str, catalog: Catalog, config_path: Path | 
 
     t1 = time.time()
     idx, sc = rank_rows(ranker, queries, k, on_scores=sampled)
-    return {"idx": idx, "sc": sc, "fitted": np.array([r["query_id"] in fitted for r in queries]), "config": asdict(cfg), "train_log": train_log, "fit_rows": len(fit_rows),
+    import torch
+
+    return {"score_threads": torch.get_num_threads(), "idx": idx, "sc": sc, "fitted": np.array([r["query_id"] in fitted for r in queries]), "config": asdict(cfg), "train_log": train_log, "fit_rows": len(fit_rows),
             "val_rows": len(val_rows), "fit_seconds": fit_seconds, "score_seconds": time.time() - t1,
             "sampled": sampled_metrics(pos_scores, neg_scores),
             "state": ranker.state() if model in NEURAL else None}  # type: ignore[attr-defined]
@@ -256,7 +260,8 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
             "top_k": k, "config": main["config"], "train_queries": main["fit_rows"], "val_queries": main["val_rows"],
             "test_queries": len(test_rows), "target_in_top_k": round(hit, 4),
             "sampled_protocol": sampled, "fit_seconds": round(main["fit_seconds"], 2),
-            "score_seconds": round(main["score_seconds"], 2), "train_log": main["train_log"],
+            "score_seconds": round(main["score_seconds"], 2), "score_threads": main["score_threads"],
+            "train_log": main["train_log"],
             "processes": processes_now(), "wall_seconds": round(time.time() - t0, 2),
             "holdout": {"queries": len(held), "folds": folds if held else 0,
                         "folds_fitted": len(reached) if held else 0, "of_train_queries": len(train_rows),
@@ -276,6 +281,25 @@ def processes_now() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# while run_jobs runs this rank's jobs: (its parts directory, processes on this machine)
+_IDLE: tuple[Path, int] | None = None
+
+
+def take_idle_cores() -> None:
+    """Under run_jobs, give this process the cores of the ranks on its machine that have finished their jobs
+    (they only wait at the barrier): the first stage's full-catalogue scoring, which runs last and alone at
+    100,000 users, then uses both cores of a 2-core machine instead of one. Elsewhere a no-op."""
+    if _IDLE is None:
+        return
+    import torch
+
+    parts, local = _IDLE
+    idle = len(list(parts.glob(f"idle-{socket.gethostname()}-*")))
+    want = max(1, (os.cpu_count() or 1) // max(1, local - idle))
+    if want != torch.get_num_threads():
+        torch.set_num_threads(want)
+
+
 def run_jobs(jobs: list[Any], run_job: Callable[[Any], Any], out: Path) -> dict[Any, Any] | None:
     """Every job's result on rank 0 (None on the other ranks); one process runs them all in turn.
 
@@ -290,16 +314,27 @@ def run_jobs(jobs: list[Any], run_job: Callable[[Any], Any], out: Path) -> dict[
 
     from training.teacher.dist import barrier, state
 
+    global _IDLE
     st = state()
     rank = int(st.process_index)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", procs))))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", procs))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     parts = out.parent / f".{out.name}.parts"
     parts.mkdir(parents=True, exist_ok=True)
-    for n, job in enumerate(jobs):
-        if n % procs == rank:
-            tmp = parts / f"{n}.pt.tmp"
-            torch.save(run_job(job), tmp)
-            tmp.rename(parts / f"{n}.pt")
+    marker = parts / f"idle-{socket.gethostname()}-{rank}"
+    marker.unlink(missing_ok=True)  # left by an interrupted run; no rank writes one before its jobs are done
+    _IDLE = (parts, local)
+    try:
+        for n, job in enumerate(jobs):
+            if n % procs == rank:
+                tmp = parts / f"{n}.pt.tmp"
+                torch.save(run_job(job), tmp)
+                tmp.rename(parts / f"{n}.pt")
+    finally:
+        _IDLE = None
+    # this rank's jobs are done: until the barrier it only waits, so a rank of this machine still working
+    # may take its cores (take_idle_cores)
+    marker.touch()
     barrier()
     if not st.is_main_process:
         return None
