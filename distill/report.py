@@ -46,7 +46,8 @@ def _choice(choice: dict[str, Any] | None) -> str:
     tried = "; ".join(f"{'+'.join(v['signals'][-1:]) if i else 'configured'} "
                       f"{'n/a' if v['val_NDCG@4'] is None else format(v['val_NDCG@4'], '.4f')}"
                       for i, v in enumerate(choice["variants"]))
-    return f" (chosen on validation NDCG@4: {tried})"
+    side = f"; trained side by side in {choice['processes']} processes" if choice.get("processes", 1) > 1 else ""
+    return f" (chosen on validation NDCG@4: {tried}{side})"
 
 
 def _product_encoder_lines(pe: dict[str, Any]) -> list[str]:

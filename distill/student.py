@@ -36,6 +36,9 @@ class StudentConfig:
     # validation NDCG@4 ships (a shop's choice made on its training lists only; [] trains ``signals`` alone).
     # Sequence signals help where purchases follow each other (Office) and not elsewhere (docs/results.md).
     try_signals: list[str] = field(default_factory=lambda: ["sequence"])
+    # with ``try_signals``, train the variants side by side in forked one-thread processes when there are
+    # as many cores (``distill.run.train_chosen``); False trains them one after the other
+    parallel_variants: bool = True
     cf_dim: int = 32  # co-purchase vector size
     seq_dim: int = 32  # transition vectors ("from" and "to" halves of seq_dim / 2 each)
     # What the product tower reads: "content" (text, image, stage-1 slices) or "all" (also the popularity

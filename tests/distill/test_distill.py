@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from contract.errors import ArtifactMismatch, BundleError
 from contract.publish import publish
 from contract.signals import DEFAULT_GROUPS, Listing
 from contract.spec import FeatureSpec, build_inputs, concat_inputs
+from distill.run import cpu_cores
 from distill.student import Student, StudentConfig, distill_loss
 from hmpps.cli import app
 from service.core.bundle import load_bundle
@@ -55,6 +57,8 @@ def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
     assert choice["chosen"] == best["signals"] == detail["spec"]["signals"] == detail["config"]["signals"]
     assert list(manifest.spec.signals) == choice["chosen"]
     assert "chosen on validation NDCG@4" in (tiny_pipeline / "distill" / "report.md").read_text()
+    # with a core per variant, the two students trained side by side (CI and this machine have 2 cores)
+    assert choice["processes"] == (2 if cpu_cores() >= 2 else 1)
     report = (tiny_pipeline / "report.md").read_text()
     assert "+ ONNX student" in report
     # quality by slice (history length, target popularity) beside the first stage and the best rule; a test
@@ -241,6 +245,30 @@ def test_training_arrays_gather_what_the_service_builds_for_each_list(tiny_pipel
     capped = load_student_data(synthetic_dir, tiny_pipeline / "teacher", max_lists=10)
     assert capped.lists_available == len(sd.lists) and len(capped.lists) == mask.sum()
     assert {s.query_id for s in capped.lists} >= {s.query_id for s in sd.lists if s.teacher_scored}
+
+
+def test_variants_trained_side_by_side_equal_those_trained_in_turn_on_one_thread(tiny_pipeline, synthetic_dir):
+    """``train_chosen``'s forked one-thread processes give the curves, choice and weights that training the
+    variants one after the other on one thread gives: the parallel path changes where, not what."""
+    from distill.lists import load_student_data
+    from distill.run import train_chosen
+
+    sd = load_student_data(synthetic_dir, tiny_pipeline / "teacher")
+    cfg = StudentConfig(epochs=3, patience=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = train_chosen(sd, replace(cfg, parallel_variants=False))
+    finally:
+        torch.set_num_threads(threads)
+    side = train_chosen(sd, cfg)
+    assert serial[4]["processes"] == 1 and side[4]["processes"] == (2 if cpu_cores() >= 2 else 1)
+    assert [v["val_NDCG@4"] for v in side[4]["variants"]] == [v["val_NDCG@4"] for v in serial[4]["variants"]]
+    assert len(side[4]["variants"]) == 2 and side[4]["chosen"] == serial[4]["chosen"]
+    assert side[1] == serial[1]  # the kept variant's curve, epoch by epoch
+    for name, w in serial[0].state_dict().items():
+        torch.testing.assert_close(side[0].state_dict()[name], w, rtol=0, atol=0, msg=name)
+    np.testing.assert_array_equal(side[3].products, serial[3].products)
 
 
 def test_ablate_student_reports_each_variant_and_the_student_by_slice(tiny_pipeline, synthetic_dir, tmp_path):
