@@ -173,7 +173,7 @@ def test_a_rank_takes_the_cores_of_ranks_that_finished_their_jobs(tmp_path, monk
 
     import torch
 
-    import training.first_stage.run as run
+    import training.first_stage.jobs as run
 
     monkeypatch.setattr(run.os, "cpu_count", lambda: 8)
     threads = torch.get_num_threads()

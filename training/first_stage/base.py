@@ -63,6 +63,14 @@ class Vocab:
         self.index = {w: i for i, w in enumerate(self.words)}
         self.counts = np.array([0, 0] + [counts[w] for w in self.words[2:]], dtype=np.float64)
 
+    @classmethod
+    def from_words(cls, words: list[str]) -> Vocab:
+        """A saved vocabulary (``words`` in id order); the counts, used by training only, are not kept."""
+        vocab = cls([])
+        vocab.words, vocab.index = list(words), {w: i for i, w in enumerate(words)}
+        vocab.counts = np.zeros(len(words))
+        return vocab
+
     def __len__(self) -> int:
         return len(self.words)
 

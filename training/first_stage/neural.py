@@ -241,6 +241,19 @@ class NeuralRanker:
         return log | {
             "vocabulary": len(self.vocab), "config": asdict(cfg)}
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any], catalog: Catalog, ds: Dataset) -> NeuralRanker:
+        """The fitted ranker that ``state()`` saved, for scoring ``ds``'s queries (the same catalogue)."""
+        if state["products"] != catalog.ids or state["users"] != catalog.users:
+            raise ValueError("this first-stage state was fitted on another catalogue or other users")
+        ranker = cls(state["kind"], catalog, NeuralConfig(**state["config"]))
+        ranker.ds, ranker.vocab = ds, Vocab.from_words(state["vocab"])
+        ranker.model = PersonalizedModel(ranker.kind, len(catalog.users), len(catalog.ids), len(ranker.vocab),
+                                         ranker.cfg)
+        ranker.model.load_state_dict(state["state_dict"])
+        ranker.model.eval()
+        return ranker
+
     @torch.no_grad()
     def score(self, rows: list[dict[str, Any]]) -> np.ndarray:
         self.model.eval()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -19,11 +16,13 @@ from training.artifacts import atomic_dir, write_json, write_jsonl
 from training.config import load_config
 from training.dataset import Dataset, as_dataset
 from training.first_stage.base import Catalog, Ranker, split_validation
+from training.first_stage.jobs import processes_now, run_jobs, take_idle_cores
 from training.metrics import paper_metrics, sampled_metrics
 from training.report import metrics_table
 
 MODELS = ("hem", "zam", "qem", "seq", "maps", "bm25", "pop")
 NEURAL = ("hem", "zam", "qem", "seq", "maps")
+SHARDED = ("hem", "zam", "qem", "seq")  # rebuilt from their state on every rank (NeuralRanker.from_state)
 
 
 def make_ranker(model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any]) -> tuple[Ranker, Any]:
@@ -157,37 +156,60 @@ def shadow_fold(ds: Dataset, model: str, catalog: Catalog, config_path: Path | N
     return {"positions": pos, "idx": idx, "sc": sc, "seconds": time.time() - t}
 
 
-def fit_and_rank(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
-                 queries: list[dict[str, Any]], train_rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
-    """The first stage itself: fit on the train queries (early-stopped on a validation slice of them), then
-    rank every query; the test rows' full-catalogue scores also give the MAPS sampled protocol."""
+def fit_first_stage(ds: Dataset, model: str, catalog: Catalog, config_path: Path | None, overrides: dict[str, Any],
+                    queries: list[dict[str, Any]], train_rows: list[dict[str, Any]]) -> tuple[Ranker, dict[str, Any]]:
+    """The first stage itself, fitted on the train queries (early-stopped on a validation slice of them)."""
     t0 = time.time()
     ranker, cfg = make_ranker(model, catalog, config_path, overrides)
     fit_rows, val_rows = split_validation(train_rows, getattr(cfg, "val_fraction", 0.1), getattr(cfg, "seed", 0))
     train_log = ranker.fit(ds, fit_rows, val_rows)
     fitted = {r["query_id"] for r in fit_rows}
-    fit_seconds = time.time() - t0
-    test_pos = {i: j for j, i in enumerate(i for i, r in enumerate(queries) if r["split"] == "test")}
-    pos_scores = np.zeros(len(test_pos))
-    neg_scores = np.zeros((len(test_pos), min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)))
+    return ranker, {"fitted": np.array([r["query_id"] in fitted for r in queries]), "config": asdict(cfg),
+                    "train_log": train_log, "fit_rows": len(fit_rows), "val_rows": len(val_rows),
+                    "fit_seconds": time.time() - t0,
+                    "state": ranker.state() if model in NEURAL else None}  # type: ignore[attr-defined]
 
-    def sampled(positions: list[int], full: np.ndarray) -> None:  # MAPS protocol: 1 target + 99 sampled negatives
-        for i, line in zip(positions, full, strict=True):
-            if i in test_pos:
-                j, target = test_pos[i], catalog.index[queries[i]["product_id"]]
-                pos_scores[j] = line[target]
-                # negatives seeded per test query: the same for every model, whatever order it is scored in
-                neg_scores[j] = line[sample_negatives(np.random.default_rng([SAMPLED_SEED, j]), len(catalog.ids),
-                                                      target, SAMPLED_NEGATIVES)]
 
-    t1 = time.time()
-    idx, sc = rank_rows(ranker, queries, k, on_scores=sampled)
+def rank_first_stage(ranker: Ranker, catalog: Catalog, queries: list[dict[str, Any]], positions: np.ndarray,
+                     k: int) -> dict[str, Any]:
+    """The top k of the queries at ``positions``, and for the test queries among them the scores of the MAPS
+    sampled protocol (the target and 99 seeded negatives, by test index)."""
     import torch
 
-    return {"score_threads": torch.get_num_threads(), "idx": idx, "sc": sc, "fitted": np.array([r["query_id"] in fitted for r in queries]), "config": asdict(cfg), "train_log": train_log, "fit_rows": len(fit_rows),
-            "val_rows": len(val_rows), "fit_seconds": fit_seconds, "score_seconds": time.time() - t1,
-            "sampled": sampled_metrics(pos_scores, neg_scores),
-            "state": ranker.state() if model in NEURAL else None}  # type: ignore[attr-defined]
+    t = time.time()
+    test_index = {i: j for j, i in enumerate(i for i, r in enumerate(queries) if r["split"] == "test")}
+    n_neg = min(SAMPLED_NEGATIVES, len(catalog.ids) - 1)
+    sampled_j: list[int] = []
+    pos_scores: list[float] = []
+    neg_scores: list[np.ndarray] = []
+
+    def sampled(local: list[int], full: np.ndarray) -> None:  # MAPS protocol: 1 target + 99 sampled negatives
+        for i, line in zip(local, full, strict=True):
+            if (j := test_index.get(int(positions[i]))) is not None:
+                target = catalog.index[queries[int(positions[i])]["product_id"]]
+                sampled_j.append(j)
+                pos_scores.append(float(line[target]))
+                # negatives seeded per test query: the same for every model, whatever order it is scored in
+                neg_scores.append(line[sample_negatives(np.random.default_rng([SAMPLED_SEED, j]), len(catalog.ids),
+                                                        target, SAMPLED_NEGATIVES)])
+
+    idx, sc = rank_rows(ranker, [queries[int(i)] for i in positions], k, on_scores=sampled)
+    return {"positions": positions, "idx": idx, "sc": sc, "sampled_j": np.array(sampled_j, np.int64),
+            "pos_scores": np.array(pos_scores), "neg_scores": np.array(neg_scores).reshape(len(pos_scores), n_neg),
+            "seconds": time.time() - t, "threads": torch.get_num_threads()}
+
+
+def merge_ranked(parts: list[dict[str, Any]], n_queries: int, n_test: int, k: int) -> dict[str, Any]:
+    """The shards of ``rank_first_stage`` as one: top-k arrays over every query, the sampled metrics."""
+    idx, sc = np.zeros((n_queries, k), np.int64), np.zeros((n_queries, k))
+    n_neg = parts[0]["neg_scores"].shape[1]
+    pos_scores, neg_scores = np.zeros(n_test), np.zeros((n_test, n_neg))
+    for p in parts:
+        idx[p["positions"], : p["idx"].shape[1]], sc[p["positions"], : p["sc"].shape[1]] = p["idx"], p["sc"]
+        pos_scores[p["sampled_j"]], neg_scores[p["sampled_j"]] = p["pos_scores"], p["neg_scores"]
+    return {"idx": idx, "sc": sc, "sampled": sampled_metrics(pos_scores, neg_scores),
+            "score_seconds": max(p["seconds"] for p in parts), "score_threads": max(p["threads"] for p in parts),
+            "score_processes": len(parts)}
 
 
 def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: Path | None = None,
@@ -199,7 +221,8 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
 
     The fits (the first stage and each fold's shadow) are independent jobs. Under ``accelerate launch``
     with N processes, rank r runs jobs r, r + N, ...; each hands its result to rank 0 through a file
-    beside OUT, and rank 0 alone writes OUT. In one process the jobs run in turn.
+    beside OUT, and rank 0 alone writes OUT. Then every rank scores a shard of the queries with the fitted
+    first stage (``SHARDED`` models). In one process the jobs run in turn.
     """
     if holdout_folds == 1 or holdout_folds < 0:
         raise InputError(f"holdout_folds={holdout_folds}: use 0 (none) or 2 or more folds")
@@ -224,15 +247,36 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     reached = sorted({int(f) for f in where[listed]})  # a fold the sample does not reach is not fitted
     jobs: list[int | None] = [None, *reached]  # None: the first stage itself; f: fold f's shadow
 
+    procs = processes_now()
+    # with several processes, the fitted first stage's full-catalogue scoring (queries x products, the one
+    # part of retrieve above linear) is split into a query shard per rank; MAPS and the lexical rankers,
+    # whose models are not rebuilt from their state, score on the rank that fitted them
+    sharded = procs > 1 and model in SHARDED
+    n_test = len(test_rows)
+
     def run_job(job: int | None) -> Any:
         if job is None:
-            return fit_and_rank(ds, model, catalog, config_path, overrides, queries, train_rows, k)
+            ranker, fit = fit_first_stage(ds, model, catalog, config_path, overrides, queries, train_rows)
+            if sharded:
+                return fit
+            return fit | merge_ranked([rank_first_stage(ranker, catalog, queries, np.arange(len(queries)), k)],
+                                      len(queries), n_test, k)
         return shadow_fold(ds, model, catalog, config_path, overrides, train_rows, k, where, listed, job)
 
-    results = run_jobs(jobs, run_job, Path(out))
+    results = run_jobs(jobs, run_job, Path(out), everywhere=sharded)
     if results is None:  # another rank's process: rank 0 writes OUT
         return {}
     main = results[None]
+    if sharded:
+        from training.first_stage.neural import NeuralRanker
+
+        ranker = NeuralRanker.from_state(main["state"], catalog, ds)
+        shards = np.array_split(np.arange(len(queries)), procs)
+        ranked = run_jobs(list(range(procs)), lambda i: rank_first_stage(ranker, catalog, queries, shards[i], k),
+                          Path(out).parent / f"{Path(out).name}.scoring")
+        if ranked is None:
+            return {}
+        main = main | merge_ranked(list(ranked.values()), len(queries), n_test, k)
     # holdout lines ordered by query id: (fold, row in that fold's arrays) per line
     held = sorted(((train_rows[p]["query_id"], f, j) for f in reached
                    for j, p in enumerate(results[f]["positions"])), key=lambda x: x[0])
@@ -260,7 +304,8 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
             "top_k": k, "config": main["config"], "train_queries": main["fit_rows"], "val_queries": main["val_rows"],
             "test_queries": len(test_rows), "target_in_top_k": round(hit, 4),
             "sampled_protocol": sampled, "fit_seconds": round(main["fit_seconds"], 2),
-            "score_seconds": round(main["score_seconds"], 2), "score_threads": main["score_threads"],
+            "score_seconds": round(main["score_seconds"], 2), "score_processes": main["score_processes"],
+            "score_threads": main["score_threads"],
             "train_log": main["train_log"],
             "processes": processes_now(), "wall_seconds": round(time.time() - t0, 2),
             "holdout": {"queries": len(held), "folds": folds if held else 0,
@@ -277,72 +322,6 @@ def run_retrieval(data: Dataset | Path, model: str, out: Path, *, config_path: P
     return metrics
 
 
-def processes_now() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-# while run_jobs runs this rank's jobs: (its parts directory, processes on this machine)
-_IDLE: tuple[Path, int] | None = None
-
-
-def take_idle_cores() -> None:
-    """Under run_jobs, give this process the cores of the ranks on its machine that have finished their jobs
-    (they only wait at the barrier): the first stage's full-catalogue scoring, which runs last and alone at
-    100,000 users, then uses both cores of a 2-core machine instead of one. Elsewhere a no-op."""
-    if _IDLE is None:
-        return
-    import torch
-
-    parts, local = _IDLE
-    idle = len(list(parts.glob(f"idle-{socket.gethostname()}-*")))
-    want = max(1, (os.cpu_count() or 1) // max(1, local - idle))
-    if want != torch.get_num_threads():
-        torch.set_num_threads(want)
-
-
-def run_jobs(jobs: list[Any], run_job: Callable[[Any], Any], out: Path) -> dict[Any, Any] | None:
-    """Every job's result on rank 0 (None on the other ranks); one process runs them all in turn.
-
-    Under ``accelerate launch`` rank r runs jobs r, r + N, ... and pickles each result into
-    OUT.parts/ (torch.save), then all ranks meet at a barrier; rank 0 reads the parts and removes them.
-    Each rank's torch uses its share of the cores (the ranks of one machine would otherwise oversubscribe).
-    """
-    procs = processes_now()
-    if procs == 1:
-        return {job: run_job(job) for job in jobs}
-    import torch
-
-    from training.teacher.dist import barrier, state
-
-    global _IDLE
-    st = state()
-    rank = int(st.process_index)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", procs))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    parts = out.parent / f".{out.name}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    marker = parts / f"idle-{socket.gethostname()}-{rank}"
-    marker.unlink(missing_ok=True)  # left by an interrupted run; no rank writes one before its jobs are done
-    _IDLE = (parts, local)
-    try:
-        for n, job in enumerate(jobs):
-            if n % procs == rank:
-                tmp = parts / f"{n}.pt.tmp"
-                torch.save(run_job(job), tmp)
-                tmp.rename(parts / f"{n}.pt")
-    finally:
-        _IDLE = None
-    # this rank's jobs are done: until the barrier it only waits, so a rank of this machine still working
-    # may take its cores (take_idle_cores)
-    marker.touch()
-    barrier()
-    if not st.is_main_process:
-        return None
-    results = {job: torch.load(parts / f"{n}.pt", weights_only=False) for n, job in enumerate(jobs)}
-    shutil.rmtree(parts)
-    return results
-
-
 def _write_report(tmp: Path, ds: Dataset, model: str, metrics: dict[str, Any], info: dict[str, Any]) -> None:
     lines = [
         f"# First stage: {model} on {ds.name}", "",
@@ -353,7 +332,8 @@ def _write_report(tmp: Path, ds: Dataset, model: str, metrics: dict[str, Any], i
         "target): " + ", ".join(f"{k} {v:.4f}" for k, v in info["sampled_protocol"].items()
                                 if k.startswith(("HR", "NDCG"))), "",
         f"- test targets inside the top {info['top_k']}: {info['target_in_top_k']:.1%} (the ceiling for any reranker)",
-        f"- fit {info['fit_seconds']} s, scoring {info['score_seconds']} s", "",
+        f"- fit {info['fit_seconds']} s, scoring {info['score_seconds']} s"
+        + (f" (query shards over {info['score_processes']} processes)" if info["score_processes"] > 1 else ""), "",
         *([f"- holdout for the reranker's training (`holdout.jsonl`): {info['holdout']['folds']}-fold cross-fitting, "
            f"each listed train query ranked by a model fitted on the other folds ({info['holdout']['queries']} of "
            f"{info['holdout'].get('of_train_queries', info['holdout']['queries'])} train queries, a seeded sample "
