@@ -73,6 +73,23 @@ class TrainingArrays:
     starts: np.ndarray  # (L + 1,) row offsets of the L lists; each list's rows are contiguous
     listed: np.ndarray  # (N,) True for the caller's candidates, False for the added random negatives
 
+    def rows_for(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """``Student.forward_rows``'s inputs for these pairs: the distinct queries and product rows they read
+        (candidates and history items), and each pair's query, candidate and history as indices into them (an
+        empty history slot points at its own candidate; the mask drops it)."""
+        cand, hist = self.candidate_row[rows], self.history_rows[rows]
+        filled = hist >= 0
+        used, inverse = np.unique(np.concatenate([cand, np.where(filled, hist, cand[:, None]).ravel()]),
+                                  return_inverse=True)
+        queries, query = np.unique(self.query_row[rows], return_inverse=True)
+        out = {"queries": self.queries[queries], "query": query,
+               "products": self.products[used].astype(np.float32, copy=False),
+               "candidate": inverse[: len(cand)], "history": inverse[len(cand):].reshape(hist.shape),
+               "history_mask": filled.astype(np.float32)}
+        if self.signals is not None:
+            out[SIGNALS] = self.signals[rows]
+        return out
+
     def inputs_for(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The student's inputs for these pairs, as ``contract.spec.build_inputs`` builds them."""
         hist, mask = gather_history(self.spec, self.products, self.history_rows[rows])

@@ -9,11 +9,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.spec import SIGNALS
 from distill.lists import TrainingArrays
 from distill.student import Student, StudentConfig, distill_loss, listwise_loss
 from training.metrics import (
     query_metrics,
 )
+
+ROW_INPUTS = ("queries", "query", "products", "candidate", "history", "history_mask")  # Student.forward_rows, signals aside
 
 
 def _val_ndcg4(margins: np.ndarray, labels: np.ndarray, rows: list[np.ndarray]) -> float:
@@ -67,15 +70,16 @@ def train_student(spec: Any, cfg: StudentConfig, data: TrainingArrays) -> tuple[
             grid = torch.from_numpy(pad[order[i:i + per_batch]])
             valid = grid >= 0
             idx = grid[valid]
-            batch = data.inputs_for(idx.numpy())
-            logits = model(*(torch.from_numpy(batch[n]) for n in spec.input_names))
+            batch = data.rows_for(idx.numpy())  # each distinct query and product of the batch projected once
+            logits = model.forward_rows(*(torch.from_numpy(batch[n]) for n in ROW_INPUTS),
+                                        *([torch.from_numpy(batch[SIGNALS])] if SIGNALS in batch else []))
             loss = distill_loss(logits, tl[idx], ht[idx], lab[idx], cfg)
             if cfg.listwise_weight > 0:
                 loss = loss + cfg.listwise_weight * listwise_loss(logits, lab[idx], valid)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             seen += len(idx)
         sched.step()
         point = {"epoch": epoch + 1, "loss": round(total / max(1, seen), 5)}

@@ -247,16 +247,47 @@ def test_training_arrays_gather_what_the_service_builds_for_each_list(tiny_pipel
     assert {s.query_id for s in capped.lists} >= {s.query_id for s in sd.lists if s.teacher_scored}
 
 
-def test_variants_trained_side_by_side_equal_those_trained_in_turn_on_one_thread(tiny_pipeline, synthetic_dir):
-    """``train_chosen``'s forked one-thread processes give the curves, choice and weights that training the
-    variants one after the other on one thread gives: the parallel path changes where, not what."""
+def test_training_over_distinct_products_equals_the_served_forward(tiny_pipeline, synthetic_dir):
+    """Training projects each distinct product of a batch once (``TrainingArrays.rows_for`` and
+    ``Student.forward_rows``); on real training lists that gives the logits, and the gradients, of the
+    ``forward`` that ONNX serves over the gathered inputs, with fewer product rows than pairs read."""
+    from distill.lists import load_student_data, training_arrays
+    from distill.student import listwise_loss
+    from distill.train import ROW_INPUTS
+
+    sd = load_student_data(synthetic_dir, tiny_pipeline / "teacher")
+    cfg = StudentConfig()
+    train_tables, tables = sd.tables(tuple(cfg.signals), cfg.cf_dim)
+    data = training_arrays(train_tables, sd.ds, sd.rows, sd.lists[:60], cfg, np.random.default_rng(0))
+    rows = np.arange(len(data.labels))
+    gathered, distinct = data.inputs_for(rows), data.rows_for(rows)
+    assert len(distinct["products"]) < len(rows) * (1 + tables.spec.k_s2)
+    torch.manual_seed(0)
+    model = Student(tables.spec, cfg).eval()
+    signals = [torch.from_numpy(distinct["signals"])] if "signals" in distinct else []
+    grads = []
+    for forward in (lambda: model(*(torch.from_numpy(gathered[n]) for n in tables.spec.input_names)),
+                    lambda: model.forward_rows(*(torch.from_numpy(distinct[n]) for n in ROW_INPUTS), *signals)):
+        model.zero_grad()
+        logits = forward()
+        listwise_loss(logits, torch.from_numpy(data.labels), torch.ones(1, len(rows), dtype=torch.bool)).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-5)
+    for got, want in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_variants_trained_side_by_side_equal_those_trained_in_turn(tiny_pipeline, synthetic_dir):
+    """``train_chosen``'s processes (one per variant, an equal share of the cores each) give the curves,
+    choice and weights that training the variants one after the other on that many threads gives: the
+    parallel path changes where, not what."""
     from distill.lists import load_student_data
     from distill.run import train_chosen
 
     sd = load_student_data(synthetic_dir, tiny_pipeline / "teacher")
     cfg = StudentConfig(epochs=3, patience=1)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, cpu_cores() // 2))
     try:
         serial = train_chosen(sd, replace(cfg, parallel_variants=False))
     finally:
