@@ -193,3 +193,30 @@ def test_a_rank_takes_the_cores_of_ranks_that_finished_their_jobs(tmp_path, monk
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_first_stage_rebuilt_from_its_state_ranks_as_the_fitted_one(runs, synthetic_dir):
+    """Under several processes each rank scores its query shard with a model rebuilt from the fitted one's
+    state (``NeuralRanker.from_state``): for every such kind, the rebuilt model's top 10 from the saved
+    ``model.pt`` are the lists ``candidates.jsonl`` holds, and another catalogue's state is refused."""
+    import numpy as np
+    import torch
+
+    from training.first_stage.base import Catalog
+    from training.first_stage.neural import NeuralRanker
+    from training.first_stage.run import SHARDED, rank_first_stage
+
+    ds = load_dataset(synthetic_dir)
+    catalog = Catalog.build(ds)
+    queries = ds.queries()
+    for kind in SHARDED:
+        state = torch.load(runs[kind] / "model.pt", weights_only=False)
+        ranker = NeuralRanker.from_state(state, catalog, ds)
+        picked = np.arange(0, len(queries), 7)
+        got = rank_first_stage(ranker, catalog, queries, picked, 10)
+        lines = [json.loads(x) for x in (runs[kind] / "candidates.jsonl").read_text().splitlines()]
+        for i, row in zip(picked, got["idx"], strict=True):
+            assert [catalog.ids[j] for j in row] == [c["product_id"] for c in lines[i]["candidates"]], (kind, i)
+    state["users"] = dict(list(state["users"].items())[1:])
+    with pytest.raises(ValueError, match="another catalogue"):
+        NeuralRanker.from_state(state, catalog, ds)
