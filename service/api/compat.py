@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import QUERY, not_blank
+from service.api.schemas import QUERY, RequestBody, history_ids, not_blank
 
 
-class CompatRerankRequest(BaseModel):
+class CompatRerankRequest(RequestBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "model": "hmpps", "query": "kitchen coffee makers", "user": "u42", "top_n": 3, "return_documents": True,
         "documents": ["p1", {"id": "p2"}, "Stainless steel drip coffee maker, 12 cups", {"text": "Espresso machine"}],
@@ -40,6 +40,7 @@ class CompatRerankRequest(BaseModel):
                                       description="extension: the user's purchased product ids, most recent first")
 
     _query_not_blank = field_validator("query")(not_blank)
+    _history_ids = field_validator("history")(history_ids)
 
     @field_validator("documents")
     @classmethod

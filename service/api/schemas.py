@@ -18,13 +18,52 @@ def not_blank(cls: type, v: str) -> str:
     return v
 
 
+def lone_surrogate_at(value: Any, path: str = "body") -> str | None:
+    """Where ``value`` holds a lone surrogate, or None. JSON may escape one (``"\\ud800"``) and pydantic lets
+    it through inside lists and free-form objects, but it is not Unicode: no encoder, Redis or log can write it."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            where = lone_surrogate_at(k, f"{path} (a key)") or lone_surrogate_at(v, f"{path}.{k}")
+            if where:
+                return where
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            where = lone_surrogate_at(v, f"{path}[{i}]")
+            if where:
+                return where
+    return None
+
+
+class RequestBody(BaseModel):
+    """A request body: its text is valid Unicode everywhere, keys and nested values included."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        where = lone_surrogate_at(data)
+        if where is not None:
+            raise ValueError(f"{where} is not valid Unicode: it holds a lone surrogate (U+D800 to U+DFFF)")
+        return data
+
+
+def history_ids(cls: type, v: list[str] | None) -> list[str] | None:
+    if v is not None and any(not (0 < len(p) <= MAX_ID) for p in v):
+        raise ValueError(f"history ids must be 1 to {MAX_ID} characters")
+    return v
+
+
 class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     product_id: str = ID
     score: float | None = Field(None, description="the first stage's score, echoed for passthrough")
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(RequestBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "request_id": "req-123", "user_id": "u42", "query": "kitchen coffee makers",
         "candidates": [{"product_id": "p1", "score": 3.2}, {"product_id": "p2", "score": 2.9},
@@ -57,12 +96,7 @@ class RerankRequest(BaseModel):
             seen.add(c.product_id)
         return v
 
-    @field_validator("history")
-    @classmethod
-    def _history_ids(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(not (0 < len(p) <= 128) for p in v):
-            raise ValueError("history ids must be 1 to 128 characters")
-        return v
+    _history_ids = field_validator("history")(history_ids)
 
 
 class ResultExplain(BaseModel):
@@ -110,7 +144,7 @@ class FeedbackEvent(BaseModel):
     ts: float | None = Field(None, ge=0, description="unix seconds; server time when absent")
 
 
-class FeedbackBatch(BaseModel):
+class FeedbackBatch(RequestBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"events": [
         {"type": "impression", "request_id": "req-123", "user_id": "u42", "arm": "student"},
         {"type": "click", "request_id": "req-123", "user_id": "u42", "arm": "student", "product_id": "p2"},
@@ -147,7 +181,7 @@ class EventIn(BaseModel):
                      (self.query or "").strip() or None, self.session_id, self.request_id)
 
 
-class EventsBatch(BaseModel):
+class EventsBatch(RequestBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"events": [
         {"event_id": "evt-991", "user_id": "u42", "product_id": "p2", "type": "purchase",
          "timestamp": "2026-12-02T10:15:00Z", "query": "kitchen coffee makers", "request_id": "req-123"},
@@ -187,7 +221,7 @@ class ProductIn(BaseModel):
         return self._product
 
 
-class ProductsBatch(BaseModel):
+class ProductsBatch(RequestBody):
     model_config = ConfigDict(extra="forbid")
     products: list[ProductIn] = Field(min_length=1, max_length=100)
 

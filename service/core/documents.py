@@ -18,6 +18,7 @@ from typing import Any
 
 from contract.codec import encode_vector
 from contract.errors import BundleError
+from contract.events import MAX_ID
 from service.core.bundle import LoadedBundle, no_product_encoder
 from service.infra.store import FeatureStore, Fetched
 
@@ -40,7 +41,7 @@ def as_documents(raw: list[str | dict[str, Any]], rank_fields: list[str] | None 
     for i, d in enumerate(raw):
         if isinstance(d, str):
             text = None if d and not any(ch.isspace() for ch in d) else d
-            pid = d if text is None else None
+            pid: object = d if text is None else None
         else:
             pid = d.get("id")
             fields = rank_fields or ["text"]
@@ -53,8 +54,18 @@ def as_documents(raw: list[str | dict[str, Any]], rank_fields: list[str] | None 
             digest = hashlib.sha256(text.encode()).hexdigest()[:16]
             out.append(Document(f"{TEXT_ID_PREFIX}{digest}:{i}", text))
         else:
-            out.append(Document(str(pid), None))
+            out.append(Document(_product_id(i, pid, isinstance(d, str)), None))
     return out
+
+
+def _product_id(i: int, pid: object, bare: bool) -> str:
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)):
+        raise ValueError(f"documents[{i}]: 'id' must be a string or an integer")
+    s = str(pid)
+    if not 0 < len(s) <= MAX_ID:
+        hint = " (a string without whitespace is read as a product id; send {\"text\": ...} for free text)" if bare else ""
+        raise ValueError(f"documents[{i}]: a product id must be 1 to {MAX_ID} characters{hint}")
+    return s
 
 
 class TextFeatures:

@@ -75,9 +75,16 @@ def test_bad_documents_get_a_422_naming_the_problem(url, catalog):
              ({"query": "q", "documents": [{"title": "no id, no text"}]}, "documents"),
              ({"query": "q", "documents": ["p1", "p1"]}, "twice"),
              ({"query": " ", "documents": ["p1"]}, "query"),
-             ({"query": "q", "documents": ["p1"], "colour": "red"}, "colour")]
+             ({"query": "q", "documents": ["p1"], "colour": "red"}, "colour"),
+             # each of these once reached the request path and became a 500 (found by schemathesis)
+             ({"query": "q", "documents": ["p1"], "user": "u", "history": ["p2", ""]}, "history"),
+             ({"query": "q", "documents": ["p" * 129]}, "128"),
+             ({"query": "q", "documents": [{"id": ""}]}, "documents"),
+             ({"query": "q", "documents": [{"id": ["p1"]}]}, "documents"),
+             (b'{"query": "q", "documents": ["a lone \\ud800 surrogate"]}', "documents")]  # JSON may escape one
     for body, word in cases:
-        res = httpx.post(url + "/v1/rerank", json=body)
+        res = (httpx.post(url + "/v1/rerank", content=body, headers={"Content-Type": "application/json"})
+               if isinstance(body, bytes) else httpx.post(url + "/v1/rerank", json=body))
         assert res.status_code == 422 and res.json()["error"] == "ValidationError" and word in res.text, (body, res.text)
 
 

@@ -196,6 +196,26 @@ def test_max_candidates_is_read_and_validation_errors_have_the_error_shape(tmp_p
             "$ref": "#/components/schemas/ErrorBody"}
 
 
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_422_naming_where(tmp_path, bundle_dir, catalog):
+    # JSON may escape a lone surrogate; pydantic lets it through inside lists and free-form objects, where it
+    # reached Redis and the response encoder (a fail-open "model_error", or a 500 found by schemathesis)
+    p = catalog["products"][0]
+    cases = [("/rerank", f'{{"user_id": "u", "query": "q", "history": ["a\\ud800"], '
+                         f'"candidates": [{{"product_id": "{p}"}}]}}', "body.history[0]"),
+             ("/v1/rerank", f'{{"query": "q", "return_documents": true, '
+                            f'"documents": [{{"id": "{p}", "note": {{"x\\udc00": 1}}}}]}}', "body.documents[0].note (a key)"),
+             ("/v2/rerank", '{"query": "q", "documents": ["lone \\ud800 text"]}', "body.documents[0]"),
+             ("/admin/products", '{"products": [{"product_id": "n1", "title": "t", "category": ["a\\ud800"]}]}',
+              "body.products[0].category[0]")]
+    with live_server(create_app(_settings(tmp_path, bundle_dir))) as url:
+        for path, raw, where in cases:
+            res = httpx.post(url + path, content=raw.encode(), headers={"Content-Type": "application/json"} | AUTH)
+            assert res.status_code == 422 and res.json()["error"] == "ValidationError", (path, res.text)
+            assert f"{where} is not valid Unicode" in res.json()["detail"], (path, res.text)
+        ok = httpx.post(url + "/rerank", json=_body(catalog, history=["\U0001f600"]))  # a valid pair is fine
+        assert ok.status_code == 200, ok.text
+
+
 def test_the_api_reference_can_be_turned_off(tmp_path, bundle_dir, catalog):
     with live_server(create_app(_settings(tmp_path, bundle_dir, expose_docs=False))) as url:
         for path in ("/docs", "/redoc", "/openapi.json"):

@@ -16,6 +16,7 @@ import anyio
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from service.api.compat import CompatRerankRequest, CompatRerankResponse, CompatResult
 from service.api.deps import State
@@ -74,8 +75,11 @@ async def _rerank(body: CompatRerankRequest, state: State, api_version: str) -> 
         vectors[bundle.version] = state.texts.vectors(bundle.version, docs)
     if vectors:
         serving = serving.with_store(DocumentStore(serving.store, vectors))
-    req = RerankRequest(user_id=user, query=body.query, candidates=[Candidate(product_id=i) for i in ids],
-                        history=body.history if body.user else [])  # anonymous: no stored history
+    try:
+        req = RerankRequest(user_id=user, query=body.query, candidates=[Candidate(product_id=i) for i in ids],
+                            history=body.history if body.user else [])  # anonymous: no stored history
+    except ValidationError as e:  # a rule of /rerank's the compat body's own checks missed: still the caller's 422
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
     resp = await serve_rerank(req, runtime, serving, uuid.uuid4().hex)
     results = [CompatResult(index=r.original_rank - 1, relevance_score=0.0 if r.score is None else r.score,
                             document=_document(body.documents[r.original_rank - 1]) if body.return_documents else None)
