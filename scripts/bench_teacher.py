@@ -9,6 +9,7 @@ Prints a Markdown table:
 - scoring the same ``--queries`` test queries (target in the top 10) with the trained weights in each
   ``--dtypes`` entry: seconds per query (after one warm-up query), and against float32 the largest and
   99th-percentile difference of P(yes), how often the top candidate is the same, and NDCG@4.
+  ``bfloat16:float32-adapters`` scores as before ``inference_adapters``: bfloat16 weights, float32 adapters.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -26,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.metrics import paper_metrics, rerank  # noqa: E402
+from training.teacher import scoring  # noqa: E402
 from training.teacher.config import TeacherConfig  # noqa: E402
-from training.teacher.run import load_trained_teacher, score_rows  # noqa: E402
+from training.teacher.scoring import load_trained_teacher, score_rows  # noqa: E402
 
 
 def main() -> None:
@@ -49,15 +53,20 @@ def main() -> None:
         print(f"| {key} | {n or ''} | {secs[key]} | {per} |")
     base = TeacherConfig(**info["config"])
     results = {}
-    for dtype in a.dtypes.split(","):
+    for spec in a.dtypes.split(","):
+        dtype, _, adapters = spec.partition(":")
+        if adapters not in ("", "float32-adapters"):
+            raise SystemExit(f"--dtypes {spec!r}: write DTYPE or DTYPE:float32-adapters")
+        same = mock.patch.object(scoring, "inference_adapters", lambda *_: nullcontext()) if adapters else nullcontext()
         cfg = replace(base, dtype=dtype, threads=a.threads)
         t = load_trained_teacher(a.data, a.candidates, a.teacher, cfg)
         tests = [r for r in t.ds.queries("test") if r["query_id"] in t.fs.rows and r["product_id"] in t.fs.ids(r["query_id"])]
         rows = tests[: a.queries + 1]
-        score_rows(t.backbone, t.factory, t.fs, rows[:1], "selected", cfg.seed, "warm-up")
-        start = time.perf_counter()
-        lines = score_rows(t.backbone, t.factory, t.fs, rows[1:], "selected", cfg.seed, f"scoring in {dtype}")
-        results[dtype] = (time.perf_counter() - start) / len(lines), lines
+        with same:
+            score_rows(t.backbone, t.factory, t.fs, rows[:1], "selected", cfg.seed, "warm-up")
+            start = time.perf_counter()
+            lines = score_rows(t.backbone, t.factory, t.fs, rows[1:], "selected", cfg.seed, f"scoring in {spec}")
+        results[spec] = (time.perf_counter() - start) / len(lines), lines
     print(f"\n| dtype | s per scored query (10 candidates) | max abs P(yes) diff vs float32 | p99 | same top-1 | NDCG@4 ({a.queries} queries) |")
     print("|---|---:|---:|---:|---:|---:|")
     ref = results.get("float32")

@@ -40,14 +40,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _teacher_scores(teacher: Path) -> dict[str, dict[str, Any]]:
-    """A teacher run's scored test lists by query id: scores.jsonl, or a cut run's scores.partial.jsonl
-    (its first line is the resume key)."""
-    path = teacher / "scores.jsonl"
-    if not path.is_file():
-        path = teacher / "scores.partial.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"{teacher} has neither scores.jsonl nor scores.partial.jsonl")
-    return {s["query_id"]: s for s in _read_jsonl(path) if s.get("split") == "test"}
+    """A teacher run's scored test lists by query id: scores.jsonl, or a cut run's partial files
+    (scores.partial.jsonl, or one per scoring process; each starts with the resume key)."""
+    paths = [teacher / "scores.jsonl"] if (teacher / "scores.jsonl").is_file() else \
+        sorted(teacher.glob("scores.partial*.jsonl"))
+    if not paths:
+        raise SystemExit(f"{teacher} has neither scores.jsonl nor scores.partial*.jsonl")
+    return {s["query_id"]: s for p in paths for s in _read_jsonl(p) if s.get("split") == "test"}
 
 
 def export(data: Path, teacher: Path, students: list[str], out: Path, teacher_runs: list[str] | None = None) -> None:

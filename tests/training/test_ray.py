@@ -84,7 +84,7 @@ def test_publish_streams_shards_with_parallel_writers(encoded, bundle_dir, tmp_p
 
 def test_teacher_scores_on_ray_equal_the_one_process_scores(tiny_pipeline, synthetic_dir):
     from training.teacher.config import TeacherConfig
-    from training.teacher.run import score_rows_ray
+    from training.teacher.scoring import score_rows_ray
 
     teacher = tiny_pipeline / "teacher"
     info = json.loads((teacher / "teacher.json").read_text())

@@ -453,7 +453,7 @@ def test_training_query_samples_are_nested():
 def test_scoring_resumes_from_its_partial_file(ds, synthetic_dir, tmp_path, monkeypatch):
     from training.candidates import load_first_stage
     from training.first_stage.run import run_retrieval
-    from training.teacher import run as teacher_run
+    from training.teacher import scoring as teacher_run
     from training.teacher.examples import ExampleFactory
 
     cfg = load_teacher_config("tiny")
@@ -534,3 +534,53 @@ def test_stage_two_training_is_the_same_twice(ds, synthetic_dir, tmp_path):
         assert train(bb, groups, cfg, tmp_path / f"ckpt{run}", "stage2")["steps"] == 10
         states.append(bb.trainable_state())
     assert all(torch.equal(a, states[1][k]) for k, a in states[0].items())
+
+
+def test_adapters_score_in_the_lm_dtype_and_train_in_float32_again(ds):
+    # bfloat16 weights with float32 adapters cast every adapted layer's input up and its output back;
+    # scoring runs the adapters in bfloat16 instead: the scores move by bfloat16 rounding only
+    from training.teacher.scoring import inference_adapters
+
+    cfg = load_teacher_config("tiny", overrides={"lora_r": 4, "dtype": "bfloat16"})
+    bb = build_backbone(cfg).eval()
+    torch.manual_seed(1)
+    adapters = {n: p for n, p in bb.named_parameters() if "lora_" in n}
+    assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
+    with torch.no_grad():
+        for n, p in adapters.items():  # trained-looking adapters: lora_B starts at zero, which would hide a cast
+            p.normal_(std=0.3)
+    kept = {n: p.detach().clone() for n, p in adapters.items()}
+    prompts = _prompts(ds, bb, n=6)
+    p32, m32 = bb.score(prompts)
+    with inference_adapters(bb, cfg.dtype):
+        assert all(p.dtype == torch.bfloat16 for n, p in bb.named_parameters() if "lora_" in n)
+        p16, m16 = bb.score(prompts)
+    # cast (the margins move), and within the stated bfloat16 tolerance of 0.05 in P(yes) (docs/benchmarks.md)
+    assert float((p16 - p32).abs().max()) < 0.05 and float((m16 - m32).abs().max()) > 0
+    assert all(p.dtype == torch.float32 and torch.equal(p, kept[n]) for n, p in bb.named_parameters() if "lora_" in n)
+
+
+def test_scoring_in_processes_resumes_and_equals_one_process(tiny_pipeline, synthetic_dir, tmp_path):
+    import shutil
+    from dataclasses import asdict
+
+    from training.teacher.config import TeacherConfig
+    from training.teacher.scoring import load_trained_teacher, partial_files, score_rows, score_rows_processes
+    from training.teacher.trainer import training_fields
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_pipeline / "teacher", teacher)
+    cfg = TeacherConfig(**json.loads((teacher / "teacher.json").read_text())["config"])
+    key = training_fields(asdict(cfg), "stage2")
+    t = load_trained_teacher(synthetic_dir, tiny_pipeline / "first_stage", teacher, cfg)
+    rows = [r for r in t.ds.queries("test") if r["query_id"] in t.fs.rows][:6]
+    one = score_rows(t.backbone, t.factory, t.fs, rows, "selected", cfg.seed)
+    # an interrupted one-process run left two rows; two processes score the other four, two each
+    score_rows(t.backbone, t.factory, t.fs, rows[:2], "selected", cfg.seed, partial=teacher / "scores.partial.jsonl",
+               key=key)
+    both = score_rows_processes(2, synthetic_dir, tiny_pipeline / "first_stage", teacher, cfg, rows, key)
+    assert [r["query_id"] for r in both] == [r["query_id"] for r in rows]
+    assert [c["teacher_score"] for r in both for c in r["candidates"]] == pytest.approx(
+        [c["teacher_score"] for r in one for c in r["candidates"]], abs=1e-5)
+    lines = {f.name: len(f.read_text().splitlines()) - 1 for f in partial_files(teacher)}
+    assert lines == {"scores.partial.jsonl": 2, "scores.partial.0.jsonl": 2, "scores.partial.1.jsonl": 2}, lines

@@ -38,10 +38,10 @@ from training.teacher.examples import Embeddings, ExampleFactory
 from training.teacher.run import (
     compute_embeddings,
     reranked_metrics,
-    score_rows,
     train_stage,
     versus_first_stage,
 )
+from training.teacher.scoring import score_rows
 
 GROUPS = ("modality", "history", "fraction")
 

@@ -24,7 +24,8 @@ from training.dataset import Dataset
 from training.headroom import reader_scores
 from training.metrics import paired_bootstrap, paper_metrics
 from training.teacher.ablate import row_slug
-from training.teacher.run import load_embeddings, ranked_test_lists
+from training.teacher.examples import load_embeddings
+from training.teacher.run import ranked_test_lists
 
 
 def load_scored(run: Path) -> tuple[list[dict[str, Any]], int]:

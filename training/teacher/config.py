@@ -85,6 +85,8 @@ class TeacherConfig:
     seed: int = 0
     # inference
     score_batch: int = 16
+    # CPU scoring in this many spawned processes, the threads split among them (scoring.py); one on a GPU
+    score_processes: int = 1
     score_train_fraction: float = 1.0  # share of train queries scored for distillation
     # share of test queries scored; below 1 every reported metric (first stage included) is over this
     # seeded sample, so CPU runs of a real LLM finish in hours, not days
@@ -110,8 +112,8 @@ def load_teacher_config(profile: str | None = None, config_path: Path | None = N
         raise InputError(f"teacher config loss={cfg.loss!r}: choose lm or yes_no")
     if cfg.dtype not in DTYPES:
         raise InputError(f"teacher config dtype={cfg.dtype!r}: choose {' or '.join(DTYPES)}")
-    if cfg.group_batch < 1 or cfg.grad_accum < 1:
-        raise InputError("teacher config group_batch and grad_accum must be >= 1")
+    if cfg.group_batch < 1 or cfg.grad_accum < 1 or cfg.score_processes < 1:
+        raise InputError("teacher config group_batch, grad_accum and score_processes must be >= 1")
     if min(cfg.train_queries, cfg.category_levels, cfg.lora_layers, cfg.title_words) < 0:
         raise InputError("teacher config train_queries, category_levels, lora_layers and title_words must be >= 0")
     if cfg.align_caption not in CAPTION_FIELDS:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contract.history import select_history, select_latest, select_random
+from training.artifacts import read_json, write_json
 from training.dataset import Dataset
 from training.teacher.config import TeacherConfig
 from training.teacher.prompt import Item, Prompt, PromptBuilder, Segment, render_product
@@ -33,6 +35,18 @@ class Embeddings:
 
     def query(self, q: str) -> np.ndarray:
         return self.query_vectors[self._q[q]]
+
+
+def save_embeddings(emb: Embeddings, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "products.npy", emb.products.astype(np.float32))
+    np.save(out / "queries.npy", emb.query_vectors.astype(np.float32))
+    write_json(out / "index.json", {"products": emb.product_ids, "queries": emb.queries})
+
+
+def load_embeddings(path: Path) -> Embeddings:
+    idx = read_json(path / "index.json")
+    return Embeddings(idx["products"], np.load(path / "products.npy"), idx["queries"], np.load(path / "queries.npy"))
 
 
 @dataclass

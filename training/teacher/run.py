@@ -13,7 +13,6 @@ config matches, and ``metrics.json`` is written last.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +33,16 @@ from training.teacher.build import build_backbone
 from training.teacher.config import TeacherConfig
 from training.teacher.dist import is_main, processes
 from training.teacher.dist import state as dist_state
-from training.teacher.examples import Embeddings, ExampleFactory, Group
-from training.teacher.scored import ScoredCandidate, ScoredList
+from training.teacher.examples import Embeddings, ExampleFactory, Group, load_embeddings, save_embeddings
+from training.teacher.scored import ScoredList
+from training.teacher.scoring import (
+    PARTIAL,
+    inference_adapters,
+    partial_files,
+    score_rows,
+    score_rows_processes,
+    score_rows_ray,
+)
 from training.teacher.trainer import train, training_fields
 
 
@@ -93,22 +100,11 @@ def compute_embeddings(backbone: ComposedBackbone, ds: Dataset, cfg: TeacherConf
     factory = ExampleFactory(ds, cfg, backbone.prompt_builder())
     backbone.eval()
     vecs = []
-    for start in tqdm(range(0, len(pids), batch), desc="embedding products", unit="batch"):
-        vecs.append(backbone.embed([factory.product_segments(p) for p in pids[start:start + batch]]))
-    qvecs = [backbone.embed([[q] for q in queries[s:s + batch]]) for s in range(0, len(queries), batch)]
+    with inference_adapters(backbone, cfg.dtype):
+        for start in tqdm(range(0, len(pids), batch), desc="embedding products", unit="batch"):
+            vecs.append(backbone.embed([factory.product_segments(p) for p in pids[start:start + batch]]))
+        qvecs = [backbone.embed([[q] for q in queries[s:s + batch]]) for s in range(0, len(queries), batch)]
     return Embeddings(pids, torch.cat(vecs).numpy(), queries, torch.cat(qvecs).numpy())
-
-
-def save_embeddings(emb: Embeddings, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "products.npy", emb.products.astype(np.float32))
-    np.save(out / "queries.npy", emb.query_vectors.astype(np.float32))
-    write_json(out / "index.json", {"products": emb.product_ids, "queries": emb.queries})
-
-
-def load_embeddings(path: Path) -> Embeddings:
-    idx = read_json(path / "index.json")
-    return Embeddings(idx["products"], np.load(path / "products.npy"), idx["queries"], np.load(path / "queries.npy"))
 
 
 def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
@@ -129,134 +125,6 @@ def train_stage(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSt
     if is_main():
         write_json(done, {"stage": stage, "history": mode, "config": asdict(cfg), "log": log})
     return log
-
-
-def score_chunk(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
-                mode: str, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Teacher scores of each row's first-stage list; the rows' prompts go to the backbone together (it
-    splits them into ``score_batch`` prompts per pass), so a GPU scores several queries per pass."""
-    groups = [factory.scoring_group(row, fs.list_ids(row["query_id"]), mode, rng) for row in rows]
-    probs, margins = backbone.score([p for g in groups for p in g.prompts])
-    out, at = [], 0
-    for row, g in zip(rows, groups, strict=True):
-        n = len(g.prompts)
-        fs_scores = [c["score"] for c in fs.line(row["query_id"])["candidates"]]
-        out.append(ScoredList(
-            row["query_id"], row["split"], row["product_id"],
-            tuple(ScoredCandidate(p, int(y), s, round(float(pr), 6), round(float(m), 5))
-                  for p, s, pr, m, y in zip(g.product_ids, fs_scores, probs[at: at + n], margins[at: at + n],
-                                            g.labels, strict=True)),
-            row["user_id"], row["query"], prompt_tokens=tuple(pr.meta.get("tokens", 0) for pr in g.prompts),
-        ).to_json())
-        at += n
-    return out
-
-
-def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstStage, rows: list[dict[str, Any]],
-               mode: str, seed: int, desc: str = "scoring", partial: Path | None = None,
-               key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Score each row's candidates. With ``partial``, each scored row is appended to that file as it is
-    done and a rerun with the same ``key`` (what the scores depend on) scores only the rows not in it, so
-    an interrupted scoring of thousands of queries resumes; selected-history scoring draws nothing at
-    random, so a resumed run gives the same scores."""
-    backbone.eval()
-    rng = np.random.default_rng(seed)
-    done: dict[str, dict[str, Any]] = {}
-    if partial is not None and partial.is_file():
-        lines = read_jsonl(partial)
-        if lines and lines[0].get("key") == key:
-            done = {r["query_id"]: r for r in lines[1:] if "query_id" in r}
-    todo = [r for r in rows if r["query_id"] not in done]
-    sink = None
-    if partial is not None:
-        if not done:
-            partial.write_text(json.dumps({"key": key}) + "\n")
-        sink = partial.open("a")
-    # as many queries per pass as score_batch prompts hold (one on a CPU profile, tens on a GPU)
-    per_pass = max(1, backbone.cfg.score_batch // 10)
-    bar = tqdm(desc=desc, unit="q", initial=len(rows) - len(todo), total=len(rows))
-    try:
-        for start in range(0, len(todo), per_pass):
-            for line in score_chunk(backbone, factory, fs, todo[start: start + per_pass], mode, rng):
-                done[line["query_id"]] = line
-                if sink is not None:
-                    sink.write(json.dumps(line) + "\n")
-            if sink is not None:
-                sink.flush()
-            bar.update(min(per_pass, len(todo) - start))
-    finally:
-        bar.close()
-        if sink is not None:
-            sink.close()
-    return [done[r["query_id"]] for r in rows]
-
-
-@dataclass
-class TrainedTeacher:
-    """A trained stage-2 teacher loaded from its directory, ready to score (``score_rows``)."""
-
-    ds: Dataset
-    fs: FirstStage
-    cfg: TeacherConfig
-    backbone: ComposedBackbone
-    factory: ExampleFactory
-
-
-def load_trained_teacher(data: Path, first_stage: Path, teacher: Path, cfg: TeacherConfig,
-                         summaries: Path | None = None) -> TrainedTeacher:
-    """The dataset, first stage, stage-2 weights and stage-1 embeddings of a teacher run. ``cfg`` may differ
-    from the run's in runtime fields and ``dtype`` (what a parity check of the dtype changes)."""
-    from training.dataset import load_dataset
-
-    ds = with_summaries(load_dataset(data), summaries)
-    fs = load_first_stage(first_stage, ds)
-    backbone = build_backbone(cfg)
-    align_vision(backbone, ds, cfg, teacher / "align")  # restores the saved alignment
-    state = torch.load(teacher / "stage2" / "checkpoint" / "state.pt", weights_only=False, map_location="cpu")
-    backbone.load_trainable_state(state["trainable"])
-    backbone.eval()
-    factory = ExampleFactory(ds, cfg, backbone.prompt_builder(), load_embeddings(teacher / "embeddings"))
-    return TrainedTeacher(ds, fs, cfg, backbone, factory)
-
-
-class ScoreBatch:
-    """Teacher scoring as a Ray Data callable class: each actor loads the dataset, the first stage, the
-    trained stage-2 teacher and its embeddings once, then scores batches of query rows. Selected-history
-    scoring draws nothing at random, so any split of the rows gives the one-process scores."""
-
-    def __init__(self, data: str, first_stage: str, teacher: str, config: dict[str, Any], summaries: str | None):
-        trained = load_trained_teacher(Path(data), Path(first_stage), Path(teacher), TeacherConfig(**config),
-                                       None if summaries is None else Path(summaries))
-        self.ds, self.fs, self.backbone, self.factory = trained.ds, trained.fs, trained.backbone, trained.factory
-        self.rng = np.random.default_rng(trained.cfg.seed)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import json
-
-        rows = [json.loads(str(r)) for r in batch["row"]]
-        out = [json.dumps(line) for line in score_chunk(self.backbone, self.factory, self.fs, rows, "selected", self.rng)]
-        return {"scored": np.asarray(out)}
-
-
-def score_rows_ray(address: str, data: Path, first_stage: Path, teacher: Path, cfg: TeacherConfig,
-                   rows: list[dict[str, Any]], summaries: Path | None = None, actors: int | None = None,
-                   batch_size: int = 4) -> list[dict[str, Any]]:
-    """``score_rows(..., "selected", ...)`` for a trained teacher directory, as a Ray Data job."""
-    import json
-
-    from training.raydata import ray_init
-
-    ray = ray_init(address)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    n = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    items = [{"row": json.dumps(r)} for r in rows]
-    ds = ray.data.from_items(items).map_batches(
-        ScoreBatch, fn_constructor_args=(str(data), str(first_stage), str(teacher), asdict(cfg),
-                                         None if summaries is None else str(summaries)),
-        batch_size=batch_size, batch_format="numpy", concurrency=n, num_cpus=1)
-    scored = [json.loads(str(x)) for b in ds.iter_batches(batch_size=256, batch_format="numpy") for x in b["scored"]]
-    order = {r["query_id"]: i for i, r in enumerate(rows)}
-    return sorted(scored, key=lambda s: order[s["query_id"]])
 
 
 def ranked_test_lists(scored: list[dict[str, Any]], n_test: int, key: str) -> tuple[list[list[str]], list[list[str]], list[str]]:
@@ -357,18 +225,23 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
     score_train = sample_rows(train_rows, cfg.score_train_fraction, cfg.seed + 1)
     # A test query whose target is not in the top 10 is a miss for every reranker: no need to score it.
     test_hits = [r for r in test_rows if r["product_id"] in fs.ids(r["query_id"])]
+    key = training_fields(asdict(cfg), "stage2")  # what the scores depend on: a resume reuses them only then
     if ray:  # the trained teacher's files are on disk: Ray actors load them and score shards of the rows
         if isinstance(data, Dataset):
             raise InputError("teacher scoring on Ray needs the dataset as a directory")
         scored = score_rows_ray(ray, Path(data), first_stage, out, cfg, test_hits + score_train, summaries)
+    elif cfg.score_processes > 1 and not torch.cuda.is_available():  # one GPU is one process's
+        scored = score_rows_processes(cfg.score_processes, ds.root, first_stage, out, cfg, test_hits + score_train,
+                                      key, summaries)
     else:
         scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring",
-                            partial=out / "scores.partial.jsonl", key=training_fields(asdict(cfg), "stage2"))
+                            partial=out / PARTIAL, key=key)
     timings["score"] = time.time() - t
     metrics = reranked_metrics(scored, n_test=len(test_rows))
 
     write_jsonl(out / "scores.jsonl", scored)
-    (out / "scores.partial.jsonl").unlink(missing_ok=True)
+    for f in partial_files(out):
+        f.unlink()
     tokens = [n for s in scored for n in s["prompt_tokens"]]
     info = {
         "stage": "teacher", "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,

@@ -43,7 +43,8 @@ def _optimizer(backbone: ComposedBackbone, cfg: TeacherConfig) -> torch.optim.Op
 
 
 # Runtime knobs that do not change what is trained; a resume may change them.
-_RUNTIME_FIELDS = ("threads", "score_batch", "test_fraction", "score_train_fraction", "sync_check", "group_batch")
+_RUNTIME_FIELDS = ("threads", "score_batch", "score_processes", "test_fraction", "score_train_fraction", "sync_check",
+                   "group_batch")
 # Fields stage 1 never reads: changing them keeps a trained stage 1 (and its embeddings).
 _STAGE2_ONLY = ("k_s2", "stage2_epochs")
 # Fields that reach only the vision tower and projector: a text-only model (vision=none) is the same without them.
