@@ -201,8 +201,8 @@ def score_rows_processes(processes: int, data: Path, first_stage: Path, teacher:
     that no partial file there holds yet, into its own ``scores.partial.<k>.jsonl``, so an interrupted
     run resumes whatever the number of processes."""
     done: dict[str, dict[str, Any]] = {}
-    for f in partial_files(teacher):
-        lines = read_jsonl(f)
+    for path in partial_files(teacher):
+        lines = read_jsonl(path)
         if lines and lines[0].get("key") == key:
             done.update({r["query_id"]: r for r in lines[1:] if "query_id" in r})
     todo = [r for r in rows if r["query_id"] not in done]
@@ -214,8 +214,8 @@ def score_rows_processes(processes: int, data: Path, first_stage: Path, teacher:
             futures = [pool.submit(_score_shard, str(data), str(first_stage), str(teacher), config,
                                    None if summaries is None else str(summaries), shard, k, key)
                        for k, shard in shards]
-            for f in futures:
-                done.update({line["query_id"]: line for line in f.result()})
+            for future in futures:
+                done.update({line["query_id"]: line for line in future.result()})
     return [done[r["query_id"]] for r in rows]
 
 
