@@ -48,6 +48,10 @@ def test_pipeline_fills_student_and_writes_a_verified_bundle(tiny_pipeline):
     assert set(manifest.extra["metrics"]) >= {"first_stage", "teacher", "student", "student_int8", "student_tail_queries"}
     detail = json.loads((tiny_pipeline / "distill" / "distill.json").read_text())
     assert detail["parity_max_abs_diff"] <= 1e-4
+    # the held-out products' check reads the encoder's PyTorch projection: its ONNX graph gives the same
+    pe = detail["product_encoder"]
+    assert pe["sel_onnx_vs_torch_max_abs_diff"] <= 1e-4 and pe["text_max_abs_diff"] <= 1e-4
+    assert pe["heldout_products"] >= 1 and pe["checked_products"] <= 500
     assert "kept_gain" in detail and "student_onnx" in detail["kept_gain"]
     # the default config also tries the sequence group; validation NDCG@4 picks what ships, and the bundle,
     # the checkpoint's config and distill.json all hold that choice
