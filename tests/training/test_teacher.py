@@ -547,7 +547,7 @@ def test_adapters_score_in_the_lm_dtype_and_train_in_float32_again(ds):
     adapters = {n: p for n, p in bb.named_parameters() if "lora_" in n}
     assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
     with torch.no_grad():
-        for n, p in adapters.items():  # trained-looking adapters: lora_B starts at zero, which would hide a cast
+        for p in adapters.values():  # trained-looking adapters: lora_B starts at zero, which would hide a cast
             p.normal_(std=0.3)
     kept = {n: p.detach().clone() for n, p in adapters.items()}
     prompts = _prompts(ds, bb, n=6)
