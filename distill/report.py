@@ -51,6 +51,7 @@ def _choice(choice: dict[str, Any] | None) -> str:
 
 
 def _product_encoder_lines(pe: dict[str, Any]) -> list[str]:
+    onnx = pe.get("sel_onnx_vs_torch_max_abs_diff")  # absent in runs before the sampled check
     lines = [f"- product encoder (new products without retraining): text part vs offline max abs diff "
              f"{pe['text_max_abs_diff']:.1e}, image part {pe['image_max_abs_diff']:.1e}; cosine of its stage-1 "
              f"projection to the teacher's: "
@@ -58,8 +59,7 @@ def _product_encoder_lines(pe: dict[str, Any]) -> list[str]:
              f"it was fitted on, {pe['sel_cosine_heldout']:.3f} on held-out ones, over "
              f"{pe.get('checked_products', 'all')} products encoded end to end (the projection was fitted without "
              f"{pe['heldout_products']} held-out products"
-             + (f"; its ONNX graph vs PyTorch max abs diff {d:.1e}" if (d := pe.get("sel_onnx_vs_torch_max_abs_diff"))
-                is not None else "") + ")"]
+             f"{'' if onnx is None else f'; its ONNX graph vs PyTorch max abs diff {onnx:.1e}'})"]
     if h := pe.get("heldout_queries"):
         d = h["encoded_minus_offline"]
         lines.append(f"- the student on the {h['queries']} test queries whose candidates include held-out products: "

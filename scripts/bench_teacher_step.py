@@ -29,11 +29,7 @@ from training.candidates import load_first_stage  # noqa: E402
 from training.dataset import load_dataset  # noqa: E402
 from training.teacher.build import build_backbone  # noqa: E402
 from training.teacher.config import load_teacher_config  # noqa: E402
-from training.teacher.examples import (  # noqa: E402
-    Embeddings,
-    ExampleFactory,
-    load_embeddings,  # noqa: E402
-)
+from training.teacher.examples import Embeddings, ExampleFactory, load_embeddings  # noqa: E402
 from training.teacher.trainer import decision_logits  # noqa: E402
 
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.metrics import PAPER_KEYS, paired_bootstrap, paper_metrics, rerank  # noqa: E402
+from training.teacher.scored import partial_files  # noqa: E402
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -42,8 +43,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _teacher_scores(teacher: Path) -> dict[str, dict[str, Any]]:
     """A teacher run's scored test lists by query id: scores.jsonl, or a cut run's partial files
     (scores.partial.jsonl, or one per scoring process; each starts with the resume key)."""
-    paths = [teacher / "scores.jsonl"] if (teacher / "scores.jsonl").is_file() else \
-        sorted(teacher.glob("scores.partial*.jsonl"))
+    paths = [teacher / "scores.jsonl"] if (teacher / "scores.jsonl").is_file() else partial_files(teacher)
     if not paths:
         raise SystemExit(f"{teacher} has neither scores.jsonl nor scores.partial*.jsonl")
     return {s["query_id"]: s for p in paths for s in _read_jsonl(p) if s.get("split") == "test"}

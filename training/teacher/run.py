@@ -34,15 +34,8 @@ from training.teacher.config import TeacherConfig
 from training.teacher.dist import is_main, processes
 from training.teacher.dist import state as dist_state
 from training.teacher.examples import Embeddings, ExampleFactory, Group, load_embeddings, save_embeddings
-from training.teacher.scored import ScoredList
-from training.teacher.scoring import (
-    PARTIAL,
-    inference_adapters,
-    partial_files,
-    score_rows,
-    score_rows_processes,
-    score_rows_ray,
-)
+from training.teacher.scored import ScoredList, partial_file, partial_files
+from training.teacher.scoring import inference_adapters, score_rows, score_rows_processes, score_rows_ray
 from training.teacher.trainer import train, training_fields
 
 
@@ -235,7 +228,7 @@ def run_teacher(data: Dataset | Path, first_stage: Path, out: Path, cfg: Teacher
                                       key, summaries)
     else:
         scored = score_rows(backbone, factory, fs, test_hits + score_train, "selected", cfg.seed, "teacher scoring",
-                            partial=out / PARTIAL, key=key)
+                            partial=partial_file(out), key=key)
     timings["score"] = time.time() - t
     metrics = reranked_metrics(scored, n_test=len(test_rows))
 

@@ -9,7 +9,20 @@ lists the teacher did not score (the first stage's holdout lists): there a candi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+# resumable scores of a run in progress: one process's file, or one per spawned scoring process
+PARTIAL = "scores.partial.jsonl"
+
+
+def partial_file(teacher: Path, process: int | None = None) -> Path:
+    return Path(teacher) / (PARTIAL if process is None else f"scores.partial.{process}.jsonl")
+
+
+def partial_files(teacher: Path) -> list[Path]:
+    """The resumable score files of a teacher directory: one process's, and each spawned process's."""
+    return sorted(Path(teacher).glob("scores.partial*.jsonl"))
 
 
 @dataclass(frozen=True)

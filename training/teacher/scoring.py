@@ -31,9 +31,7 @@ from training.teacher.backbone import ComposedBackbone
 from training.teacher.build import build_backbone
 from training.teacher.config import DTYPES, TeacherConfig
 from training.teacher.examples import ExampleFactory, load_embeddings
-from training.teacher.scored import ScoredCandidate, ScoredList
-
-PARTIAL = "scores.partial.jsonl"  # one process's resumable scores; spawned processes write scores.partial.<k>.jsonl
+from training.teacher.scored import ScoredCandidate, ScoredList, partial_file, partial_files
 
 
 @contextmanager
@@ -83,11 +81,7 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
     random, so a resumed run gives the same scores."""
     backbone.eval()
     rng = np.random.default_rng(seed)
-    done: dict[str, dict[str, Any]] = {}
-    if partial is not None and partial.is_file():
-        lines = read_jsonl(partial)
-        if lines and lines[0].get("key") == key:
-            done = {r["query_id"]: r for r in lines[1:] if "query_id" in r}
+    done = _scored_before(partial, key) if partial is not None else {}
     todo = [r for r in rows if r["query_id"] not in done]
     sink = None
     if partial is not None:
@@ -187,9 +181,12 @@ def score_rows_ray(address: str, data: Path, first_stage: Path, teacher: Path, c
     return sorted(scored, key=lambda s: order[s["query_id"]])
 
 
-def partial_files(teacher: Path) -> list[Path]:
-    """The resumable score files of a teacher directory: one process's, and each spawned process's."""
-    return sorted(Path(teacher).glob("scores.partial*.jsonl"))
+def _scored_before(partial: Path, key: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The scored lines of a partial file by query id, when its first line holds ``key``; else none."""
+    lines = read_jsonl(partial) if partial.is_file() else []
+    if not lines or lines[0].get("key") != key:
+        return {}
+    return {r["query_id"]: r for r in lines[1:] if "query_id" in r}
 
 
 def score_rows_processes(processes: int, data: Path, first_stage: Path, teacher: Path, cfg: TeacherConfig,
@@ -200,11 +197,7 @@ def score_rows_processes(processes: int, data: Path, first_stage: Path, teacher:
     (docs/benchmarks.md). Each loads the trained teacher from ``teacher`` and scores a shard of the rows
     that no partial file there holds yet, into its own ``scores.partial.<k>.jsonl``, so an interrupted
     run resumes whatever the number of processes."""
-    done: dict[str, dict[str, Any]] = {}
-    for path in partial_files(teacher):
-        lines = read_jsonl(path)
-        if lines and lines[0].get("key") == key:
-            done.update({r["query_id"]: r for r in lines[1:] if "query_id" in r})
+    done = {q: line for path in partial_files(teacher) for q, line in _scored_before(path, key).items()}
     todo = [r for r in rows if r["query_id"] not in done]
     threads = max(1, (cfg.threads or os.cpu_count() or 1) // processes)
     config = asdict(replace(cfg, threads=threads))
@@ -225,4 +218,4 @@ def _score_shard(data: str, first_stage: str, teacher: str, config: dict[str, An
     t = load_trained_teacher(Path(data), Path(first_stage), Path(teacher), cfg,
                              None if summaries is None else Path(summaries))
     return score_rows(t.backbone, t.factory, t.fs, rows, "selected", cfg.seed, f"teacher scoring, process {k + 1}",
-                      partial=Path(teacher) / f"scores.partial.{k}.jsonl", key=key)
+                      partial=partial_file(Path(teacher), k), key=key)
