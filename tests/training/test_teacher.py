@@ -183,6 +183,38 @@ def test_products_without_image_or_metadata_render(backbone):
     assert not any(isinstance(s, ImageSlot) for s in p.segments)
 
 
+def test_the_compact_prompt_asks_once_in_the_shared_prefix_and_drops_empty_fields(ds):
+    """compact_prompt: the question moves into the prefix the candidates share, each suffix is the candidate
+    and the answer cue alone, empty description and image fields are left out; the same products, ids,
+    ranks and query are shown, in fewer tokens; the shared-prefix scores still equal whole prompts'."""
+    pids = sorted(ds.products)
+    bare = {"product_id": "X1", "title": "Bare thing", "brand": "Acme", "category": ["A", "B"], "description": ""}
+    texts = {}
+    for compact in (False, True):
+        cfg = load_teacher_config("tiny", overrides={"compact_prompt": compact, "description_words": 0})
+        bb = build_backbone(cfg)
+        builder = bb.prompt_builder()
+        hist = [(ds.products[p], None) for p in pids[:2]]
+        group = builder.build_group(hist, "office boxes", [(bare, None, 1), (ds.products[pids[5]], None, 2)])
+        assert len({tuple(p.prefix) for p in group}) == 1
+        prefix = "".join(s for s in group[0].prefix if isinstance(s, str))
+        suffix = "".join(s for s in group[0].suffix if isinstance(s, str))
+        texts[compact] = (prefix, suffix, group[0].meta["tokens"])
+        if compact:
+            shared, _ = bb.score(group)
+            whole = torch.cat([bb.score([p])[0] for p in group])
+            assert torch.allclose(shared, whole, atol=1e-5)
+    (p0, s0, n0), (p1, s1, n1) = texts[False], texts[True]
+    assert "Will the user purchase" in s0 and "Will the user purchase" not in s1
+    assert "Search query: office boxes\nWill the user purchase the candidate product below?" in p1
+    assert "Description: none" in s0 + p0 and "Image: none" in s0 + p0
+    assert "Description:" not in s1 + p1 and "Image:" not in s1 + p1
+    for shown in ("ID: X1; Search rank: 1; Title: Bare thing; Brand: Acme; Category: A > B", "office boxes",
+                  ds.products[pids[0]]["title"][:20]):
+        assert shown in s1 + p1
+    assert n1 < n0
+
+
 def test_budget_trims_descriptions_before_history_and_never_cuts_the_candidate(ds, backbone):
     pids = sorted(ds.products)
     hist = [_item(ds, p) for p in pids[:5]]

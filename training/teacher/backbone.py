@@ -93,12 +93,12 @@ class ComposedBackbone(TrainableStateMixin):
             # the HMPPS instruction takes the system slot (replacing any default system prompt)
             msgs = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "\x00"}]
             rendered = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            self.header, chat_footer = rendered.split("\x00")
+            self.header, self.cue = rendered.split("\x00")
             self.instruction_in_header = True
-            self.footer = " Answer yes or no." + chat_footer
+            self.ask = " Answer yes or no."
             answers = (["yes", " yes"], ["no", " no"])
         else:
-            self.header, self.footer = "", "\nAnswer:"
+            self.header, self.ask, self.cue = "", "", "\nAnswer:"
             answers = ([" yes", "yes"], [" no", "no"])
         self.yes_id, self.no_id = single_token(tokenizer, answers[0]), single_token(tokenizer, answers[1])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -120,8 +120,9 @@ class ComposedBackbone(TrainableStateMixin):
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(self.count_tokens, self.cfg.max_prompt_tokens, self.cfg.description_words,
-                             header=self.header, footer=self.footer, instruction=not self.instruction_in_header,
-                             category_levels=self.cfg.category_levels, title_words=self.cfg.title_words)
+                             header=self.header, ask=self.ask, cue=self.cue, instruction=not self.instruction_in_header,
+                             category_levels=self.cfg.category_levels, title_words=self.cfg.title_words,
+                             compact=self.cfg.compact_prompt)
 
     def _image_embeds(self, paths: list[str]) -> dict[str, torch.Tensor]:
         if not paths or self.vision is None or self.projector is None:

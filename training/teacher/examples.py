@@ -82,7 +82,8 @@ class ExampleFactory:
     def product_segments(self, pid: str) -> list[Segment]:
         """A product on its own, [t_p; v_p], as Eq. 4 embeds it."""
         return render_product(self.ds.products[pid], self.cfg.description_words, self._image(pid),
-                              category_levels=self.cfg.category_levels, title_words=self.cfg.title_words)
+                              category_levels=self.cfg.category_levels, title_words=self.cfg.title_words,
+                              omit_empty=self.cfg.compact_prompt)
 
     def histories(self, row: dict[str, Any], candidates: list[str], mode: str, rng: np.random.Generator) -> list[list[str]]:
         """History (product ids, oldest first) for each candidate under a selection mode."""

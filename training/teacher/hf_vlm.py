@@ -42,8 +42,9 @@ class HFVLMBackbone(TrainableStateMixin):
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(self.count_tokens, self.cfg.max_prompt_tokens, self.cfg.description_words,
-                             header="", footer=" Answer yes or no.", instruction=False,
-                             category_levels=self.cfg.category_levels, title_words=self.cfg.title_words)
+                             header="", ask=" Answer yes or no.", cue="", instruction=False,
+                             category_levels=self.cfg.category_levels, title_words=self.cfg.title_words,
+                             compact=self.cfg.compact_prompt)
 
     def _inputs(self, seqs: Sequence[Sequence[Segment]]) -> dict[str, torch.Tensor]:
         from PIL import Image
