@@ -9,7 +9,12 @@ Prints a Markdown table:
 - scoring the same ``--queries`` test queries (target in the top 10) with the trained weights in each
   ``--dtypes`` entry: seconds per query (after one warm-up query), and against float32 the largest and
   99th-percentile difference of P(yes), how often the top candidate is the same, and NDCG@4.
-  ``bfloat16:float32-adapters`` scores as before ``inference_adapters``: bfloat16 weights, float32 adapters.
+  An entry is ``DTYPE`` or ``DTYPE:VARIANT``, with VARIANT one of:
+  - ``float32-adapters``: bfloat16 weights beside float32 adapters (as before ``inference_adapters``);
+  - ``merged-adapters``: the LoRA adapters merged into the LM's weights (in the LM's dtype);
+  - ``int8-dynamic``: adapters merged, then every linear layer of the LM int8 with per-channel weights and
+    dynamically quantized activations (torch.ao, on the LM loaded in float32: write ``float32:int8-dynamic``);
+  - ``fig6-prompt`` / ``compact-prompt``: the prompt form (``compact_prompt``), whatever the run trained on.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import argparse
 import json
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
@@ -31,7 +36,23 @@ sys.path.insert(0, str(ROOT))
 from training.metrics import paper_metrics, rerank  # noqa: E402
 from training.teacher import scoring  # noqa: E402
 from training.teacher.config import TeacherConfig  # noqa: E402
-from training.teacher.scoring import load_trained_teacher, score_rows  # noqa: E402
+from training.teacher.scoring import TrainedTeacher, load_trained_teacher, score_rows  # noqa: E402
+
+VARIANTS = ("", "float32-adapters", "merged-adapters", "int8-dynamic", "fig6-prompt", "compact-prompt")
+
+
+def _variant(t: TrainedTeacher, variant: str) -> AbstractContextManager[object]:
+    """Apply ``variant`` to the loaded teacher; the context to score it in."""
+    if variant == "float32-adapters":
+        return mock.patch.object(scoring, "inference_adapters", lambda *_: nullcontext())
+    if variant in ("merged-adapters", "int8-dynamic"):
+        t.backbone.lm.merge_adapter()
+    if variant == "int8-dynamic":
+        import torch
+
+        torch.ao.quantization.quantize_dynamic(t.backbone._decoder(), {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                                               inplace=True)
+    return nullcontext()
 
 
 def main() -> None:
@@ -54,12 +75,14 @@ def main() -> None:
     base = TeacherConfig(**info["config"])
     results = {}
     for spec in a.dtypes.split(","):
-        dtype, _, adapters = spec.partition(":")
-        if adapters not in ("", "float32-adapters"):
-            raise SystemExit(f"--dtypes {spec!r}: write DTYPE or DTYPE:float32-adapters")
-        same = mock.patch.object(scoring, "inference_adapters", lambda *_: nullcontext()) if adapters else nullcontext()
-        cfg = replace(base, dtype=dtype, threads=a.threads)
+        dtype, _, variant = spec.partition(":")
+        if variant not in VARIANTS:
+            raise SystemExit(f"--dtypes {spec!r}: write DTYPE or DTYPE:VARIANT, VARIANT one of {', '.join(VARIANTS[1:])}")
+        cfg = replace(base, dtype="float32" if variant == "int8-dynamic" else dtype, threads=a.threads)
+        if variant.endswith("-prompt"):
+            cfg = replace(cfg, compact_prompt=variant == "compact-prompt")
         t = load_trained_teacher(a.data, a.candidates, a.teacher, cfg)
+        same = _variant(t, variant)
         tests = [r for r in t.ds.queries("test") if r["query_id"] in t.fs.rows and r["product_id"] in t.fs.ids(r["query_id"])]
         rows = tests[: a.queries + 1]
         with same:
