@@ -124,6 +124,30 @@ def test_the_prefix_tree_computes_shared_tokens_once(ds, backbone):
     assert sum(b * w for b, w in seen) < whole, "fewer token positions than the prompts one by one"
 
 
+def test_a_held_header_is_computed_once_and_gives_the_same_scores(ds, backbone):
+    """held_header (scoring): the instruction every prompt starts with is computed once on entering, and
+    each query's stem pass then holds only the tokens after it; the scores equal those computed whole."""
+    groups = [_prompts(ds, backbone, n=3, history=h, query=q) for h, q in ((2, "clothing tops"), (3, "shoes"))]
+    plain = [backbone.score(g)[0] for g in groups]
+    seen = []
+    decoder = backbone._decoder()
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])),
+                                             with_kwargs=True)
+    try:
+        with backbone.held_header():
+            held = [backbone.score(g)[0] for g in groups]
+    finally:
+        hook.remove()
+    n_held = len(backbone.ids(backbone.prompt_builder().history_start())) - 1
+    assert n_held > 10 and backbone._held is None, "held for the context only"
+    assert seen[0] == (1, n_held), "the header once, on entering"
+    for g, stem in zip(groups, (seen[1], seen[3]), strict=True):  # per group: stem, suffixes
+        stem_whole = backbone._common([backbone._tokenize(p.prefix) for p in g])
+        assert stem == (1, stem_whole - n_held), "each stem pass holds only what follows the header"
+    for a, b in zip(plain, held, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_training_groups_keep_their_order(ds, backbone):
     from training.teacher.trainer import decision_logits
 

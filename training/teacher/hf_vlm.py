@@ -15,6 +15,7 @@ No prefix KV sharing here: processors expand image tokens differently per model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ class HFVLMBackbone(TrainableStateMixin):
         return self.forward([p.segments for p in prompts])
 
     @torch.no_grad()
+    def held_header(self) -> AbstractContextManager[None]:
+        """The processor builds whole prompts: no cache is held across queries."""
+        return nullcontext()
+
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         yes_no = []
         for start in range(0, len(prompts), self.cfg.score_batch):

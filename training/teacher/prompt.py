@@ -102,8 +102,12 @@ class PromptBuilder:
         self.header, self.ask, self.cue, self.compact = header, ask, cue, compact
         self.instruction = INSTRUCTION + "\n" if instruction else ""  # chat templates carry it as the system turn
 
+    def history_start(self) -> str:
+        """The text every prompt starts with, up to its history: the same for every query."""
+        return self.header + self.instruction + "User purchase history:\n"
+
     def _assemble(self, history: Sequence[Item], query: str, candidate: Item, hist_words: int, cand_words: int) -> Prompt:
-        prefix: list[Segment] = [self.header + self.instruction + "User purchase history:\n"]
+        prefix: list[Segment] = [self.history_start()]
         if not history:
             prefix.append("none\n")
         for i, (p, img) in enumerate(history, 1):

@@ -92,7 +92,7 @@ def score_rows(backbone: ComposedBackbone, factory: ExampleFactory, fs: FirstSta
     per_pass = max(1, backbone.cfg.score_batch // 10)
     bar = tqdm(desc=desc, unit="q", initial=len(rows) - len(todo), total=len(rows))
     try:
-        with inference_adapters(backbone, backbone.cfg.dtype):
+        with inference_adapters(backbone, backbone.cfg.dtype), backbone.held_header():
             _score_todo(backbone, factory, fs, todo, mode, rng, per_pass, done, sink, bar)
     finally:
         bar.close()
@@ -155,7 +155,7 @@ class ScoreBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [json.loads(str(r)) for r in batch["row"]]
-        with inference_adapters(self.backbone, self.backbone.cfg.dtype):
+        with inference_adapters(self.backbone, self.backbone.cfg.dtype), self.backbone.held_header():
             out = [json.dumps(line) for line in score_chunk(self.backbone, self.factory, self.fs, rows, "selected",
                                                              self.rng)]
         return {"scored": np.asarray(out)}
