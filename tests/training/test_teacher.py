@@ -107,17 +107,22 @@ def test_training_through_the_prefix_tree_gives_the_plain_loss_and_gradients(ds,
     assert checked > 10 and any(n.startswith("vision.") for n, _ in trainable)
 
 
-def test_the_prefix_tree_computes_shared_tokens_once(ds, backbone):
-    prompts = _mixed_histories(ds, backbone)
+def _decoder_passes(backbone, run):
+    """(batch, tokens) of each pass through the LM's decoder that ``run()`` makes."""
     seen = []
-    decoder = backbone._decoder()
-    hook = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])),
-                                             with_kwargs=True)
+    hook = backbone._decoder().register_forward_pre_hook(
+        lambda m, a, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
     try:
-        with torch.no_grad():
-            backbone.prompt_logits(prompts)
+        run()
     finally:
         hook.remove()
+    return seen
+
+
+def test_the_prefix_tree_computes_shared_tokens_once(ds, backbone):
+    prompts = _mixed_histories(ds, backbone)
+    with torch.no_grad():
+        seen = _decoder_passes(backbone, lambda: backbone.prompt_logits(prompts))
     assert len(seen) == 3, "stem, distinct history rests, suffixes"
     assert seen[0][0] == 1 and seen[1][0] == 3 and seen[2][0] == 4, seen
     whole = sum(backbone.count_tokens(p.segments) for p in prompts)
@@ -129,15 +134,13 @@ def test_a_held_header_is_computed_once_and_gives_the_same_scores(ds, backbone):
     each query's stem pass then holds only the tokens after it; the scores equal those computed whole."""
     groups = [_prompts(ds, backbone, n=3, history=h, query=q) for h, q in ((2, "clothing tops"), (3, "shoes"))]
     plain = [backbone.score(g)[0] for g in groups]
-    seen = []
-    decoder = backbone._decoder()
-    hook = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])),
-                                             with_kwargs=True)
-    try:
+    held = []
+
+    def score_held():
         with backbone.held_header():
-            held = [backbone.score(g)[0] for g in groups]
-    finally:
-        hook.remove()
+            held.extend(backbone.score(g)[0] for g in groups)
+
+    seen = _decoder_passes(backbone, score_held)
     n_held = len(backbone.ids(backbone.prompt_builder().history_start())) - 1
     assert n_held > 10 and backbone._held is None, "held for the context only"
     assert seen[0] == (1, n_held), "the header once, on entering"
