@@ -79,11 +79,11 @@ class HFVLMBackbone(TrainableStateMixin):
     def prompt_logits(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         return self.forward([p.segments for p in prompts])
 
-    @torch.no_grad()
     def held_header(self) -> AbstractContextManager[None]:
         """The processor builds whole prompts: no cache is held across queries."""
         return nullcontext()
 
+    @torch.no_grad()
     def score(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         yes_no = []
         for start in range(0, len(prompts), self.cfg.score_batch):
