@@ -98,7 +98,8 @@ class PromptBuilder:
         """``ask`` follows the question (" Answer yes or no."); ``cue`` ends every prompt, just before the
         decision position (a chat template's assistant turn, or "\nAnswer:")."""
         self.count, self.max_tokens, self.description_words = count, max_tokens, description_words
-        self.fields = {"category_levels": category_levels, "title_words": title_words, "omit_empty": compact}
+        self.fields: dict[str, Any] = {"category_levels": category_levels, "title_words": title_words,
+                                       "omit_empty": compact}
         self.header, self.ask, self.cue, self.compact = header, ask, cue, compact
         self.instruction = INSTRUCTION + "\n" if instruction else ""  # chat templates carry it as the system turn
 
