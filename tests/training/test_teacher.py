@@ -242,6 +242,27 @@ def test_the_compact_prompt_asks_once_in_the_shared_prefix_and_drops_empty_field
     assert n1 < n0
 
 
+def test_bought_before_marks_candidates_from_the_users_whole_history(ds):
+    """bought_before: a candidate the user bought before the query says "Bought before: yes", any other
+    "no", read from the whole history even where the prompt shows only part of it; off, neither appears."""
+    from training.teacher.examples import ExampleFactory
+
+    row = next(r for r in ds.queries() if len(ds.history(r)) >= 4)
+    history = ds.history(row)
+    owned, fresh = history[0], next(p for p in sorted(ds.products) if p not in set(history) | {row["product_id"]})
+    texts = {}
+    for flag in (False, True):
+        cfg = load_teacher_config("tiny", overrides={"bought_before": flag, "k_s1": 1, "first_stage_rank": True})
+        factory = ExampleFactory(ds, cfg, build_backbone(cfg).prompt_builder())
+        prompts = factory.prompts(row, [owned, fresh], "latest", np.random.default_rng(0))
+        shown = "".join(s for s in prompts[0].prefix if isinstance(s, str))
+        assert f"ID: {owned};" not in shown, "the owned candidate is not among the history items shown"
+        texts[flag] = ["".join(s for s in p.suffix if isinstance(s, str)) for p in prompts]
+    assert f"ID: {owned}; Search rank: 1; Bought before: yes; Title:" in texts[True][0]
+    assert f"ID: {fresh}; Search rank: 2; Bought before: no; Title:" in texts[True][1]
+    assert not any("Bought before" in t for t in texts[False])
+
+
 def test_budget_trims_descriptions_before_history_and_never_cuts_the_candidate(ds, backbone):
     pids = sorted(ds.products)
     hist = [_item(ds, p) for p in pids[:5]]

@@ -56,6 +56,10 @@ class TeacherConfig:
     # the question once in the shared prefix, before the candidate, and no empty description or image fields
     # (prompt.py): the same information in about a fifth fewer tokens a query
     compact_prompt: bool = False
+    # mark each candidate the user bought before the query ("Bought before: yes"), read from the user's whole
+    # history, not only the items the prompt shows: whether a purchase repeats is a fact of the shop the LM
+    # cannot see when the item is not shown (in Amazon review data a user never buys the same product twice)
+    bought_before: bool = False
     # data
     k_s1: int = 5  # random history items in stage 1
     k_s2: int = 2  # selected history items in stage 2

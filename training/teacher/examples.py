@@ -73,11 +73,15 @@ class ExampleFactory:
     def _item(self, pid: str) -> Item:
         return self.ds.products[pid], self._image(pid)
 
-    def _candidate(self, pid: str, listed: list[str]) -> Item:
-        """A candidate with its first-stage rank (1 = top, 0 = not listed) when the config shows it."""
-        if not self.cfg.first_stage_rank:
+    def _candidate(self, pid: str, listed: list[str], owned: set[str] | None) -> Item:
+        """A candidate with its first-stage rank (1 = top, 0 = not listed) and whether the user bought it
+        before (``owned``: the user's whole history), each when the config shows it."""
+        rank = (listed.index(pid) + 1 if pid in listed else 0) if self.cfg.first_stage_rank else None
+        if owned is not None:
+            return self.ds.products[pid], self._image(pid), rank, pid in owned
+        if rank is None:
             return self._item(pid)
-        return self.ds.products[pid], self._image(pid), (listed.index(pid) + 1 if pid in listed else 0)
+        return self.ds.products[pid], self._image(pid), rank
 
     def product_segments(self, pid: str) -> list[Segment]:
         """A product on its own, [t_p; v_p], as Eq. 4 embeds it."""
@@ -107,7 +111,9 @@ class ExampleFactory:
                 listed: list[str] | None = None) -> list[Prompt]:
         """One prompt per candidate; ``listed`` is the first stage's list the ranks are read from."""
         hists = self.histories(row, candidates, mode, rng)
-        items = [self._candidate(c, listed if listed is not None else candidates) for c in candidates]
+        # the whole history, not only the items the prompt shows
+        owned = set(self.ds.history(row)) if self.cfg.bought_before else None
+        items = [self._candidate(c, listed if listed is not None else candidates, owned) for c in candidates]
         if mode != "selected":  # one history for all candidates: share the prefix
             return self.builder.build_group([self._item(h) for h in hists[0]], row["query"], items)
         return [self.builder.build([self._item(h) for h in hist], row["query"], item)

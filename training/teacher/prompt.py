@@ -45,8 +45,9 @@ class ImageSlot:
 
 
 Segment = str | ImageSlot
-# A product to render: (fields, image path or None[, first-stage rank for a candidate])
-Item = tuple[dict[str, Any], str | None] | tuple[dict[str, Any], str | None, int | None]
+# A product to render: (fields, image path or None[, first-stage rank for a candidate[, bought before]])
+Item = (tuple[dict[str, Any], str | None] | tuple[dict[str, Any], str | None, int | None]
+        | tuple[dict[str, Any], str | None, int | None, bool | None])
 
 
 @dataclass
@@ -62,13 +63,14 @@ class Prompt:
 
 def render_product(p: dict[str, Any], description_words: int, image: str | None,
                    rank: int | None = None, category_levels: int = 0, title_words: int = 0,
-                   omit_empty: bool = False) -> list[Segment]:
+                   omit_empty: bool = False, bought: bool | None = None) -> list[Segment]:
     """A product as prompt text. ``rank``: the candidate's position in the first stage's list (1 = top),
     0 for a product the first stage did not list, None to leave it out (history items, or a teacher
     configured without it). ``category_levels``: keep only the last n levels of the path (0: all); a
     path given as one string is split at ", " (the Amazon 2014 form). ``title_words``: cut titles to n
     words (0: whole); tokens are what a CPU teacher pays for, and long Amazon titles repeat the brand.
-    ``omit_empty``: leave out the description and image fields when there is none."""
+    ``omit_empty``: leave out the description and image fields when there is none. ``bought``: whether the
+    user bought this candidate before the query ("Bought before: yes"), None to leave it out."""
     desc_words = (p.get("summary") or p.get("description") or "").split()
     desc = " ".join(desc_words[:description_words]) if description_words > 0 else ""
     if len(desc_words) > description_words > 0:
@@ -81,6 +83,8 @@ def render_product(p: dict[str, Any], description_words: int, image: str | None,
         title = " ".join(title.split()[:title_words]) + " ..."
     category = " > ".join(path[-category_levels:] if category_levels > 0 else path) or "unknown"
     ranked = "" if rank is None else f"Search rank: {rank if rank > 0 else 'not listed'}; "
+    if bought is not None:
+        ranked += f"Bought before: {'yes' if bought else 'no'}; "
     text = f"ID: {p['product_id']}; {ranked}Title: {title}; Brand: {p.get('brand') or 'unknown'}; Category: {category}"
     if desc or not omit_empty:
         text += f"; Description: {desc or 'none'}"
@@ -119,7 +123,7 @@ class PromptBuilder:
             prefix.append(f"Will the user purchase the candidate product below?{self.ask}\n")
         suffix: list[Segment] = ["Candidate product: "]
         suffix += render_product(candidate[0], cand_words, candidate[1], rank=candidate[2] if len(candidate) > 2 else None,
-                                 **self.fields)
+                                 bought=candidate[3] if len(candidate) > 3 else None, **self.fields)
         suffix.append(self.cue if self.compact else "Will the user purchase the candidate product?" + self.ask + self.cue)
         return Prompt(_merge(prefix), _merge(suffix))
 
