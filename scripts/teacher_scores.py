@@ -107,12 +107,15 @@ def export(data: Path, teacher: Path, students: list[str], out: Path, teacher_ru
 
 
 def figures(path: Path, data: Path | None = None, candidates: Path | None = None, baseline: str = "first stage",
-            models: list[str] | None = None) -> str:
+            models: list[str] | None = None, pairs: list[str] | None = None) -> str:
     with gzip.open(path, "rt") as f:
         lines = [json.loads(x) for x in f if x.strip()]
     every = sorted({k for x in lines if x["scores"] for k in x["scores"]})
     names = models or [n for n in every if all(n in x["scores"] for x in lines if x["scores"])]
-    unknown = sorted(set(names) - set(every))
+    pairs = [tuple(p.split(":", 1)) for p in pairs or []]
+    if any(len(p) != 2 for p in pairs):
+        raise SystemExit("--pair expects A:B, two model names")
+    unknown = sorted((set(names) | {n for p in pairs for n in p}) - set(every))
     if unknown:
         raise SystemExit(f"{path} has no scores named {', '.join(unknown)} (it has: {', '.join(every)})")
     kept = [x for x in lines if not x["scores"] or all(n in x["scores"] for n in names)]
@@ -132,10 +135,11 @@ def figures(path: Path, data: Path | None = None, candidates: Path | None = None
         vs = "" if name == baseline else _ci(paired_bootstrap(lists, ranked[baseline], targets))
         rows.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {vs} |")
     students = [n for n in names if not n.startswith("teacher")]
-    for a in students:
-        for b in students:
-            if a < b:
-                rows.append(f"\n{a} − {b}, NDCG@4: " + _ci(paired_bootstrap(ranked[a], ranked[b], targets)))
+    compared = [(a, b) for a in students for b in students if a < b] + [p for p in pairs if p[0] != p[1]]
+    for a, b in compared:
+        if a not in ranked or b not in ranked:
+            raise SystemExit(f"--pair {a}:{b}: give both to --models too (or leave --models out)")
+        rows.append(f"\n{a} − {b}, NDCG@4: " + _ci(paired_bootstrap(ranked[a], ranked[b], targets)))
     return "\n".join(rows)
 
 
@@ -175,11 +179,13 @@ def main() -> None:
     f.add_argument("--data", type=Path, help="with --candidates: the models beside chance and the model-free rules")
     f.add_argument("--candidates", type=Path, help="the first stage's directory")
     f.add_argument("--models", help="comma-separated names to compare (default: those scored on every line)")
+    f.add_argument("--pair", action="append", default=[], help="A:B, the paired NDCG@4 difference A − B (repeatable; "
+                   "students are paired with each other anyway)")
     a = ap.parse_args()
     if a.cmd == "export":
         export(a.data, a.teacher, a.student, a.out, a.teacher_run)
     else:
-        print(figures(a.path, a.data, a.candidates, models=a.models.split(",") if a.models else None))
+        print(figures(a.path, a.data, a.candidates, models=a.models.split(",") if a.models else None, pairs=a.pair))
 
 
 if __name__ == "__main__":

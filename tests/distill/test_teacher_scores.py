@@ -48,9 +48,14 @@ def test_export_then_figures_recompute_the_teachers_own_interval(tiny_pipeline: 
     assert f"{diff:+.4f}" in teacher_row, (teacher_row, diff)
     assert "teacher_cut" not in table
     # naming the cut run compares it with the others on the lines it reached, and says so
-    curve = _run("figures", str(out), "--models", "teacher_cut,teacher")
+    curve = _run("figures", str(out), "--models", "teacher_cut,teacher", "--pair", "teacher_cut:teacher")
     assert "2 scored lines without every model's scores left out" in curve
     assert "| teacher_cut |" in curve
+    # --pair: the paired difference of two teachers is the difference of their NDCG@4 on the same lines
+    ndcg = {n: float(next(x for x in curve.splitlines() if x.startswith(f"| {n} |")).split("|")[3])
+            for n in ("teacher_cut", "teacher")}
+    pair = next(x for x in curve.splitlines() if x.startswith("teacher_cut − teacher, NDCG@4: "))
+    assert abs(float(pair.split(": ")[1].split()[0]) - (ndcg["teacher_cut"] - ndcg["teacher"])) <= 1.5e-4, pair
 
 
 def test_figures_names_an_unknown_model(tiny_pipeline: Path, synthetic_dir: Path, tmp_path: Path) -> None:
@@ -60,3 +65,6 @@ def test_figures_names_an_unknown_model(tiny_pipeline: Path, synthetic_dir: Path
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0
     assert "no scores named nobody" in res.stderr
+    res = subprocess.run([sys.executable, str(SCRIPT), "figures", str(out), "--pair", "teacher:nobody"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "no scores named nobody" in res.stderr
