@@ -112,10 +112,12 @@ def figures(path: Path, data: Path | None = None, candidates: Path | None = None
         lines = [json.loads(x) for x in f if x.strip()]
     every = sorted({k for x in lines if x["scores"] for k in x["scores"]})
     names = models or [n for n in every if all(n in x["scores"] for x in lines if x["scores"])]
-    pairs = [tuple(p.split(":", 1)) for p in pairs or []]
-    if any(len(p) != 2 for p in pairs):
+    paired = [tuple(p.split(":", 1)) for p in pairs or []]
+    if any(len(p) != 2 for p in paired):
         raise SystemExit("--pair expects A:B, two model names")
-    unknown = sorted((set(names) | {n for p in pairs for n in p}) - set(every))
+    if paired and data is not None and candidates is not None:
+        raise SystemExit("--pair is for the plain table: leave out --data and --candidates")
+    unknown = sorted((set(names) | {n for p in paired for n in p}) - set(every))
     if unknown:
         raise SystemExit(f"{path} has no scores named {', '.join(unknown)} (it has: {', '.join(every)})")
     kept = [x for x in lines if not x["scores"] or all(n in x["scores"] for n in names)]
@@ -135,7 +137,7 @@ def figures(path: Path, data: Path | None = None, candidates: Path | None = None
         vs = "" if name == baseline else _ci(paired_bootstrap(lists, ranked[baseline], targets))
         rows.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in PAPER_KEYS) + f" | {vs} |")
     students = [n for n in names if not n.startswith("teacher")]
-    compared = [(a, b) for a in students for b in students if a < b] + [p for p in pairs if p[0] != p[1]]
+    compared = [(a, b) for a in students for b in students if a < b] + [p for p in paired if p[0] != p[1]]
     for a, b in compared:
         if a not in ranked or b not in ranked:
             raise SystemExit(f"--pair {a}:{b}: give both to --models too (or leave --models out)")

@@ -77,11 +77,7 @@ class ExampleFactory:
         """A candidate with its first-stage rank (1 = top, 0 = not listed) and whether the user bought it
         before (``owned``: the user's whole history), each when the config shows it."""
         rank = (listed.index(pid) + 1 if pid in listed else 0) if self.cfg.first_stage_rank else None
-        if owned is not None:
-            return self.ds.products[pid], self._image(pid), rank, pid in owned
-        if rank is None:
-            return self._item(pid)
-        return self.ds.products[pid], self._image(pid), rank
+        return self.ds.products[pid], self._image(pid), rank, None if owned is None else pid in owned
 
     def product_segments(self, pid: str) -> list[Segment]:
         """A product on its own, [t_p; v_p], as Eq. 4 embeds it."""
